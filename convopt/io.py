@@ -1,0 +1,198 @@
+"""Loading and saving models: validate on the way in, write atomically on the way out.
+
+load: file → bytes → ModelProto → external data (confined to the model's folder) → checker → opset check.
+save: ModelProto → temp file in the output's folder → fsync → os.replace (external data above 2 GB).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from convopt.errors import ModelLoadError, OutputError, UnsupportedModelError
+
+MIN_OPSET = 7
+# protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
+PROTOBUF_LIMIT = 2**31 - 2**24
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """Version of the default ONNX domain the model imports (0 when it imports none)."""
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    return 0
+
+
+def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that are absolute or leave the model's folder, before reading."""
+    base = base_dir.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        if not loc:
+            raise ModelLoadError(f"tensor '{tensor.name}' uses external data without a location")
+        p = Path(loc)
+        if p.is_absolute() or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' has an absolute external-data location '{loc}'; "
+                "convopt only reads external data stored beside the model"
+            )
+        target = (base / p).resolve()
+        if base != target and base not in target.parents:
+            raise ModelLoadError(
+                f"tensor '{tensor.name}' has external-data location '{loc}' outside the model's folder; refused"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"external-data file '{loc}' for tensor '{tensor.name}' is missing (looked in {base})"
+            )
+
+
+def parse_model(data: bytes, source: str = "<bytes>") -> onnx.ModelProto:
+    """Parse bytes as an ONNX ModelProto, with a clear error when they are not one."""
+    if not data:
+        raise ModelLoadError(f"{source}: empty file, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{source}: not an ONNX model (cannot parse protobuf: {_first_line(exc)})") from exc
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise ModelLoadError(
+            f"{source}: not an ONNX model (the protobuf has no ir_version, graph or opset_import)"
+        )
+    return model
+
+
+def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
+    """Run onnx.checker and the opset checks; raise ModelLoadError/UnsupportedModelError."""
+    opset = default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opset == 0:
+        raise UnsupportedModelError(f"{source}: the model does not import the default ONNX domain")
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"{source}: opset {opset} is newer than this onnx package supports ({newest}); "
+            "upgrade onnx or export with an older opset"
+        )
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{source}: opset {opset} is too old (convopt supports opset {MIN_OPSET} and up); "
+            "convert it with onnx.version_converter first"
+        )
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
+    except Exception as exc:  # the checker raises C++ exceptions of several types
+        raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
+
+
+def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> onnx.ModelProto:
+    """Load and validate an ONNX model file; external data is read only from beside the model."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ModelLoadError(f"{p} is a folder, not an ONNX model file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    model = parse_model(data, str(p))
+    del data
+    check_external_locations(model, p.parent)
+    if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(model)):
+        try:
+            external_data_helper.load_external_data_for_model(model, str(p.parent))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{p}: cannot read external data: {_first_line(exc)}") from exc
+    if validate:
+        validate_model(model, str(p))
+    return model
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes to path atomically: temp file in the same folder, fsync, rename."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
+        raise
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Save atomically; refuse to overwrite the input model unless ``overwrite``. Returns the files written.
+
+    Models too large for one protobuf are written with their tensors in ``<name>.data`` beside the output.
+    """
+    out = Path(path)
+    if input_path is not None and same_file(out, input_path) and not overwrite:
+        raise OutputError(f"refusing to overwrite the input model {out}; choose another -o or pass --overwrite")
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        atomic_write_bytes(out, model.SerializeToString(deterministic=True))
+        return [out]
+    return _save_with_external_data(model, out)
+
+
+def _save_with_external_data(model: onnx.ModelProto, out: Path) -> list[Path]:
+    """Write a >2 GB model: tensors into a temp folder beside the output, then rename both into place."""
+    folder = out.parent if str(out.parent) else Path(".")
+    data_name = out.name + ".data"
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=folder))
+    try:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        external_data_helper.convert_model_to_external_data(
+            m, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
+        )
+        onnx.save_model(m, str(tmpdir / out.name))
+        for name in (data_name, out.name):  # data first: a model file never points at missing data
+            os.replace(tmpdir / name, folder / name)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        for f in tmpdir.glob("*"):
+            f.unlink()
+        tmpdir.rmdir()
+    return [out, folder / data_name]
