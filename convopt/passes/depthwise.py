@@ -17,7 +17,7 @@ class Depthwise(ConvPass):
     def check_kernel(self, conv: ConvSpec) -> str | None:
         if conv.kernel == (1, 1):
             return "1x1 kernel: nothing to separate"
-        if conv.W.shape[1] == 1:
+        if conv.W.shape[1] == 1 and conv.group > 1:
             return "already depthwise (1 input channel per group)"
         return None
 

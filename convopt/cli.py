@@ -1,0 +1,333 @@
+"""The convopt command line: each command parses, calls the library, renders. Errors become exit codes here
+and nowhere else: 0 success, 1 the CI gate was missed, 2 usage or input error, 3 internal rewrite error."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from convopt.errors import ConvOptError, GateError, InputError
+
+app = typer.Typer(
+    name="convopt",
+    help="Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+DEFAULT_PASSES = "split5x5,factorize"
+
+
+def _fail(exc: ConvOptError) -> typer.Exit:
+    err.print(f"error: {exc}", markup=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    if not values:
+        return None
+    from convopt.measure.data import parse_input_shape
+
+    return dict(parse_input_shape(v) for v in values)
+
+
+def _policy(full_rank: bool, rank_fraction: float | None, energy: float | None, align: int, side: str, seed: int):
+    from convopt.passes.base import RankPolicy
+
+    chosen = [n for n, v in (("--full-rank", full_rank), ("--rank-fraction", rank_fraction), ("--energy", energy)) if v]
+    if len(chosen) > 1:
+        raise InputError(f"choose one rank option, not {' and '.join(chosen)}")
+    if side not in ("both", "in", "out"):
+        raise InputError("--bottleneck-side must be both, in or out")
+    try:
+        if full_rank:
+            return RankPolicy(mode="full", align=align, bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
+        if rank_fraction is not None:
+            return RankPolicy(mode="fraction", value=rank_fraction, align=align, bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
+        return RankPolicy(mode="energy", value=energy if energy is not None else 0.9, align=align,
+                          bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for a dynamic input")] = None,
+) -> None:
+    """One row per Conv: geometry, MACs, params, and which passes apply (or why not)."""
+    from convopt.inspect import inspect_model
+    from convopt.io import load_model
+
+    try:
+        result = inspect_model(load_model(model), _shapes(input_shape))
+    except ConvOptError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    from convopt.passes import PASSES
+
+    short = {"bottleneck": "bneck", "split5x5": "5x5", "factorize": "fact", "depthwise": "dw"}
+    table = Table(title=f"{model.name}: {len(result.rows)} conv layers", title_justify="left")
+    table.add_column("name", overflow="fold", min_width=14)
+    table.add_column("in→out", justify="right")
+    table.add_column("geometry")
+    table.add_column("output", justify="right")
+    table.add_column("MACs", justify="right")
+    table.add_column("params", justify="right")
+    for p in PASSES:
+        table.add_column(short.get(p, p), justify="center")
+    legend: dict[str, int] = {}
+
+    def verdict(v: str) -> str:
+        if v == "applies":
+            return "[green]yes[/]"
+        return f"no \\[{legend.setdefault(v, len(legend) + 1)}]"
+
+    def num(v: int | None) -> str:
+        return "?" if v is None else f"{v:,}"
+
+    for r in result.rows:
+        geo = "?" if r.kernel is None else " ".join(
+            [f"{r.kernel[0]}x{r.kernel[1]}"]
+            + ([f"s{'x'.join(map(str, r.stride))}"] if r.stride and set(r.stride) != {1} else [])
+            + ([f"d{'x'.join(map(str, r.dilation))}"] if r.dilation and set(r.dilation) != {1} else [])
+            + ([f"g{r.groups}"] if r.groups and r.groups > 1 else []))
+        io = "?" if r.channels_in is None else f"{r.channels_in}→{r.channels_out}"
+        outsz = "?" if r.output_size is None else "x".join(map(str, r.output_size))
+        table.add_row(r.name, io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
+    table.add_section()
+    table.add_row("total", "", "", "", num(result.total_macs), num(result.total_params),
+                  *[str(result.applicable[p]) for p in PASSES])
+    out.print(table)
+    out.print("  passes: " + ", ".join(f"{short.get(p, p)} = {p}" for p in PASSES), markup=False)
+    for reason, k in legend.items():
+        out.print(f"  [{k}] {reason}", markup=False)
+
+
+@app.command()
+def optimize(
+    model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (none: the built-in example, as `convopt demo`)")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="output model (default MODEL.opt.onnx beside the input)")] = None,
+    passes: Annotated[str, typer.Option(help="comma-separated passes, run in order: bottleneck,split5x5,factorize,depthwise")] = DEFAULT_PASSES,
+    full_rank: Annotated[bool, typer.Option("--full-rank", help="exact rewrites (verification: MACs usually grow)")] = False,
+    rank_fraction: Annotated[Optional[float], typer.Option(help="rank = ceil(F × exact rank)")] = None,
+    energy: Annotated[Optional[float], typer.Option(help="keep this fraction of squared singular values (default 0.9)")] = None,
+    align: Annotated[int, typer.Option(help="round ranks up to a multiple of this (ORT NCHWc blocks)")] = 8,
+    bottleneck_side: Annotated[str, typer.Option(help="bottleneck reduces: both, in or out")] = "both",
+    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
+    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="labels: CSV (file,label) or .npy")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="image preset: imagenet, caffe, unit, raw")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for a dynamic input")] = None,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider")] = "CPUExecutionProvider",
+    threads: Annotated[int, typer.Option(help="ORT intra-op threads (0: ORT default)")] = 0,
+    warmup: Annotated[int, typer.Option(help="latency warm-up runs")] = 3,
+    repeats: Annotated[int, typer.Option(help="latency timed runs (interleaved)")] = 20,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="budget: points of top-1 (labelled, else agreement)")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="budget: minimum top-1 agreement with the original, %")] = None,
+    max_rel_error: Annotated[Optional[float], typer.Option(help="budget: maximum relative L2 error of the outputs")] = None,
+    fail_under_speedup: Annotated[Optional[float], typer.Option(help="CI gate: exit 1 if the final speedup is below this")] = None,
+    require_faster: Annotated[bool, typer.Option("--require-faster/--keep-slower", help="roll back a pass that does not measure faster")] = True,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="rewrite only: no accuracy or latency measurement")] = False,
+    no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", help="do not fold BatchNormalization into convs")] = False,
+    seed: Annotated[int, typer.Option(help="seed for random inputs and ALS")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="allow -o to be the input file")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or tables, errors only")] = False,
+) -> None:
+    """Rewrite MODEL's convs pass by pass, measuring accuracy and latency before and after each."""
+    if model is None:
+        from convopt.models.example import example_data_path, example_model_path
+
+        model = example_model_path()
+        data = data or example_data_path()
+        if output is None:
+            output = Path("example.opt.onnx")
+    try:
+        code = run_optimize(
+            model=model, output=output, passes=passes, full_rank=full_rank, rank_fraction=rank_fraction,
+            energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
+            labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
+            threads=threads, warmup=warmup, repeats=repeats, max_accuracy_drop=max_accuracy_drop,
+            min_agreement=min_agreement, max_rel_error=max_rel_error, fail_under_speedup=fail_under_speedup,
+            require_faster=require_faster, no_eval=no_eval, no_fold_bn=no_fold_bn, seed=seed,
+            overwrite=overwrite, quiet=quiet,
+        )
+    except ConvOptError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def run_optimize(**kw: Any) -> int:
+    """The body of `convopt optimize` (kept apart from typer so it can be called and tested directly)."""
+    from convopt.io import load_model, save_model, same_file
+    from convopt.passes import parse_passes
+    from convopt.pipeline import optimize as run_pipeline
+
+    quiet: bool = kw["quiet"]
+    model_path: Path = kw["model"]
+    output: Path = kw["output"] or model_path.with_name(
+        (model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.name) + ".opt.onnx"
+    )
+    if same_file(output, model_path) and not kw["overwrite"]:
+        raise InputError(f"refusing to overwrite the input model {model_path}; choose another -o or pass --overwrite")
+    if kw["report"] is not None and same_file(kw["report"], model_path):
+        raise InputError("--report must not be the input model")
+    passes = parse_passes(kw["passes"])
+    policy = _policy(kw["full_rank"], kw["rank_fraction"], kw["energy"], kw["align"], kw["bottleneck_side"], kw["seed"])
+    shapes = _shapes(kw["input_shape"])
+    model = load_model(model_path)
+
+    evaluator = budget = None
+    ort_settings: dict[str, Any] = {}
+    if not kw["no_eval"]:
+        from convopt.measure.data import load_eval_data
+        from convopt.measure.evaluator import Budget, Evaluator
+        from convopt.measure.ort import OrtSettings
+
+        data = load_eval_data(model, kw["data"], preprocess=kw["preprocess"], labels=kw["labels"],
+                              input_shapes=shapes, limit=kw["limit"], seed=kw["seed"])
+        if data.warning and not quiet:
+            err.print(f"warning: {data.warning}", markup=False)
+        settings = OrtSettings(provider=kw["provider"], threads=kw["threads"], warmup=kw["warmup"], repeats=kw["repeats"])
+        ort_settings = {"ort": settings.to_dict(), "data": data.source, "samples": data.n}
+        evaluator = Evaluator(model, data, settings, measure_latency=True, progress=not quiet)
+        budget = Budget(max_accuracy_drop=kw["max_accuracy_drop"], min_agreement=kw["min_agreement"],
+                        max_rel_error=kw["max_rel_error"])
+    elif kw["fail_under_speedup"] is not None:
+        raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+
+    def say(msg: str) -> None:
+        if not quiet:
+            err.print(msg, markup=False)
+
+    result = run_pipeline(
+        model, passes, policy, fold_bn=not kw["no_fold_bn"], input_shapes=shapes, evaluator=evaluator,
+        budget=budget, require_faster=bool(kw["require_faster"]) and evaluator is not None,
+        model_name=str(model_path), output_name=str(output),
+        settings={**ort_settings, "seed": kw["seed"], "budget": {
+            "max_accuracy_drop": kw["max_accuracy_drop"], "min_agreement": kw["min_agreement"],
+            "max_rel_error": kw["max_rel_error"], "fail_under_speedup": kw["fail_under_speedup"]}},
+        on_event=say,
+    )
+    rep = result.report
+    gate_reason = _gate(rep.to_dict(), kw["fail_under_speedup"])
+    if gate_reason is not None or kw["fail_under_speedup"] is not None:
+        from dataclasses import replace
+
+        rep = replace(rep, gate={"fail_under_speedup": kw["fail_under_speedup"], "passed": gate_reason is None,
+                                 "reason": gate_reason})
+    save_model(result.model, output, input_path=model_path, overwrite=kw["overwrite"])
+    if kw["report"] is not None:
+        from convopt.io import atomic_write_bytes
+
+        atomic_write_bytes(kw["report"], (rep.to_json() + "\n").encode())
+    if not quiet:
+        from convopt.render import render_table
+
+        render_table(rep.to_dict(), out)
+        out.print(f"wrote {output}" + (f" and {kw['report']}" if kw["report"] else ""), markup=False)
+    if gate_reason is not None:
+        err.print(f"gate failed: {gate_reason}", markup=False)
+        return GateError.exit_code
+    return 0
+
+
+def _gate(report: dict[str, Any], fail_under_speedup: float | None) -> str | None:
+    if fail_under_speedup is None:
+        return None
+    lat = ((report.get("final") or {}).get("latency")) or {}
+    sp = lat.get("speedup")
+    if sp is None:
+        return "no latency was measured"
+    if sp < fail_under_speedup:
+        return f"speedup {sp:.3f}x is below --fail-under-speedup {fail_under_speedup}"
+    return None
+
+
+@app.command()
+def demo(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized example")] = Path("example.opt.onnx"),
+) -> None:
+    """Run the whole pipeline on the built-in trained example with its bundled labelled data."""
+    from convopt.models.example import example_data_path, example_model_path
+
+    try:
+        code = run_optimize(
+            model=example_model_path(), output=output, passes=DEFAULT_PASSES, full_rank=False, rank_fraction=None,
+            energy=None, align=8, bottleneck_side="both", report=None, data=example_data_path(), labels=None,
+            preprocess=None, limit=None, input_shape=None, provider="CPUExecutionProvider", threads=0, warmup=3,
+            repeats=20, max_accuracy_drop=1.0, min_agreement=None, max_rel_error=None, fail_under_speedup=None,
+            require_faster=True, no_eval=False, no_fold_bn=False, seed=0, overwrite=False, quiet=quiet,
+        )
+    except ConvOptError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+@app.command("report")
+def report_cmd(
+    report: Annotated[Path, typer.Argument(help="a JSON report written by convopt optimize --report")],
+    fmt: Annotated[str, typer.Option("--format", help="table, md or html")] = "table",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+) -> None:
+    """Render a saved report as a terminal table, Markdown, or a self-contained HTML page."""
+    from convopt import render
+
+    try:
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"report not found: {report}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{report} is not a JSON report: {exc}") from None
+        if not isinstance(data, dict) or "passes" not in data:
+            raise InputError(f"{report} is not a convopt report (no 'passes')")
+        if fmt == "table":
+            render.render_table(data, out)
+            return
+        if fmt not in ("md", "html"):
+            raise InputError("--format must be table, md or html")
+        text = render.render_markdown(data) if fmt == "md" else render.render_html(data)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            from convopt.io import atomic_write_bytes
+
+            atomic_write_bytes(output, text.encode("utf-8"))
+    except ConvOptError as exc:
+        raise _fail(exc) from None
+
+
+def _mount_models() -> None:
+    try:
+        from convopt.models.cli import app as models_app
+    except ImportError:  # the models package is optional while it is being built
+        return
+    app.add_typer(models_app, name="models", help="Seed networks (Inception, ResNet, VGG, MobileNet) as ONNX.")
+
+
+_mount_models()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
