@@ -1,0 +1,140 @@
+"""ONNX Runtime sessions with explicit, recorded settings, and batched evaluation of EvalData.
+
+A session's batch is the model's fixed leading dim (e.g. 1) when it has one, else ``settings.batch_size``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from convopt.errors import DataError, InputError
+from convopt.measure.data import EvalData
+
+OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(_ort_state, n, None) for n in (
+        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+        "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail"))
+    if isinstance(c, type)
+) + (RuntimeError, ValueError)
+"""Exceptions ONNX Runtime raises when it refuses a model or its feeds (its own classes plus the Python
+errors its wrapper raises). Catch these only around make_session / session.run."""
+
+Progress = Callable[[int, int], None]
+"""Called after each batch with (samples done, samples total)."""
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """Everything that decides what ORT measures. ``threads`` = 0 lets ORT pick intra-op threads (one per
+    physical core); inter-op threads are always 1 and execution is sequential."""
+
+    provider: str = "CPUExecutionProvider"
+    threads: int = 0
+    graph_optimization_level: str = "all"
+    warmup: int = 3
+    repeats: int = 20
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization_level not in OPT_LEVELS:
+            raise InputError(
+                f"unknown graph optimization level {self.graph_optimization_level!r}; use one of "
+                f"{', '.join(OPT_LEVELS)}"
+            )
+        for name, low in (("threads", 0), ("warmup", 0), ("repeats", 1), ("batch_size", 1)):
+            if getattr(self, name) < low:
+                raise InputError(f"ORT setting {name} must be at least {low}, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings plus what they mean in this run (ORT version, thread meaning), for the report."""
+        d: dict[str, Any] = asdict(self)
+        d["threads_meaning"] = (
+            "ORT default: one intra-op thread per physical core" if self.threads == 0
+            else f"{self.threads} intra-op thread(s)"
+        )
+        d["inter_op_threads"] = 1
+        d["execution_mode"] = "sequential"
+        d["onnxruntime_version"] = ort.__version__
+        return d
+
+
+def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings) -> ort.InferenceSession:
+    """An InferenceSession with every setting explicit. Unknown provider → InputError listing the available
+    ones. ORT's own load errors propagate (the caller knows whether the model was the user's or ours)."""
+    available = ort.get_available_providers()
+    if settings.provider not in available:
+        raise InputError(
+            f"execution provider {settings.provider!r} is not available in this onnxruntime build; "
+            f"use one of: {', '.join(available)}"
+        )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = settings.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = OPT_LEVELS[settings.graph_optimization_level]
+    so.log_severity_level = 3
+    blob = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(blob, sess_options=so, providers=[settings.provider])
+
+
+def _fixed_batch(inp: ort.NodeArg) -> int | None:
+    """The input's leading dim when ORT reports it as a fixed number, else None (symbolic or unknown)."""
+    lead = inp.shape[0] if inp.shape else None
+    return lead if isinstance(lead, int) and lead > 0 else None
+
+
+def session_batch(session: ort.InferenceSession, settings: OrtSettings) -> int:
+    """Samples per run: the fixed leading dim of the inputs when there is one, else settings.batch_size."""
+    fixed = {b for b in map(_fixed_batch, session.get_inputs()) if b is not None}
+    if len(fixed) > 1:
+        raise DataError(
+            f"the model's inputs have different fixed batch sizes {sorted(fixed)}; convopt cannot batch them"
+        )
+    return fixed.pop() if fixed else settings.batch_size
+
+
+def batch_feeds(session: ort.InferenceSession, data: EvalData, start: int, batch: int) -> dict[str, np.ndarray]:
+    """Feeds for samples [start, start + batch); a short last batch of a fixed-batch model is padded by
+    repeating its last sample (callers drop the padded outputs)."""
+    feeds: dict[str, np.ndarray] = {}
+    for inp in session.get_inputs():
+        if inp.name not in data.inputs:
+            raise DataError(
+                f"the evaluation data ({data.source}) has no array for model input '{inp.name}'; "
+                f"it has {sorted(data.inputs)}"
+            )
+        arr = data.inputs[inp.name][start:start + batch]
+        if _fixed_batch(inp) is not None and arr.shape[0] < batch:
+            arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
+        feeds[inp.name] = np.ascontiguousarray(arr)
+    return feeds
+
+
+def run_model(
+    session: ort.InferenceSession, data: EvalData, settings: OrtSettings, progress: Progress | None = None
+) -> list[np.ndarray]:
+    """Run every sample through ``session`` (one batch at a time) and return each output concatenated on
+    axis 0, so output k has ``data.n`` rows."""
+    batch = session_batch(session, settings)
+    chunks: list[list[np.ndarray]] = []
+    n = data.n
+    for start in range(0, n, batch):
+        take = min(batch, n - start)
+        outs = [np.atleast_1d(o) for o in session.run(None, batch_feeds(session, data, start, batch))]
+        chunks.append([o[:take] if o.shape[0] == batch else o for o in outs])
+        if progress is not None:
+            progress(start + take, n)
+    return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]

@@ -1,0 +1,110 @@
+"""ORT settings, sessions and batched evaluation."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from convopt.errors import DataError, InputError
+from convopt.measure.data import EvalData
+from convopt.measure.ort import OrtSettings, batch_feeds, make_session, run_model, session_batch
+from tests.test_measure_helpers import classifier_weights, numpy_classifier, tiny_classifier, two_output_model
+
+
+def data(n: int, seed: int = 0) -> EvalData:
+    x = np.random.default_rng(seed).random((n, 3, 8, 8), dtype=np.float32)
+    return EvalData({"X": x}, None, "test")
+
+
+def test_settings_defaults_and_to_dict() -> None:
+    s = OrtSettings()
+    d = s.to_dict()
+    assert d["provider"] == "CPUExecutionProvider" and d["threads"] == 0
+    assert d["graph_optimization_level"] == "all" and (d["warmup"], d["repeats"], d["batch_size"]) == (3, 20, 32)
+    assert d["threads_meaning"].startswith("ORT default") and d["inter_op_threads"] == 1
+    assert d["onnxruntime_version"] == ort.__version__
+    assert OrtSettings(threads=2).to_dict()["threads_meaning"] == "2 intra-op thread(s)"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"graph_optimization_level": "max"}, "disable, basic, extended, all"),
+    ({"repeats": 0}, "repeats must be at least 1"),
+    ({"threads": -1}, "threads must be at least 0"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+])
+def test_settings_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        OrtSettings(**kwargs)
+
+
+def test_make_session_applies_settings() -> None:
+    s = make_session(tiny_classifier(1), OrtSettings(threads=1, graph_optimization_level="disable"))
+    opts = s.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert opts.log_severity_level == 3
+    assert s.get_providers() == ["CPUExecutionProvider"]
+    assert make_session(tiny_classifier(1).SerializeToString(), OrtSettings()).get_inputs()[0].name == "X"
+
+
+def test_unknown_provider_lists_available() -> None:
+    with pytest.raises(InputError) as e:
+        make_session(tiny_classifier(1), OrtSettings(provider="CUDAExecutionProvider_nope"))
+    assert "CUDAExecutionProvider_nope" in str(e.value)
+    assert all(p in str(e.value) for p in ort.get_available_providers())
+
+
+class CountingSession:
+    """Wraps a session and records the batch size of every run."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.batches: list[int] = []
+
+    def get_inputs(self):  # noqa: ANN201
+        return self.session.get_inputs()
+
+    def run(self, names, feeds):  # noqa: ANN001, ANN201
+        self.batches.append(next(iter(feeds.values())).shape[0])
+        return self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("batch, expected_runs", [(1, [1] * 5), ("N", [2, 2, 1])])
+def test_run_model_batches_and_matches_numpy(batch: int | str, expected_runs: list[int]) -> None:
+    settings = OrtSettings(batch_size=2)
+    sess = CountingSession(make_session(tiny_classifier(batch), settings))
+    d = data(5)
+    progress: list[tuple[int, int]] = []
+    (y,) = run_model(sess, d, settings, progress=lambda done, total: progress.append((done, total)))
+    assert sess.batches == expected_runs
+    assert progress[-1] == (5, 5) and len(progress) == len(expected_runs)
+    w, b = classifier_weights()
+    np.testing.assert_allclose(y, numpy_classifier(d.inputs["X"], w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_batch_above_one_pads_the_last_batch() -> None:
+    settings = OrtSettings()
+    sess = CountingSession(make_session(tiny_classifier(2), settings))
+    assert session_batch(sess.session, settings) == 2
+    d = data(3)
+    (y,) = run_model(sess, d, settings)
+    assert sess.batches == [2, 2] and y.shape == (3, 4)
+    w, b = classifier_weights()
+    np.testing.assert_allclose(y, numpy_classifier(d.inputs["X"], w, b), rtol=1e-5, atol=1e-5)
+    last = batch_feeds(sess.session, d, 2, 2)["X"]
+    np.testing.assert_array_equal(last[0], last[1])
+
+
+def test_run_model_multiple_outputs_in_order() -> None:
+    x = np.arange(7 * 6, dtype=np.float32).reshape(7, 6)
+    settings = OrtSettings(batch_size=3)
+    scores, feat = run_model(make_session(two_output_model(), settings), EvalData({"X": x}, None, "t"), settings)
+    np.testing.assert_allclose(scores, x @ (np.arange(18, dtype=np.float32).reshape(6, 3) / 10), rtol=1e-6)
+    np.testing.assert_array_equal(feat, x + 1)
+
+
+def test_missing_input_array_is_a_data_error() -> None:
+    settings = OrtSettings()
+    with pytest.raises(DataError, match="no array for model input 'X'"):
+        run_model(make_session(tiny_classifier(1), settings), EvalData({"Z": np.zeros((1, 3))}, None, "t"), settings)
