@@ -146,7 +146,7 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     items = [("model", str(report.get("model", ""))), ("output", str(report.get("output") or DASH))]
     data = _get(report.get("baseline"), "data")
     if data:
-        items.append(("data", f"{data} ({_get(report.get('baseline'), 'samples')} samples)"))
+        items.append(("data", str(data)))  # the data source already states how many samples it holds
     items.append(("MACs", f"{fmt_count(report.get('macs_before'))} → {fmt_count(report.get('macs_after'))} "
                           f"({_ratio(report.get('macs_after'), report.get('macs_before'))})"))
     items.append(("params", f"{fmt_count(report.get('params_before'))} → {fmt_count(report.get('params_after'))} "

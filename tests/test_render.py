@@ -210,6 +210,7 @@ def test_terminal_table_shows_passes_nodes_and_markup_literally(measurements: di
         assert word in out
     assert f"split5x5: {EVIL}  5×5 16→32" in out  # rich markup in a node name is printed, not interpreted
     assert "factorize: skipped groups>1 ×2" in out
+    assert f"data: data/{EVIL}.npz\n" in out
     assert "1M→400k (0.40×)" in out
 
 
