@@ -38,7 +38,7 @@ def test_baseline_is_the_original_against_itself() -> None:
     assert b.accuracy["rel_l2_error"] == 0.0 and b.accuracy["max_abs_error"] == 0.0
     assert b.accuracy["labelled_top1"] is None and b.accuracy["top1_drop"] == 0.0
     assert b.latency is not None and b.latency.speedup == 1.0 and b.latency.candidate.repeats == 3
-    assert b.latency.candidate.batch == 4  # dynamic batch: timed on one eval batch
+    assert b.latency.candidate.batch == 1  # dynamic batch: timed at settings.latency_batch (default 1)
     assert b.samples == 12 and b.scored_output == "Y" and ev.baseline() is b
 
 

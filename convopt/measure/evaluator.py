@@ -20,7 +20,7 @@ from convopt.measure.data import EvalData
 from convopt.measure.latency import LatencyStats, speedup, time_sessions
 from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy
 from convopt.measure.ort import (
-    ORT_ERRORS, OrtSettings, Progress, batch_feeds, make_session, run_model, session_batch,
+    ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, run_model,
 )
 
 ACCURACY_KEYS = (
@@ -160,7 +160,7 @@ class Evaluator:
                     f"{[list(r.shape) for r in self.reference]}); drop the labels to compare with the original"
                 )
             self.original_accuracy = labelled_accuracy(self.reference[self.scored_index], data.labels)
-        self._feeds = batch_feeds(self._session, data, 0, session_batch(self._session, settings))
+        self._feeds = batch_feeds(self._session, data, 0, latency_batch(self._session, settings))
         self._baseline: Measurement | None = None
 
     # -- running ------------------------------------------------------------------------------------------

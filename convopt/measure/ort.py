@@ -47,6 +47,7 @@ class OrtSettings:
     warmup: int = 3
     repeats: int = 20
     batch_size: int = 32
+    latency_batch: int = 1  # samples per timed run when the model's batch is dynamic
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in OPT_LEVELS:
@@ -54,7 +55,7 @@ class OrtSettings:
                 f"unknown graph optimization level {self.graph_optimization_level!r}; use one of "
                 f"{', '.join(OPT_LEVELS)}"
             )
-        for name, low in (("threads", 0), ("warmup", 0), ("repeats", 1), ("batch_size", 1)):
+        for name, low in (("threads", 0), ("warmup", 0), ("repeats", 1), ("batch_size", 1), ("latency_batch", 1)):
             if getattr(self, name) < low:
                 raise InputError(f"ORT setting {name} must be at least {low}, got {getattr(self, name)}")
 
@@ -104,6 +105,12 @@ def session_batch(session: ort.InferenceSession, settings: OrtSettings) -> int:
             f"the model's inputs have different fixed batch sizes {sorted(fixed)}; convopt cannot batch them"
         )
     return fixed.pop() if fixed else settings.batch_size
+
+
+def latency_batch(session: ort.InferenceSession, settings: OrtSettings) -> int:
+    """Samples per timed run: the model's fixed batch when it has one, else settings.latency_batch."""
+    fixed = {b for b in map(_fixed_batch, session.get_inputs()) if b is not None}
+    return fixed.pop() if len(fixed) == 1 else settings.latency_batch
 
 
 def batch_feeds(session: ort.InferenceSession, data: EvalData, start: int, batch: int) -> dict[str, np.ndarray]:
