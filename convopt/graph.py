@@ -244,7 +244,7 @@ def _ort_shapes(
         if n not in existing:
             m.graph.output.append(helper.make_empty_tensor_value_info(n))
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a failed run is expected here (we fall back); keep ORT quiet
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -567,3 +567,138 @@ def remove_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> Non
 
 def align_up(value: int, align: int) -> int:
     return int(math.ceil(value / align) * align) if align > 1 else int(value)
+
+
+# ---------------------------------------------------------------- structural checks (used when loading)
+
+
+def find_cycle(graph: onnx.GraphProto) -> list[str] | None:
+    """Names of nodes that lie on or behind a cycle of the graph (None: the graph is acyclic).
+
+    Kahn's algorithm, iterative (no recursion, so a deep or looping graph cannot exhaust the stack); node
+    order is ignored, so an acyclic graph that is merely out of order is not reported here.
+    """
+    producer: dict[str, int] = {}
+    for i, n in enumerate(graph.node):
+        for o in n.output:
+            if o:
+                producer.setdefault(o, i)
+    consumers: list[list[int]] = [[] for _ in graph.node]
+    indeg = [0] * len(graph.node)
+    for i, n in enumerate(graph.node):
+        for src in {producer[t] for t in n.input if t and t in producer}:
+            consumers[src].append(i)
+            indeg[i] += 1
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    seen = 0
+    while ready:
+        i = ready.pop()
+        seen += 1
+        for j in consumers[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                ready.append(j)
+    if seen == len(graph.node):
+        return None
+    return [node_display_name(graph.node[i]) for i, d in enumerate(indeg) if d > 0]
+
+
+def _declared_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...]]:
+    """Shapes written in the graph (inputs, outputs, value_info): None for a symbolic or missing dim."""
+    out: dict[str, tuple[int | None, ...]] = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return out
+
+
+def model_problem(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> str | None:
+    """Why the model is malformed in a way onnx.checker lets through (None: no problem found).
+
+    Looks for a cycle, a zero-sized graph input, and Convs whose constant weight disagrees with their own
+    attributes or with their input (kernel_shape, group, channels, bias, strides/dilations/pads, an empty
+    output). Such a model cannot run in any runtime, so it is refused rather than skipped. ``shapes``:
+    known tensor shapes (e.g. from shape inference); the shapes written in the graph are used too.
+    """
+    graph = model.graph
+    cycle = find_cycle(graph)
+    if cycle is not None:
+        shown = ", ".join(repr(n) for n in cycle[:4]) + (" ..." if len(cycle) > 4 else "")
+        return f"the graph has a cycle (nodes on or after it: {shown})"
+    declared = _declared_shapes(graph)
+    inits = {t.name for t in graph.initializer}
+    for inp in graph.input:
+        shp = declared.get(inp.name)
+        if inp.name not in inits and shp is not None and 0 in shp:
+            return f"graph input '{inp.name}' has a zero-sized dimension {list(shp)}"
+    consts = ConstantTable(graph)
+    known: dict[str, tuple[int | None, ...]] = dict(declared)
+    known.update(shapes or {})
+    for node in graph.node:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        reason = _conv_problem(node, consts, known)
+        if reason is not None:
+            return f"Conv '{node_display_name(node)}': {reason}"
+    return None
+
+
+def _conv_problem(
+    node: onnx.NodeProto, consts: ConstantTable, known: dict[str, tuple[int | None, ...]]
+) -> str | None:
+    a = attrs(node)
+    w_shape: tuple[int, ...] | None = None
+    if node.input[1] in consts._inits:
+        w_shape = tuple(int(d) for d in consts._inits[node.input[1]].dims)
+    elif node.input[1] in consts._const_nodes:
+        v = consts.value(node.input[1])
+        w_shape = None if v is None else tuple(int(d) for d in v.shape)
+    if w_shape is None:
+        return None  # weight computed at run time: nothing to compare
+    if len(w_shape) < 3:
+        return f"weight shape {list(w_shape)} has fewer than 3 dims"
+    if 0 in w_shape:
+        return f"weight has a zero-sized dimension {list(w_shape)}"
+    nsp = len(w_shape) - 2
+    kernel = a.get("kernel_shape")
+    if kernel is not None and tuple(int(k) for k in kernel) != w_shape[2:]:  # type: ignore[union-attr]
+        return f"kernel_shape {list(kernel)} disagrees with weight shape {list(w_shape)}"  # type: ignore[arg-type]
+    group = int(a.get("group", 1))  # type: ignore[arg-type]
+    if group < 1 or w_shape[0] % group != 0:
+        return f"group {group} does not divide the {w_shape[0]} output channels of weight {list(w_shape)}"
+    for key, length, low in (("strides", nsp, 1), ("dilations", nsp, 1), ("pads", 2 * nsp, 0)):
+        if key in a:
+            vals = list(a[key])  # type: ignore[call-overload]
+            if len(vals) != length:
+                return f"{key} {vals} should have {length} values for a {nsp}-D kernel"
+            if any(int(v) < low for v in vals):
+                return f"{key} {vals} must be >= {low}"
+    if len(node.input) > 2 and node.input[2]:
+        b = node.input[2]
+        b_shape = tuple(int(d) for d in consts._inits[b].dims) if b in consts._inits else None
+        if b_shape is not None and b_shape != (w_shape[0],):
+            return f"bias shape {list(b_shape)} does not match the {w_shape[0]} output channels"
+    x = known.get(node.input[0])
+    if x is None or len(x) != nsp + 2:
+        return None
+    if x[1] is not None and x[1] != w_shape[1] * group:
+        return f"input '{node.input[0]}' has {x[1]} channels but the weight expects {w_shape[1] * group} (group {group})"
+    if 0 in x:
+        return f"input '{node.input[0]}' has a zero-sized dimension {list(x)}"
+    auto_pad = str(a.get("auto_pad", "NOTSET"))
+    if auto_pad not in ("", "NOTSET", "VALID") or any(v is None for v in x[2:]):
+        return None
+    strides = [int(v) for v in a.get("strides", [1] * nsp)]  # type: ignore[union-attr]
+    dil = [int(v) for v in a.get("dilations", [1] * nsp)]  # type: ignore[union-attr]
+    pads = [int(v) for v in a.get("pads", [0] * 2 * nsp)] if auto_pad != "VALID" else [0] * 2 * nsp  # type: ignore[union-attr]
+    sizes = [
+        conv_out_size(int(x[2 + i]), w_shape[2 + i], strides[i], dil[i], pads[i], pads[nsp + i])  # type: ignore[arg-type]
+        for i in range(nsp)
+    ]
+    if any(s <= 0 for s in sizes):
+        return (
+            f"output size {'x'.join(map(str, sizes))} is empty: the kernel {list(w_shape[2:])} "
+            f"(dilation {dil}) is larger than the padded input {list(x[2:])}"
+        )
+    return None

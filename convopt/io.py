@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from convopt.errors import ModelLoadError, OutputError, UnsupportedModelError
+from convopt.graph import find_cycle, model_problem
 
 MIN_OPSET = 7
 # protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -87,18 +88,44 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
             f"{source}: opset {opset} is newer than this onnx package supports ({newest}); "
             "upgrade onnx or export with an older opset"
         )
+    if model.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"{source}: IR version {model.ir_version} is newer than this onnx package supports "
+            f"({onnx.IR_VERSION}); upgrade onnx or export with an older IR version"
+        )
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"{source}: opset {opset} is too old (convopt supports opset {MIN_OPSET} and up); "
             "convert it with onnx.version_converter first"
         )
+    cycle = find_cycle(model.graph)  # before the checker, which would only say "not topologically sorted"
+    if cycle is not None:
+        raise ModelLoadError(f"{source}: invalid ONNX model: {model_problem(model)}")
+    small = model.ByteSize() < PROTOBUF_LIMIT
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if small:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
     except Exception as exc:  # the checker raises C++ exceptions of several types
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
+    problem = model_problem(model, _inferred_shapes(model) if small else None)
+    if problem is not None:
+        raise ModelLoadError(f"{source}: invalid ONNX model: {problem}")
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Tensor shapes by ONNX shape inference, best effort (an empty dict when inference fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    except Exception:  # inference is only a help for the structural checks; the checker already passed
+        return {}
+    out: dict[str, tuple[int | None, ...]] = {}
+    for vi in inferred.graph.value_info:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return out
 
 
 def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> onnx.ModelProto:
@@ -132,19 +159,48 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return pa.resolve() == pb.resolve()
 
 
+def _file_mode(path: Path) -> int:
+    """Mode for a new output file: the previous file's mode, else 0o666 minus the umask (mkstemp uses 0o600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every platform or file system can fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write bytes to path atomically: temp file in the same folder, fsync, rename."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _file_mode(p))
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
+        _fsync_dir(folder)
     except BaseException as exc:
         try:
             os.unlink(tmp)
