@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from convopt.errors import ConvOptError, GateError, InputError
@@ -105,7 +106,7 @@ def inspect(
             + ([f"g{r.groups}"] if r.groups and r.groups > 1 else []))
         io = "?" if r.channels_in is None else f"{r.channels_in}→{r.channels_out}"
         outsz = "?" if r.output_size is None else "x".join(map(str, r.output_size))
-        table.add_row(r.name, io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
+        table.add_row(escape(r.name), io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
     table.add_section()
     table.add_row("total", "", "", "", num(result.total_macs), num(result.total_params),
                   *[str(result.applicable[p]) for p in PASSES])

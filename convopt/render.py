@@ -207,8 +207,12 @@ def render_table(report: dict[str, Any], console: Console) -> None:
 
 def _md(s: str) -> str:
     """Escape text for Markdown: '&' and '<' as entities (renderers pass raw HTML through, so a node named
-    <script> must not become a tag), pipes escaped (table cells), newlines flattened."""
+    <script> must not become a tag), Markdown punctuation and pipes backslash-escaped, newlines flattened."""
     s = s.replace("&", "&amp;").replace("<", "&lt;")
+    s = s.replace("\\", "\\\\")
+    for ch in "`*[]":  # Markdown syntax: no links, images, emphasis or code spans from model strings
+        s = s.replace(ch, "\\" + ch)
+    s = s.replace("](", "]\\(")
     return s.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 

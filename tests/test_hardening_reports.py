@@ -103,7 +103,6 @@ def test_markdown_report_has_no_raw_html(report_file: Path) -> None:
     assert "<script" not in r.output.lower() and "<img" not in r.output.lower()
 
 
-@pytest.mark.xfail(strict=True, reason="needs patch in render.py: _md must escape Markdown link syntax [ ] ( )")
 def test_markdown_report_does_not_make_links_from_names(report_file: Path) -> None:
     r = runner.invoke(app, ["report", str(report_file), "--format", "md"])
     assert "](javascript:" not in r.output
@@ -138,7 +137,6 @@ def test_inspect_json_with_hostile_names(tmp_path: Path) -> None:
     assert names == [SCRIPT, MARKUP, MDLINK]
 
 
-@pytest.mark.xfail(strict=True, reason="needs patch in cli.py: inspect's table must not read node names as rich markup")
 def test_inspect_table_does_not_interpret_markup_in_names(tmp_path: Path) -> None:
     src = tmp_path / "m.onnx"
     src.write_bytes(hostile_model().SerializeToString())
