@@ -185,14 +185,17 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     for w in _warnings(report):
         console.print(Text(f"warning: {w}", style="yellow"))
     headers, rows = pass_rows(report)
+    # the note (a rollback reason) is long prose: printed under the table, not squeezed into a column
     table = Table(title="passes", title_justify="left")
-    for h in headers:
-        table.add_column(h, justify="left" if h in ("pass", "status", "note") else "right",
-                         overflow="fold")
+    for h in headers[:-1]:
+        table.add_column(h, justify="left" if h in ("pass", "status") else "right", overflow="fold")
     style = {"kept": "green", "rolled_back": "red", "no_change": "dim"}
     for row in rows:
-        table.add_row(*(Text(c, style=style.get(row[1], "") if i == 1 else "") for i, c in enumerate(row)))
+        table.add_row(*(Text(c, style=style.get(row[1], "") if i == 1 else "") for i, c in enumerate(row[:-1])))
     console.print(table)
+    for row in rows:
+        if row[-1]:
+            console.print(Text(f"  {row[0]} {row[1]}: {row[-1]}", style="red"))
     for r in rewrite_rows(report):
         p, node, kernel, io, form, ranks, macs, params, err, _new = r
         console.print(Text(f"  {p}: {node}  {kernel} {io}  {form} {ranks}  MACs {macs}  params {params}  "
