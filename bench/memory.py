@@ -1,0 +1,97 @@
+"""Peak memory of `convopt optimize`, as a multiple of the model's size.
+
+Each configuration runs in a fresh Python process that imports everything convopt needs (numpy, onnx,
+onnxruntime, the CLI), records its resident-set high-water mark (the fixed cost of the libraries), then runs
+`convopt optimize` in-process and records the high-water mark again. Reported per configuration:
+
+  peak     the process's peak RSS (VmHWM / ru_maxrss)
+  base     peak RSS after the imports, before the model is opened
+  work     peak - base: what optimizing this model cost
+  ratios   work / model size and peak / model size
+
+Usage:  python bench/memory.py [MODEL.onnx] [--json]
+        (default: the largest model in ../shared/models beside the repo)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MODELS = REPO.parent / "shared" / "models"
+
+CONFIGS: dict[str, list[str]] = {
+    "no-eval": ["--no-eval"],
+    "no-eval, full rank": ["--no-eval", "--full-rank"],
+    "eval (random data, 8 samples)": ["--warmup", "2", "--repeats", "10"],
+    "eval, all four passes": ["--warmup", "2", "--repeats", "10",
+                              "--passes", "bottleneck,split5x5,factorize,depthwise"],
+}
+
+DRIVER = r"""
+import json, resource, sys
+def hwm():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import numpy, onnx, onnxruntime  # noqa: F401  the fixed cost
+import convopt.cli, convopt.pipeline, convopt.measure.evaluator  # noqa: F401
+base = hwm()
+code = 0
+try:
+    convopt.cli.app(sys.argv[1:], standalone_mode=False)
+except SystemExit as e:
+    code = e.code or 0
+print(json.dumps({"base": base, "peak": hwm(), "code": code}))
+"""
+
+
+def measure(model: Path, extra: list[str]) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as d:
+        args = ["optimize", str(model), "-o", str(Path(d) / "out.onnx"), "-q", *extra]
+        r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, cwd=d,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    if r.returncode != 0:
+        raise SystemExit(f"measurement failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def largest_model() -> Path:
+    models = sorted(SHARED_MODELS.glob("*.onnx"), key=lambda p: p.stat().st_size)
+    if not models:
+        raise SystemExit(f"no models in {SHARED_MODELS}; pass a model path")
+    return models[-1]
+
+
+def main() -> None:
+    argv = [a for a in sys.argv[1:] if a != "--json"]
+    model = Path(argv[0]) if argv else largest_model()
+    size = model.stat().st_size
+    rows = []
+    for name, extra in CONFIGS.items():
+        m = measure(model, extra)
+        work = m["peak"] - m["base"]
+        rows.append({"config": name, "model_bytes": size, "base_bytes": m["base"], "peak_bytes": m["peak"],
+                     "work_bytes": work, "work_ratio": round(work / size, 2), "peak_ratio": round(m["peak"] / size, 2),
+                     "exit_code": m["code"]})
+    if "--json" in sys.argv:
+        print(json.dumps({"model": str(model), "results": rows}, indent=2))
+        return
+    mb = 1 / 2**20
+    print(f"{model.name}: {size * mb:.1f} MiB")
+    print(f"{'config':32s} {'base MiB':>9s} {'peak MiB':>9s} {'work MiB':>9s} {'work/model':>11s} {'peak/model':>11s}")
+    for r in rows:
+        print(f"{r['config']:32s} {r['base_bytes'] * mb:9.1f} {r['peak_bytes'] * mb:9.1f} {r['work_bytes'] * mb:9.1f} "
+              f"{r['work_ratio']:10.1f}x {r['peak_ratio']:10.1f}x")
+
+
+if __name__ == "__main__":
+    main()

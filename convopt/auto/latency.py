@@ -1,0 +1,160 @@
+"""Per-layer latency: a Conv and each candidate rewrite of it as single-layer ORT models, timed interleaved,
+cached by (geometry, form, ranks, batch, provider, threads, optimization level).
+
+Weights do not change ORT's run time, so a repeated shape (SqueezeNet's fire modules, VGG's stages) is
+measured once; the cache can persist to a JSON file between runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from convopt.graph import ConvSpec, make_conv, tensor
+from convopt.measure.latency import time_sessions
+from convopt.measure.ort import OrtSettings, make_session
+from convopt.passes.base import ConvPass, RankPolicy, run_conv_pass
+from convopt.report import NodeRewrite
+
+OPSET = 13
+
+
+def conv_key(conv: ConvSpec, batch: int) -> str:
+    """Everything about a Conv that decides its run time (not its weight values)."""
+    assert conv.in_shape is not None and conv.pads is not None
+    return "conv:" + ",".join(str(v) for v in (
+        batch, *conv.in_shape[1:], *conv.W.shape, *conv.strides, *conv.pads, *conv.dilations, conv.group,
+        int(conv.B is not None)))
+
+
+def settings_key(settings: OrtSettings) -> str:
+    import onnxruntime as ort
+
+    return f"{settings.provider}|t{settings.threads}|{settings.graph_optimization_level}|ort{ort.__version__}"
+
+
+def single_conv_model(conv: ConvSpec, batch: int) -> onnx.ModelProto:
+    """A model with one input (batch, C, H, W) → this Conv (its real weights and attributes) → one output."""
+    assert conv.in_shape is not None and conv.pads is not None
+    _, c, h, w = conv.in_shape
+    inits = [tensor("W", conv.W)]
+    b = None
+    if conv.B is not None:
+        inits.append(tensor("B", conv.B))
+        b = "B"
+    node = make_conv(conv.name, "x", "W", b, "y", kernel=conv.kernel, strides=conv.strides, pads=conv.pads,
+                     dilations=conv.dilations, group=conv.group)
+    g = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, c, h, w])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    return m
+
+
+def single_layer_shapes(conv: ConvSpec, batch: int) -> dict[str, tuple[int, ...]]:
+    assert conv.in_shape is not None and conv.out_shape is not None
+    return {"x": (batch, *conv.in_shape[1:]), "y": (batch, *conv.out_shape[1:])}
+
+
+def rewrite_single(conv: ConvSpec, conv_pass: ConvPass, policy: RankPolicy,
+                   batch: int) -> tuple[onnx.ModelProto, NodeRewrite] | str:
+    """The single-layer model of ``conv`` rewritten by ``conv_pass`` under ``policy`` and the pass's record,
+    or the pass's refusal."""
+    single = single_conv_model(conv, batch)
+    out = run_conv_pass(single, conv_pass, policy, single_layer_shapes(conv, batch), only={conv.name})
+    if not out.rewritten:
+        return out.skipped[0].reason if out.skipped else "not rewritten"
+    return out.model, out.rewritten[0]
+
+
+@dataclass
+class LayerLatencyCache:
+    """Median ms of single-layer models, keyed by shape key and settings key; optional JSON persistence."""
+
+    path: Path | None = None
+    hits: int = 0
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        self._data: dict[str, float] = {}
+        if self.path is not None and Path(self.path).is_file():
+            try:
+                self._data = {str(k): float(v) for k, v in json.loads(Path(self.path).read_text()).items()}
+            except (OSError, ValueError):
+                self._data = {}
+
+    def get(self, key: str) -> float | None:
+        v = self._data.get(key)
+        if v is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return v
+
+    def put(self, key: str, ms: float) -> None:
+        self._data[key] = float(ms)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        p = Path(self.path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._data, f, indent=0, sort_keys=True)
+        os.replace(tmp, p)
+
+
+def time_layers(models: list[onnx.ModelProto], in_shape: tuple[int, ...], settings: OrtSettings,
+                seed: int = 0) -> list[float]:
+    """Median ms per model, all timed interleaved in one run on the same random input."""
+    x = np.random.default_rng(seed).standard_normal(in_shape).astype(np.float32)
+    sessions = [make_session(m, settings) for m in models]
+    stats = time_sessions(sessions, {"x": x}, settings)
+    return [s.median_ms for s in stats]
+
+
+def measure_candidates(
+    conv: ConvSpec,
+    candidates: list[tuple[str, onnx.ModelProto]],
+    batch: int,
+    settings: OrtSettings,
+    cache: LayerLatencyCache,
+) -> tuple[float, dict[str, float]]:
+    """(dense ms, {candidate key: ms}) for ``conv`` and its single-layer candidates (key: form/ranks string).
+    Uncached ones are timed interleaved with the dense layer in one run; everything is stored in ``cache``."""
+    skey = settings_key(settings)
+    base = conv_key(conv, batch)
+    dense_k = f"{base}|dense|{skey}"
+    dense = cache.get(dense_k)
+    res: dict[str, float] = {}
+    todo: list[tuple[str, onnx.ModelProto]] = []
+    for key, m in candidates:
+        v = cache.get(f"{base}|{key}|{skey}")
+        if v is None:
+            todo.append((key, m))
+        else:
+            res[key] = v
+    if todo or dense is None:
+        assert conv.in_shape is not None
+        ms = time_layers([single_conv_model(conv, batch)] + [m for _, m in todo], (batch, *conv.in_shape[1:]), settings)
+        dense = ms[0]  # timed in the same interleaved run as the new candidates
+        cache.put(dense_k, ms[0])
+        for (key, _), v in zip(todo, ms[1:]):
+            res[key] = v
+            cache.put(f"{base}|{key}|{skey}", v)
+    return float(dense), res
+
+
+def describe(d: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(d.items()))

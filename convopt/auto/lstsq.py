@@ -1,0 +1,103 @@
+"""Least-squares refit of a conv's last factor, pure numpy (no ONNX, no ORT).
+
+Model: y[n, :, p] ≈ Wl · patch(z, n, p) + b, where z is the last factor's input, patch the k×k window
+(im2col, ONNX cross-correlation order (c, a, b)) under output pixel p, and y the *original* layer's output.
+Rows (pixels) are subsampled; the normal equations AᵀA, AᵀY (A = [patches, 1]) are accumulated over
+batches so memory stays bounded, then solved with a light ridge: w = (AᵀA + λI)⁻¹ AᵀY.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConvGeom:
+    """Geometry of a group-1 conv: kernel (kh, kw), strides, pads (top, left, bottom, right), dilations."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.kernel
+        oh = (h + self.pads[0] + self.pads[2] - ((kh - 1) * self.dilations[0] + 1)) // self.strides[0] + 1
+        ow = (w + self.pads[1] + self.pads[3] - ((kw - 1) * self.dilations[1] + 1)) // self.strides[1] + 1
+        return oh, ow
+
+
+def sample_positions(n: int, oh: int, ow: int, per_sample: int, rng: np.random.Generator) -> np.ndarray:
+    """(P, 3) int array of (sample, row, col) output positions: ``per_sample`` distinct pixels per sample
+    (all of them when the map is smaller)."""
+    k = min(per_sample, oh * ow)
+    rows = []
+    for i in range(n):
+        flat = rng.choice(oh * ow, size=k, replace=False) if k < oh * ow else np.arange(oh * ow)
+        rows.append(np.stack([np.full(k, i), flat // ow, flat % ow], axis=1))
+    return np.concatenate(rows, axis=0).astype(np.int64) if rows else np.zeros((0, 3), np.int64)
+
+
+def im2col_at(z: np.ndarray, geom: ConvGeom, pos: np.ndarray) -> np.ndarray:
+    """Patches of z (N, C, H, W) under the output positions ``pos`` (P, 3) → (P, C·kh·kw), float64,
+    column order (c, a, b) = the order of W.reshape(O, C·kh·kw)."""
+    t, l, b, r = geom.pads
+    zp = np.pad(z, ((0, 0), (0, 0), (t, b), (l, r))) if any(geom.pads) else z
+    zt = zp.transpose(0, 2, 3, 1)  # (N, Hp, Wp, C)
+    kh, kw = geom.kernel
+    rows = pos[:, 1:2] * geom.strides[0] + np.arange(kh)[None, :] * geom.dilations[0]  # (P, kh)
+    cols = pos[:, 2:3] * geom.strides[1] + np.arange(kw)[None, :] * geom.dilations[1]  # (P, kw)
+    g = zt[pos[:, 0][:, None, None], rows[:, :, None], cols[:, None, :]]  # (P, kh, kw, C)
+    return g.transpose(0, 3, 1, 2).reshape(len(pos), -1).astype(np.float64)
+
+
+def pixels_at(y: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """y (N, O, OH, OW) at positions (P, 3) → (P, O) float64."""
+    return y[pos[:, 0], :, pos[:, 1], pos[:, 2]].astype(np.float64)
+
+
+@dataclass
+class NormalEquations:
+    """Running AᵀA, AᵀY, YᵀY for A = [X, 1] (bias column last)."""
+
+    features: int
+    outputs: int
+    AtA: np.ndarray = field(init=False)
+    AtY: np.ndarray = field(init=False)
+    YtY: float = 0.0
+    rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.AtA = np.zeros((self.features + 1, self.features + 1))
+        self.AtY = np.zeros((self.features + 1, self.outputs))
+
+    def add(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """X (P, F), Y (P, O)."""
+        A = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
+        self.AtA += A.T @ A
+        self.AtY += A.T @ Y
+        self.YtY += float(np.sum(Y * Y))
+        self.rows += X.shape[0]
+
+    def solve(self, ridge: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+        """Least squares with ridge λ = ridge · mean(diag AᵀA) on the weights (not the bias)
+        → (Wl (O, F), b (O,))."""
+        G = self.AtA.copy()
+        F = self.features
+        lam = ridge * float(np.trace(G[:F, :F])) / max(F, 1)
+        G[np.arange(F), np.arange(F)] += lam if lam > 0 else 1e-12
+        try:
+            w = np.linalg.solve(G, self.AtY)
+        except np.linalg.LinAlgError:
+            w = np.linalg.lstsq(G, self.AtY, rcond=None)[0]
+        return w[:F].T.copy(), w[F].copy()
+
+    def sq_error(self, Wl: np.ndarray, b: np.ndarray) -> float:
+        """Σ ||Y − X Wlᵀ − b||² over the accumulated rows, from the normal equations."""
+        w = np.concatenate([np.asarray(Wl, np.float64).T, np.asarray(b, np.float64)[None, :]], axis=0)
+        return float(np.sum(w * (self.AtA @ w)) - 2.0 * np.sum(w * self.AtY) + self.YtY)
+
+    def rel_error(self, Wl: np.ndarray, b: np.ndarray) -> float:
+        """sqrt(sq_error / ||Y||²)."""
+        return float(np.sqrt(max(self.sq_error(Wl, b), 0.0) / self.YtY)) if self.YtY > 0 else 0.0

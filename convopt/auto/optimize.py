@@ -1,0 +1,331 @@
+"""Auto mode: data-aware factors and latency-aware per-layer choice under an accuracy budget.
+
+1. fold BN; list the dense k×k Convs (group 1, known shapes);
+2. candidates per Conv: the applicable passes × a few aligned ranks, each timed as a single-layer ORT model
+   interleaved with the dense layer (cached by shape, provider, threads); only candidates that measure at
+   least ``min_layer_speedup`` faster than the dense layer are kept — a slower rewrite is never used;
+3. accuracy cost of each kept candidate applied alone, with its last factor refit on calibration data,
+   measured end to end on the calibration set (relative L2 error of the outputs vs the original);
+   candidates that alone break the budget are dropped;
+4. greedy sequence by latency saved per unit of cost; bisection along it, each step built with sequential
+   refitting and checked end to end on the calibration data; the result is then measured with the caller's
+   evaluator (held-out data, latency interleaved with the original), backing off while the budget fails
+   or the model measures no faster than the original.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from convopt.auto.candidates import Candidate, build_candidates
+from convopt.auto.latency import LayerLatencyCache, measure_candidates
+from convopt.auto.refit import Targets, collect_targets, refit_sequential
+from convopt.auto.select import Choice, greedy_sequence, search_prefix
+from convopt.graph import ConvSpec, apply_replacements, read_convs
+from convopt.measure.data import EvalData
+from convopt.measure.evaluator import Budget, Evaluator, Measurement
+from convopt.measure.ort import OrtSettings, make_session, session_batch
+from convopt.passes.fold_bn import NAME as FOLD_BN, fold_batchnorm
+from convopt.pipeline import OptimizeResult, conv_shapes, environment, totals, verify
+from convopt.report import NodeRewrite, NodeSkip, PassReport, Report
+
+Event = Callable[[str], None]
+AUTO_PASSES = ("factorize", "bottleneck", "depthwise", "split5x5")
+DEFAULT_BUDGET = Budget(max_accuracy_drop=1.0)
+
+
+def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) -> tuple[EvalData, EvalData]:
+    """Split one data set into (calibration, evaluation) halves, disjoint, by a seeded permutation."""
+    n = data.n
+    if n < 2:
+        raise ValueError("need at least 2 samples to split into calibration and evaluation data")
+    perm = np.random.default_rng(seed).permutation(n)
+    k = min(max(1, int(round(n * calib_fraction))), n - 1)
+    parts = []
+    for idx, what in ((np.sort(perm[:k]), "calibration"), (np.sort(perm[k:]), "evaluation")):
+        parts.append(EvalData({name: a[idx] for name, a in data.inputs.items()},
+                              None if data.labels is None else data.labels[idx],
+                              f"{data.source} [{what} split: {len(idx)} samples, seed {seed}]", data.warning))
+    return parts[0], parts[1]
+
+
+def pareto_spread(cands: list[Candidate], n: int) -> list[Candidate]:
+    """Candidates not dominated in (layer speedup ↑, weight relative error ↓), thinned to at most ``n``
+    spread evenly along the front (both ends kept): from the most accurate to the fastest."""
+    front = [c for c in cands if not any(
+        (o.speedup >= c.speedup and o.record.weight_rel_error <= c.record.weight_rel_error)
+        and (o.speedup > c.speedup or o.record.weight_rel_error < c.record.weight_rel_error) for o in cands)]
+    front.sort(key=lambda c: c.record.weight_rel_error)
+    if len(front) <= n:
+        return front
+    idx = sorted({round(i * (len(front) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [0]
+    return [front[i] for i in idx]
+
+
+def _latency_batch(model: onnx.ModelProto, settings: OrtSettings) -> int:
+    return session_batch(make_session(model, settings), settings)
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def auto_optimize(
+    model: onnx.ModelProto,
+    *,
+    passes: list[str] | None = None,
+    calib: EvalData,
+    evaluator: Evaluator,
+    budget: Budget | None = None,
+    settings: OrtSettings,
+    align: int = 8,
+    seed: int = 0,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    latency_cache: LayerLatencyCache | str | None = None,
+    min_layer_speedup: float = 1.05,
+    max_candidates_per_layer: int = 5,
+    refit_samples: int = 64,
+    refit: bool = True,
+    model_name: str = "",
+    output_name: str | None = None,
+    on_event: Event | None = None,
+) -> OptimizeResult:
+    """Optimize ``model`` in auto mode (see the module docstring) and return the model and its Report.
+
+    ``calib`` (calibration data: refits, candidate costs, the end-to-end checks) must be disjoint from the
+    ``evaluator``'s data (the final, reported measurement). ``budget`` defaults to 1 point of top-1
+    (labelled, or of top-1 agreement without labels); a model with no class-score output needs
+    ``Budget(max_rel_error=...)``. ``latency_cache``: a LayerLatencyCache or a JSON path to persist it.
+    """
+    t_start = time.perf_counter()
+    say = on_event or (lambda _m: None)
+    passes = list(passes or AUTO_PASSES)
+    budget = budget or DEFAULT_BUDGET
+    cache = latency_cache if isinstance(latency_cache, LayerLatencyCache) else LayerLatencyCache(
+        None if latency_cache is None else __import__("pathlib").Path(latency_cache))
+    timings: dict[str, float] = {}
+
+    # -- 1. fold BN, list convs ---------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    shapes0 = conv_shapes(model, input_shapes)
+    macs0, params0 = totals(model, shapes0)
+    fold = fold_batchnorm(model)
+    base = fold.model
+    shapes = conv_shapes(base, input_shapes)
+    specs = [c for c in read_convs(base, shapes) if isinstance(c, ConvSpec)]
+    fold_report = PassReport(FOLD_BN, "kept" if fold.rewritten else "no_change", tuple(fold.rewritten),
+                             tuple(fold.skipped), macs0, macs0, params0,
+                             params0 - sum(r.params_before - r.params_after for r in fold.rewritten),
+                             round(fold.seconds, 4))
+    batch = _latency_batch(base, settings)
+    skipped: dict[str, str] = {}
+    eligible: list[ConvSpec] = []
+    for c in specs:
+        if c.kernel == (1, 1):
+            continue  # 1x1 convs have nothing to factorize; not listed as skips
+        if c.group != 1:
+            skipped[c.name] = f"group {c.group} conv: auto mode rewrites dense (group 1) convs only"
+        elif c.in_shape is None or c.out_shape is None or c.pads is None:
+            skipped[c.name] = "shape unknown (give --input-shape)"
+        else:
+            eligible.append(c)
+    say(f"auto: {len(eligible)} dense conv(s) to consider, latency batch {batch}, "
+        f"threads {settings.threads or 'ORT default'}")
+    timings["prepare"] = time.perf_counter() - t0
+
+    # -- 2. candidates and their single-layer latency -----------------------------------------------------
+    t0 = time.perf_counter()
+    cands: dict[str, list[Candidate]] = {}
+    all_cands: list[Candidate] = []
+    lat_settings = replace(settings, repeats=max(settings.repeats, 30), warmup=max(settings.warmup, 3))
+    for i, c in enumerate(eligible, 1):
+        built, refused = build_candidates(c, passes, batch, align=align, seed=seed)
+        if not built:
+            skipped[c.name] = "no candidate lowers MACs enough: " + "; ".join(refused[:3])
+            continue
+        dense, ms = measure_candidates(c, [(k.key, k.single) for k in built], batch, lat_settings, cache)
+        fast = []
+        for k in built:
+            k.dense_ms, k.ms = dense, ms[k.key]
+            if k.speedup >= min_layer_speedup:
+                fast.append(k)
+            else:
+                k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {min_layer_speedup})"
+            all_cands.append(k)
+        keep = pareto_spread(fast, max_candidates_per_layer)
+        for k in fast:
+            if k not in keep:
+                k.status = "not evaluated (dominated or thinned: another candidate is faster and as accurate)"
+        if keep:
+            cands[c.name] = keep
+        else:
+            skipped[c.name] = f"no candidate measured >= {min_layer_speedup}x faster than the dense layer in ORT"
+        say(f"auto: [{i}/{len(eligible)}] {c.name}: dense {dense:.3f} ms, {len(built)} candidates, "
+            f"{len(fast)} faster, best {max((k.speedup for k in built), default=float('nan')):.2f}x")
+    cache.save()
+    timings["latency"] = time.perf_counter() - t0
+
+    # -- 3. accuracy cost of each candidate alone ---------------------------------------------------------
+    t0 = time.perf_counter()
+    spec_by_name = {c.name: c for c in eligible}
+    order = [c.name for c in eligible]  # graph (topological) order
+    calib_ev = Evaluator(model, calib, settings, measure_latency=False)
+    base_meas = calib_ev.baseline()
+    fit_data = calib if calib.n <= refit_samples else EvalData(
+        {k2: a[:refit_samples] for k2, a in calib.inputs.items()},
+        None if calib.labels is None else calib.labels[:refit_samples],
+        f"{calib.source} [first {refit_samples}]", calib.warning)
+    cost_ev = calib_ev if fit_data is calib else Evaluator(model, fit_data, settings, measure_latency=False)
+    targets: Targets | None = None
+    if refit and cands:
+        say(f"auto: collecting original layer outputs on {fit_data.n} calibration samples")
+        targets = collect_targets(base, {n: spec_by_name[n].y for n in cands}, fit_data, settings, seed=seed)
+
+    def build(config: dict[str, Candidate], say_refit: bool = False) -> tuple[onnx.ModelProto, list[Any]]:
+        names = [n for n in order if n in config]
+        m = apply_replacements(base, [config[n].replacement(spec_by_name[n]) for n in names])
+        if refit and targets is not None and names:
+            return refit_sequential(m, [(n, spec_by_name[n].y) for n in names], targets, fit_data, settings,
+                                    say if say_refit else None)
+        return m, []
+
+    # alone, a candidate is dropped only when it misses the budget by more than two samples' worth
+    # (the cost set is small; the real budget is checked end to end on all calibration data below)
+    slack = 200.0 / max(fit_data.n, 1)
+    loose = Budget(
+        max_accuracy_drop=None if budget.max_accuracy_drop is None else budget.max_accuracy_drop + slack,
+        min_agreement=None if budget.min_agreement is None else max(0.0, budget.min_agreement - slack),
+        max_rel_error=budget.max_rel_error)
+    n_eval = sum(len(v) for v in cands.values())
+    done = 0
+    choices: list[Choice] = []
+    for name in order:
+        for k in cands.get(name, []):
+            done += 1
+            m, _ = build({name: k})
+            meas = cost_ev.measure(m, f"{name} {k.key}")
+            acc = meas.accuracy
+            k.calib = {key: acc.get(key) for key in ("rel_l2_error", "top1_drop", "top1_agreement")}
+            k.cost = float(acc.get("rel_l2_error") or 0.0)
+            broken = cost_ev.check(meas, loose)
+            if broken:
+                k.status = f"alone breaks the budget on calibration data ({broken})"
+            else:
+                k.status = "eligible"
+                choices.append(Choice(name, k.key, k.saved_ms, k.cost))
+            say(f"auto: cost [{done}/{n_eval}] {name} {k.key}: rel err {_fmt(k.cost, '.4f')}, "
+                f"top-1 drop {_fmt(acc.get('top1_drop'), '.2f')}, layer {k.speedup:.2f}x, {k.status}")
+    timings["costs"] = time.perf_counter() - t0
+
+    # -- 4. greedy sequence, end-to-end checks, back-off -----------------------------------------------------
+    t0 = time.perf_counter()
+    by_key = {(k.layer, k.key): k for v in cands.values() for k in v}
+    seq = greedy_sequence(choices)
+    configs = [{n: by_key[(ch.layer, ch.key)] for n, ch in cfg.items()} for cfg in seq]
+    checks: list[dict[str, Any]] = []
+    built_cache: dict[int, tuple[onnx.ModelProto, list[Any], Measurement]] = {}
+
+    def ok(k: int) -> bool:
+        m, infos = build(configs[k])
+        meas = calib_ev.measure(m, f"auto step {k}")
+        reason = calib_ev.check(meas, budget)
+        built_cache[k] = (m, infos, meas)
+        checks.append({"step": k, "layers": len(configs[k]), "data": "calibration",
+                       "top1_drop": meas.accuracy.get("top1_drop"), "rel_l2_error": meas.accuracy.get("rel_l2_error"),
+                       "ok": reason is None, "reason": reason})
+        say(f"auto: check step {k}/{len(configs) - 1} ({len(configs[k])} layers) on calibration data: "
+            f"top-1 drop {_fmt(meas.accuracy.get('top1_drop'), '.2f')}, rel err "
+            f"{_fmt(meas.accuracy.get('rel_l2_error'), '.4f')} -> {'ok' if reason is None else 'over budget'}")
+        return reason is None
+
+    n_steps = len(configs) - 1
+    best_k, _log = search_prefix(n_steps, ok) if n_steps > 0 else (0, [])
+    # final measurement on the evaluator's (held-out) data; back off while the budget fails or it is slower
+    final_model, final_infos, final_meas = base, [], None
+    rolled: str | None = None
+    tried = 0
+    k = best_k
+    while k > 0:
+        m, infos, _ = built_cache.get(k) or (*build(configs[k]), None)  # type: ignore[misc]
+        verify(m, "auto mode")
+        meas = evaluator.measure(m, f"auto ({len(configs[k])} layers rewritten)")
+        reason = evaluator.check(meas, budget)
+        sp = meas.latency.speedup if meas.latency is not None else None
+        if reason is None and sp is not None and sp <= 1.0:
+            reason = f"measured no faster than the original end to end (speedup {sp:.3f}x)"
+        checks.append({"step": k, "layers": len(configs[k]), "data": "evaluation",
+                       "top1_drop": meas.accuracy.get("top1_drop"), "rel_l2_error": meas.accuracy.get("rel_l2_error"),
+                       "speedup": sp, "ok": reason is None, "reason": reason})
+        say(f"auto: final check step {k} on {evaluator.data.n} evaluation samples: top-1 drop "
+            f"{_fmt(meas.accuracy.get('top1_drop'), '.2f')}, speedup {_fmt(sp)}x -> {reason or 'kept'}")
+        if reason is None:
+            final_model, final_infos, final_meas = m, infos, meas
+            break
+        rolled = reason
+        tried += 1
+        k = k - 1 if tried < 3 else k // 2  # step back, then halve
+    else:
+        k = 0
+    timings["select"] = time.perf_counter() - t0
+    chosen = configs[k] if k > 0 else {}
+
+    # -- report -------------------------------------------------------------------------------------------
+    refit_by_layer = {i.layer: i for i in final_infos}
+    rewrites: list[NodeRewrite] = []
+    for n in order:
+        if n in chosen:
+            rewrites.append(chosen[n].record)
+    skips = [NodeSkip(n, r) for n, r in skipped.items()]
+    for n in order:
+        if n in chosen or n in skipped:
+            continue
+        if n in cands:
+            elig = [x for x in cands[n] if x.status == "eligible"]
+            if not elig:
+                skips.append(NodeSkip(n, "every faster candidate alone breaks the accuracy budget (kept dense)"))
+            else:
+                skips.append(NodeSkip(n, "left dense by the global choice (accuracy budget)"))
+    macs_after = macs0 - sum(r.macs_before - r.macs_after for r in rewrites)
+    params_after = fold_report.params_after - sum(r.params_before - r.params_after for r in rewrites)
+    if final_meas is None:
+        final_meas = evaluator.baseline()
+    status = "kept" if rewrites else ("rolled_back" if rolled else "no_change")
+    auto_report = PassReport(
+        name="auto", status=status, rewritten=tuple(rewrites), skipped=tuple(skips),
+        macs_before=macs0, macs_after=macs_after, params_before=fold_report.params_after,
+        params_after=params_after, seconds=round(time.perf_counter() - t_start, 3),
+        rollback_reason=None if rewrites else rolled, measurement=final_meas.to_dict())
+    extra = {"auto": {
+        "passes": passes,
+        "budget": {k2: v for k2, v in vars(budget).items()},
+        "calibration": {"source": calib.source, "samples": calib.n, "refit_samples": fit_data.n,
+                        "baseline": base_meas.to_dict()["accuracy"]},
+        "latency_batch": batch,
+        "min_layer_speedup": min_layer_speedup,
+        "refit": refit,
+        "chosen": {n: {"candidate": chosen[n].key, "form": chosen[n].record.form, "ranks": chosen[n].ranks,
+                       "layer_speedup": chosen[n].speedup,
+                       "refit_layer_error": None if n not in refit_by_layer else
+                       [refit_by_layer[n].rel_error_before, refit_by_layer[n].rel_error_after]}
+                   for n in order if n in chosen},
+        "candidates": [k2.to_dict() for k2 in all_cands],
+        "sequence": [{n: c.key for n, c in cfg.items()} for cfg in configs],
+        "checks": checks,
+        "latency_cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+        "timings_s": {k2: round(v, 2) for k2, v in timings.items()},
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }}
+    report = Report(
+        model=model_name, output=output_name, passes=(fold_report, auto_report),
+        settings={"strategy": "auto", "passes": passes, "fold_bn": True, "align": align, "seed": seed,
+                  "input_shapes": {k2: list(v) for k2, v in (input_shapes or {}).items()},
+                  "ort": settings.to_dict()},
+        environment=environment(), macs_before=macs0, macs_after=macs_after, params_before=params0,
+        params_after=params_after, baseline=evaluator.baseline().to_dict(), final=final_meas.to_dict(), extra=extra)
+    say(f"auto: done in {time.perf_counter() - t_start:.1f}s: {len(rewrites)} layer(s) rewritten, "
+        f"MACs {macs_after / max(macs0, 1):.3f}x, speedup {_fmt(final_meas.latency.speedup if final_meas.latency else None)}x")
+    return OptimizeResult(final_model if rewrites else base, report, [final_meas])

@@ -1,0 +1,164 @@
+"""Data-aware factors: refit each rewritten layer's last factor (and its bias) by least squares so the layer
+reproduces the *original* layer's output given the input it actually sees in the already-rewritten model.
+
+Layers are refit in topological order, one calibration run each, so every refit corrects the error
+accumulated upstream (sequential refitting). Intermediate tensors come from ORT runs on a copy of the model
+with the wanted tensors added as graph outputs; pixels are subsampled (same positions for input patches and
+targets) and the normal equations are accumulated batch by batch (convopt.auto.lstsq).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions
+from convopt.graph import attrs
+from convopt.measure.data import EvalData
+from convopt.measure.ort import OrtSettings, make_session, session_batch
+
+Say = Callable[[str], None]
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are exactly ``names`` (intermediate tensors)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    return m
+
+
+def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
+                 max_batch: int = 16):
+    """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch."""
+    sess = make_session(with_outputs(model, names), settings)
+    batch = min(session_batch(sess, settings), max_batch) if not _fixed(sess) else session_batch(sess, settings)
+    n = data.n
+    for start in range(0, n, batch):
+        take = min(batch, n - start)
+        feeds = {}
+        for inp in sess.get_inputs():
+            arr = data.inputs[inp.name][start:start + batch]
+            if arr.shape[0] < batch and _fixed(sess):
+                arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
+            feeds[inp.name] = np.ascontiguousarray(arr)
+        outs = sess.run(names, feeds)
+        yield start, [o[:take] for o in outs]
+
+
+def _fixed(sess) -> bool:
+    return any(isinstance(i.shape[0], int) and i.shape[0] > 0 for i in sess.get_inputs() if i.shape)
+
+
+@dataclass
+class Targets:
+    """Original outputs of each layer at sampled pixels: positions (P, 3) (sample, row, col) and Y (P, O)."""
+
+    pos: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+
+
+def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
+                    rows: int = 16000, seed: int = 0) -> Targets:
+    """One run of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor.
+    Keeps about ``rows`` pixels per layer (spread evenly over the samples)."""
+    rng = np.random.default_rng(seed)
+    names = list(layers)
+    tensors = [layers[k] for k in names]
+    pos: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    per = max(1, rows // max(data.n, 1))
+    for start, outs in iter_batches(model, tensors, data, settings):
+        for k, y in zip(names, outs):
+            p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rng)
+            ys[k].append(pixels_at(y, p).astype(np.float32))
+            p[:, 0] += start
+            pos[k].append(p)
+    return Targets({k: np.concatenate(v) for k, v in pos.items()}, {k: np.concatenate(v) for k, v in ys.items()})
+
+
+@dataclass
+class RefitInfo:
+    layer: str
+    rel_error_before: float  # layer output error of the data-free last factor, on the sampled calibration pixels
+    rel_error_after: float
+    kept: bool
+    rows: int
+
+
+def _init_index(model: onnx.ModelProto) -> dict[str, int]:
+    return {t.name: i for i, t in enumerate(model.graph.initializer)}
+
+
+def last_factor(model: onnx.ModelProto, y_name: str) -> onnx.NodeProto:
+    for n in model.graph.node:
+        if y_name in n.output:
+            if n.op_type != "Conv":
+                raise ValueError(f"the producer of {y_name} is {n.op_type}, not Conv")
+            return n
+    raise ValueError(f"no node produces {y_name}")
+
+
+def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Targets, data: EvalData,
+                settings: OrtSettings, ridge: float = 1e-5) -> RefitInfo:
+    """Refit, in place, the weight and bias of the Conv producing ``y_name`` (must be group 1) on the input
+    it sees in ``model``; the refit is kept only if it lowers the error on the calibration pixels."""
+    node = last_factor(model, y_name)
+    a = attrs(node)
+    if int(a.get("group", 1)) != 1:  # type: ignore[arg-type]
+        return RefitInfo(layer, float("nan"), float("nan"), False, 0)
+    idx = _init_index(model)
+    W = numpy_helper.to_array(model.graph.initializer[idx[node.input[1]]]).astype(np.float64)
+    O = W.shape[0]
+    has_b = len(node.input) > 2 and bool(node.input[2])
+    b = numpy_helper.to_array(model.graph.initializer[idx[node.input[2]]]).astype(np.float64) if has_b else np.zeros(O)
+    geom = ConvGeom(tuple(W.shape[2:]), tuple(a.get("strides", [1, 1])),  # type: ignore[arg-type]
+                    tuple(a.get("pads", [0, 0, 0, 0])), tuple(a.get("dilations", [1, 1])))  # type: ignore[arg-type]
+    pos, Y = targets.pos[layer], targets.y[layer].astype(np.float64)
+    order = np.argsort(pos[:, 0], kind="stable")
+    pos, Y = pos[order], Y[order]
+    bounds = np.searchsorted(pos[:, 0], np.arange(data.n + 1))
+    ne = NormalEquations(int(np.prod(W.shape[1:])), O)
+    for start, (z,) in iter_batches(model, [node.input[0]], data, settings):
+        lo, hi = bounds[start], bounds[min(start + z.shape[0], data.n)]
+        if hi <= lo:
+            continue
+        p = pos[lo:hi].copy()
+        p[:, 0] -= start
+        ne.add(im2col_at(z, geom, p), Y[lo:hi])
+    before = ne.rel_error(W.reshape(O, -1), b)
+    Wn, bn = ne.solve(ridge)
+    after = ne.rel_error(Wn, bn)
+    kept = bool(np.isfinite(after) and after < before)
+    if kept:
+        t = numpy_helper.from_array(Wn.reshape(W.shape).astype(np.float32), node.input[1])
+        model.graph.initializer[idx[node.input[1]]].CopyFrom(t)
+        if has_b:
+            model.graph.initializer[idx[node.input[2]]].CopyFrom(numpy_helper.from_array(bn.astype(np.float32), node.input[2]))
+        else:
+            bname = node.input[1] + "/refit_B"
+            model.graph.initializer.append(numpy_helper.from_array(bn.astype(np.float32), bname))
+            if model.ir_version < 4:  # IR 3: every initializer is also a graph input
+                model.graph.input.append(helper.make_tensor_value_info(bname, onnx.TensorProto.FLOAT, [O]))
+            node.input.append(bname)
+    return RefitInfo(layer, before, after if kept else before, kept, ne.rows)
+
+
+def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targets: Targets, data: EvalData,
+                     settings: OrtSettings, say: Say | None = None) -> tuple[onnx.ModelProto, list[RefitInfo]]:
+    """A copy of ``model`` with each (layer, output tensor) in ``layers`` refit in the given (topological)
+    order, each on the activations of the model with all earlier refits applied."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    infos = []
+    for i, (layer, y) in enumerate(layers, 1):
+        info = refit_layer(m, layer, y, targets, data, settings)
+        infos.append(info)
+        if say:
+            say(f"  refit {i}/{len(layers)} {layer}: layer error {info.rel_error_before:.3f} -> "
+                f"{info.rel_error_after:.3f}")
+    return m, infos
