@@ -1,0 +1,237 @@
+"""Auto mode: least-squares refits, candidate latency cache, greedy selection under a budget, end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from convopt.auto import LayerLatencyCache, auto_optimize, split_eval_data
+from convopt.auto.candidates import build_candidates
+from convopt.auto.latency import measure_candidates
+from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions
+from convopt.auto.refit import collect_targets, refit_sequential
+from convopt.auto.select import Choice, greedy_sequence, search_prefix
+from convopt.graph import ConvSpec, apply_replacements, read_convs
+from convopt.measure.data import EvalData
+from convopt.measure.evaluator import Budget, Evaluator
+from convopt.measure.ort import OrtSettings, make_session
+from convopt.pipeline import conv_shapes
+
+FAST = OrtSettings(threads=1, warmup=1, repeats=5, batch_size=8)
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def two_conv_model(seed: int = 0, c: int = 16, hw: int = 12, batch: str | int = "N") -> onnx.ModelProto:
+    """x (N, 8, hw, hw) → Conv3x3 (c) → Relu → Conv3x3 (c) → Relu → GlobalAveragePool → Flatten → (N, c).
+    Weights are low-rank-ish (a smooth spectrum) so truncation is lossy but sensible."""
+    rng = np.random.default_rng(seed)
+
+    def weight(o: int, i: int) -> np.ndarray:
+        r = min(i * 3, o * 3)
+        U, _ = np.linalg.qr(rng.standard_normal((i * 3, r)))
+        V, _ = np.linalg.qr(rng.standard_normal((o * 3, r)))
+        M = (U * 0.8 ** np.arange(r)) @ V.T * np.sqrt(r)
+        return (M.reshape(i, 3, o, 3).transpose(2, 0, 1, 3) / np.sqrt(i * 9)).astype(np.float32)
+
+    W1, W2 = weight(c, 8), weight(c, c)
+    b1, b2 = ((rng.standard_normal(c) * 0.1).astype(np.float32) for _ in range(2))
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "b1"], ["y1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["y1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "W2", "b2"], ["y2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["y2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["out"], name="flat"),
+    ]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 8, hw, hw])],
+                          [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [batch, c])],
+                          [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (b1, "b1"), (W2, "W2"), (b2, "b2"))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def data(n: int = 24, seed: int = 1, hw: int = 12) -> EvalData:
+    """Correlated inputs (channels mixed with decaying scales, pixels smoothed), like real activations:
+    the data-free SVD is optimal only for white inputs, so a refit has something to correct."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 8, hw + 2, hw + 2))
+    z = (z[:, :, 1:-1, 1:-1] + 0.5 * (z[:, :, :-2, 1:-1] + z[:, :, 2:, 1:-1] + z[:, :, 1:-1, :-2] + z[:, :, 1:-1, 2:]))
+    mix = np.random.default_rng(99).standard_normal((8, 8)) * 0.6 ** np.arange(8)
+    x = np.einsum("ij,njhw->nihw", mix, z).astype(np.float32)
+    return EvalData({"x": x}, None, f"random {n}")
+
+
+# -- lstsq ------------------------------------------------------------------------------------------------
+
+
+def test_im2col_at_reproduces_ort_conv_with_stride_and_pads() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    W = rng.standard_normal((4, 3, 1, 3)).astype(np.float32)
+    geom = ConvGeom((1, 3), (2, 1), (0, 1, 0, 1), (1, 1))
+    node = helper.make_node("Conv", ["z", "W"], ["y"], kernel_shape=[1, 3], strides=[2, 1], pads=[0, 1, 0, 1])
+    g = helper.make_graph([node], "c", [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [2, 3, 9, 8])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [numpy_helper.from_array(W, "W")])
+    y = make_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), FAST).run(None, {"z": z})[0]
+    assert y.shape[2:] == geom.out_hw(9, 8)
+    pos = sample_positions(2, y.shape[2], y.shape[3], 10, np.random.default_rng(1))
+    np.testing.assert_allclose(im2col_at(z, geom, pos) @ W.reshape(4, -1).T.astype(np.float64), pixels_at(y, pos),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_normal_equations_recover_a_linear_map_and_bias() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 6))
+    Wt, bt = rng.standard_normal((3, 6)), rng.standard_normal(3)
+    ne = NormalEquations(6, 3)
+    for part in np.array_split(np.arange(500), 4):  # accumulated over batches
+        ne.add(X[part], X[part] @ Wt.T + bt)
+    W, b = ne.solve(ridge=1e-10)
+    np.testing.assert_allclose(W, Wt, atol=1e-6)
+    np.testing.assert_allclose(b, bt, atol=1e-6)
+    assert ne.rel_error(W, b) < 1e-6 < ne.rel_error(np.zeros_like(W), np.zeros(3))
+
+
+# -- refit ------------------------------------------------------------------------------------------------
+
+
+def _factorized(model: onnx.ModelProto, rank: int, batch: int = 8) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
+    shapes = conv_shapes(model, None)
+    specs = [c for c in read_convs(model, shapes) if isinstance(c, ConvSpec)]
+    reps, layers = [], []
+    for c in specs:
+        cands, _ = build_candidates(c, ["factorize"], batch, align=1, max_macs_ratio=10.0)
+        k = min(cands, key=lambda k: abs(k.ranks["rank"] - rank))
+        reps.append(k.replacement(c))
+        layers.append((c.name, c.y))
+    return apply_replacements(model, reps), layers
+
+
+def test_sequential_refit_lowers_layer_and_output_error_vs_data_free() -> None:
+    model = two_conv_model()
+    calib, held = data(32, seed=1), data(32, seed=2)
+    df, layers = _factorized(model, rank=6)
+    targets = collect_targets(model, dict(layers), calib, FAST, rows=4000)
+    refit, infos = refit_sequential(df, layers, targets, calib, FAST)
+    assert [i.layer for i in infos] == ["conv1", "conv2"]
+    for i in infos:  # each layer's output error on calibration pixels falls
+        assert i.kept and i.rel_error_after < 0.9 * i.rel_error_before, i
+    ev = Evaluator(model, held, FAST, measure_latency=False)  # held-out samples, never used to fit
+    e_df = ev.measure(df).accuracy["rel_l2_error"]
+    e_rf = ev.measure(refit).accuracy["rel_l2_error"]
+    assert e_rf < 0.8 * e_df
+    onnx.checker.check_model(refit)
+
+
+# -- latency cache ----------------------------------------------------------------------------------------
+
+
+def test_latency_cache_hits_on_a_repeated_shape(tmp_path: Path) -> None:
+    model = two_conv_model(c=8)  # conv1 and conv2 both 8→8 3×3 at 12×12: the same key
+    shapes = conv_shapes(model, None)
+    c1, c2 = [c for c in read_convs(model, shapes) if isinstance(c, ConvSpec)]
+    cache = LayerLatencyCache(tmp_path / "lat.json")
+    k1, _ = build_candidates(c1, ["factorize"], 8, align=1, max_macs_ratio=10.0)
+    dense1, ms1 = measure_candidates(c1, [(k.key, k.single) for k in k1], 8, FAST, cache)
+    assert cache.hits == 0 and cache.misses == 1 + len(k1)
+    k2, _ = build_candidates(c2, ["factorize"], 8, align=1, max_macs_ratio=10.0)
+    dense2, ms2 = measure_candidates(c2, [(k.key, k.single) for k in k2], 8, FAST, cache)
+    assert cache.hits == 1 + len(k2) and ms2 == ms1 and dense2 == dense1
+    cache.save()
+    again = LayerLatencyCache(tmp_path / "lat.json")
+    assert len(again) == len(cache) and again.get(next(iter(cache._data))) is not None
+
+
+# -- selection --------------------------------------------------------------------------------------------
+
+
+def test_greedy_sequence_orders_by_saving_per_cost_and_upgrades_within_a_layer() -> None:
+    ch = [Choice("a", "a-low", 1.0, 0.10), Choice("a", "a-high", 3.0, 0.50), Choice("b", "b", 2.0, 0.05),
+          Choice("c", "c-slower", -0.5, 0.0)]
+    seq = greedy_sequence(ch)
+    assert [sorted((k, v.key) for k, v in cfg.items()) for cfg in seq] == [
+        [], [("b", "b")], [("a", "a-low"), ("b", "b")], [("a", "a-high"), ("b", "b")]]
+    assert all("c" not in cfg for cfg in seq)  # a slower candidate is never used
+
+
+def test_search_prefix_respects_a_budget_on_a_constructed_case() -> None:
+    costs = [0.0, 0.1, 0.25, 0.45, 0.7, 1.0, 1.4]  # cumulative cost of each greedy step
+    calls: list[int] = []
+
+    def ok(k: int) -> bool:
+        calls.append(k)
+        return costs[k] <= 0.5
+
+    best, log = search_prefix(len(costs) - 1, ok)
+    assert best == 3 and costs[best] <= 0.5 < costs[best + 1]
+    assert all(r == (costs[k] <= 0.5) for k, r in log) and len(calls) <= 4
+    assert search_prefix(3, lambda k: True)[0] == 3 and search_prefix(3, lambda k: False)[0] == 0
+
+
+# -- end to end -------------------------------------------------------------------------------------------
+
+
+def test_auto_optimize_keeps_budget_and_reports_per_layer_choices(tmp_path: Path) -> None:
+    model = two_conv_model(c=32, hw=16)
+    d = data(48, seed=3, hw=16)
+    calib, held = split_eval_data(d)
+    assert calib.n + held.n == d.n
+    ev = Evaluator(model, held, FAST)
+    budget = Budget(max_rel_error=0.2)
+    res = auto_optimize(model, calib=calib, evaluator=ev, budget=budget, settings=FAST, align=8,
+                        min_layer_speedup=0.0, latency_cache=tmp_path / "c.json")
+    rep = res.report
+    assert [p.name for p in rep.passes] == ["fold_bn", "auto"]
+    auto = rep.extra["auto"]
+    assert auto["candidates"] and all(c["layer"] in ("conv1", "conv2") for c in auto["candidates"])
+    final = ev.measure(res.model)
+    assert final.accuracy["rel_l2_error"] <= 0.2 + 1e-6  # the budget holds on held-out data
+    assert rep.final is not None and rep.to_json()
+    for p in rep.passes[1].rewritten:
+        assert p.node in auto["chosen"]
+
+
+def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:
+    model = two_conv_model()
+    calib, held = split_eval_data(data(16))
+    ev = Evaluator(model, held, FAST)
+    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_rel_error=1.0), settings=FAST,
+                        min_layer_speedup=1e9)  # no rewrite can be that much faster
+    auto = res.report.passes[1]
+    assert auto.status == "no_change" and not auto.rewritten
+    assert {s.node for s in auto.skipped} == {"conv1", "conv2"}
+    assert all("faster" in s.reason for s in auto.skipped)
+    assert all(c["status"].startswith("slower") for c in res.report.extra["auto"]["candidates"])
+    assert [n.op_type for n in res.model.graph.node].count("Conv") == 2
+
+
+def test_auto_optimize_rolls_back_when_nothing_meets_a_zero_budget() -> None:
+    model = two_conv_model()
+    calib, held = split_eval_data(data(16))
+    ev = Evaluator(model, held, FAST)
+    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_rel_error=0.0), settings=FAST,
+                        min_layer_speedup=0.0)
+    assert not res.report.passes[1].rewritten
+    assert [n.op_type for n in res.model.graph.node].count("Conv") == 2
+    out = make_session(res.model, FAST).run(None, {"x": held.inputs["x"][:4]})[0]
+    np.testing.assert_allclose(out, ev.reference[0][:4], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not (SHARED / "models" / "mnist-cntk.onnx").is_file(), reason=f"shared models not found at {SHARED}")
+def test_auto_on_mnist_meets_one_point_on_held_out_digits() -> None:
+    from convopt.measure.data import load_eval_data
+
+    model = onnx.load(SHARED / "models" / "mnist-cntk.onnx")
+    d = load_eval_data(model, SHARED / "data" / "digits28.npz", limit=600)
+    calib, held = split_eval_data(d, calib_fraction=0.4)
+    ev = Evaluator(model, held, OrtSettings(threads=1, warmup=2, repeats=10))
+    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_accuracy_drop=1.0),
+                        settings=OrtSettings(threads=1, warmup=2, repeats=10))
+    final = res.report.final
+    assert final is not None and final["accuracy"]["top1_drop"] <= 1.0 + 1e-9
+    if res.report.passes[1].rewritten:  # kept only when measured faster end to end
+        assert final["latency"]["speedup"] > 1.0
