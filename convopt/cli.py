@@ -315,15 +315,9 @@ def report_cmd(
         raise _fail(exc) from None
 
 
-def _mount_models() -> None:
-    try:
-        from convopt.models.cli import app as models_app
-    except ImportError:  # the models package is optional while it is being built
-        return
-    app.add_typer(models_app, name="models", help="Seed networks (Inception, ResNet, VGG, MobileNet) as ONNX.")
+from convopt.models.cli import app as models_app  # noqa: E402  (after the commands it sits beside)
 
-
-_mount_models()
+app.add_typer(models_app, name="models", help="Seed networks (Inception, ResNet, VGG, MobileNet) and the trained example.")
 
 
 def main() -> None:

@@ -1,14 +1,13 @@
 """``convopt models``: list the built-in models and export one to an ONNX file (written atomically)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from convopt.errors import ConvOptError, OutputError
+from convopt.io import save_model
 from convopt.models.count import conv_weight_params
 from convopt.models.registry import build, list_models
 
@@ -18,38 +17,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-PROTOBUF_LIMIT = 2**31 - 1
-
-
-def write_model_atomic(data: bytes, path: Path, *, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + os.replace; refuse an existing file."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give a file name such as {path / 'model.onnx'}")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists; pass --overwrite to replace it")
-    if not folder.is_dir():
-        raise OutputError(f"output folder does not exist: {folder}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-
 
 def _fail(exc: ConvOptError) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
@@ -83,12 +50,12 @@ def export_command(
     if batch is not None:
         options["batch"] = batch
     try:
+        if output.is_dir():
+            raise OutputError(f"{output} is a folder; give a file name such as {output / 'model.onnx'}")
         if output.exists() and not overwrite:  # fail before a long build
             raise OutputError(f"{output} already exists; pass --overwrite to replace it")
         model = build(name, **options)
-        if model.ByteSize() >= PROTOBUF_LIMIT:
-            raise OutputError(f"{name} is larger than 2 GB and cannot be written as one ONNX file")
-        write_model_atomic(model.SerializeToString(deterministic=True), output, overwrite=overwrite)
+        save_model(model, output)  # atomic; external data beside the file above 2 GB
     except ConvOptError as exc:
         raise _fail(exc) from None
     size = output.stat().st_size
