@@ -238,3 +238,41 @@ def test_same_with_stride_and_unknown_size_is_refused_with_reason() -> None:
     out = run_conv_pass(model, get_pass("factorize"), FULL, conv_shapes(model, None))
     assert out.rewritten == []
     assert any("needs a known input size" in s.reason for s in out.skipped)
+
+
+def test_nhwc_input_transposed_to_nchw_is_rewritten_exactly() -> None:
+    rng = np.random.default_rng(5)
+    W = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "W")
+    g = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["x_nhwc"], ["x"], name="to_nchw", perm=[0, 3, 1, 2]),
+            helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Transpose", ["y"], ["y_nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        ],
+        "nhwc",
+        [helper.make_tensor_value_info("x_nhwc", TensorProto.FLOAT, [1, 12, 10, 8])],
+        [helper.make_tensor_value_info("y_nhwc", TensorProto.FLOAT, [1, 12, 10, 16])],
+        [W],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    shapes = conv_shapes(model, None)
+    assert shapes["x"] == (1, 8, 12, 10)
+    for name in PASSES:
+        if name == "split5x5":
+            continue
+        out = run_conv_pass(model, get_pass(name), FULL, shapes)
+        assert len(out.rewritten) == 1, (name, out.skipped)
+        feeds = random_feeds(model)
+        assert rel_l2(run(model, feeds)[0], run(out.model, feeds)[0]) <= FULL_RANK_RTOL
+
+
+def test_rewrite_keeps_metadata_opset_and_producer() -> None:
+    model = conv_model(k=(3, 3), pads=(1, 1, 1, 1))
+    onnx.helper.set_model_props(model, {"author": "me", "license": "MIT"})
+    model.doc_string = "exported by a test"
+    model.model_version = 7
+    out = run_conv_pass(model, get_pass("factorize"), FULL, conv_shapes(model, None)).model
+    assert {p.key: p.value for p in out.metadata_props} == {"author": "me", "license": "MIT"}
+    assert out.doc_string == model.doc_string and out.model_version == 7
+    assert list(out.opset_import) == list(model.opset_import) and out.ir_version == model.ir_version
+    assert out.producer_name == model.producer_name
