@@ -175,9 +175,50 @@ def graph_input_shapes(
     return out
 
 
-def _with_fixed_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]) -> onnx.ModelProto:
+SKELETON_MAX_ELEMENTS = 4096  # larger initializers become typed graph inputs in a shape skeleton
+
+
+def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` for shape inference only: initializers above SKELETON_MAX_ELEMENTS elements are
+    replaced by graph inputs of the same type and shape, so inference never copies the weights (a model's
+    bulk). Small initializers (shape vectors, axes, indices) keep their values, which inference may need."""
     m = onnx.ModelProto()
-    m.CopyFrom(model)
+    _copy_fields(model, m, skip=("graph",))
+    src, g = model.graph, m.graph
+    _copy_fields(src, g, skip=("initializer", "input"))
+    g.input.extend(src.input)
+    declared = {i.name for i in src.input}
+    for t in src.initializer:
+        if math.prod(t.dims) <= SKELETON_MAX_ELEMENTS:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    if m.ir_version < 4:  # IR 3 requires initializers to be inputs; the moved ones already are
+        m.ir_version = 4
+    return m
+
+
+def _copy_fields(src: object, dst: object, skip: tuple[str, ...]) -> None:
+    """Copy the set fields of protobuf message ``src`` into ``dst`` (same type), except those in ``skip``."""
+    for f, v in src.ListFields():  # type: ignore[attr-defined]
+        if f.name in skip:
+            continue
+        if hasattr(v, "extend"):  # repeated field (FieldDescriptor.label is gone in newer protobuf)
+            getattr(dst, f.name).extend(v)
+        elif hasattr(v, "CopyFrom"):  # message field
+            getattr(dst, f.name).CopyFrom(v)
+        else:
+            setattr(dst, f.name, v)
+
+
+def _with_fixed_inputs(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None], skeleton: bool = False
+) -> onnx.ModelProto:
+    if skeleton:
+        m = shape_skeleton(model)
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     del m.graph.value_info[:]
     for inp in m.graph.input:
         shp = shapes.get(inp.name)
@@ -214,20 +255,25 @@ def infer_tensor_shapes(
     """Static shapes of the graph's tensors (batch 1 where dynamic), by ONNX shape inference; tensors in
     ``wanted`` that inference cannot reach (experimental ops, for one) are measured by one ORT run on zeros."""
     in_shapes = graph_input_shapes(model, hints)
-    fixed = _with_fixed_inputs(model, in_shapes)
     shapes: dict[str, tuple[int, ...]] = {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(fixed, check_type=False, strict_mode=False)
+        skeleton = _with_fixed_inputs(model, in_shapes, skeleton=True)  # no weight copies (memory)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False)
+        del skeleton
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
             s = _static_shape(vi)
             if s is not None:
                 shapes[vi.name] = s
+        del inferred
+    except ShapeError:
+        raise
     except Exception:  # inference is best effort; ORT below measures what it missed
         pass
     for t in model.graph.initializer:
         shapes.setdefault(t.name, tuple(int(d) for d in t.dims))
     missing = [n for n in dict.fromkeys(wanted) if n not in shapes]
     if missing and all(s is not None for s in in_shapes.values()):
+        fixed = _with_fixed_inputs(model, in_shapes)
         shapes.update(_ort_shapes(fixed, missing, in_shapes))  # type: ignore[arg-type]
     return shapes
 

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from convopt.errors import ModelLoadError, OutputError, UnsupportedModelError
-from convopt.graph import find_cycle, model_problem
+from convopt.graph import find_cycle, model_problem, shape_skeleton
 
 MIN_OPSET = 7
 # protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -105,19 +105,53 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
     try:
         if small:
             onnx.checker.check_model(model)
+        else:  # too large for one protobuf: check the structure without the weights, and the weights' sizes
+            onnx.checker.check_model(shape_skeleton(model))
+            _check_tensor_sizes(model)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{source}: invalid ONNX model: {exc}") from exc
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
     except Exception as exc:  # the checker raises C++ exceptions of several types
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
-    problem = model_problem(model, _inferred_shapes(model) if small else None)
+    problem = model_problem(model, _inferred_shapes(model))
     if problem is not None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {problem}")
+
+
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+    onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2,
+    onnx.TensorProto.INT32: 4, onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.BOOL: 1,
+}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_tensor_sizes(model: onnx.ModelProto) -> None:
+    """What onnx.checker verifies per tensor, for initializers it cannot see (the >2 GB path): the stored data
+    holds exactly as many values as the dims declare."""
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        if t.HasField("raw_data") or t.raw_data:
+            size = _ITEMSIZE.get(t.data_type)
+            if size is not None and len(t.raw_data) != n * size:
+                raise ModelLoadError(
+                    f"tensor '{t.name}' has {len(t.raw_data)} bytes of data but its shape {list(t.dims)} "
+                    f"needs {n * size}"
+                )
+            continue
+        stored = [len(getattr(t, f)) for f in _TYPED_FIELDS if len(getattr(t, f))]
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) and stored and stored[0] != n:
+            raise ModelLoadError(f"tensor '{t.name}' stores {stored[0]} values but its shape {list(t.dims)} needs {n}")
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Tensor shapes by ONNX shape inference, best effort (an empty dict when inference fails)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), check_type=False, strict_mode=False)
     except Exception:  # inference is only a help for the structural checks; the checker already passed
         return {}
     out: dict[str, tuple[int | None, ...]] = {}

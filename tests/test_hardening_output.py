@@ -212,6 +212,21 @@ def test_large_model_written_with_external_data(tmp_path: Path, monkeypatch: pyt
     assert locs == {"big.onnx.data"}
 
 
+def test_large_model_validated_without_the_full_checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the protobuf limit the checker runs on a weight-free skeleton, and tensor sizes are checked apart:
+    a short weight is still refused with one clear error (not a numpy traceback later)."""
+    m = _big_model()
+    monkeypatch.setattr(cio, "PROTOBUF_LIMIT", 1024)
+    cio.validate_model(m, "big")
+    m.graph.initializer[0].raw_data = m.graph.initializer[0].raw_data[:-4]
+    with pytest.raises(cio.ModelLoadError, match="big: invalid ONNX model: tensor 'W' has 18428 bytes"):
+        cio.validate_model(m, "big")
+    bad = _big_model()
+    bad.graph.node[0].input[0] = "nope"
+    with pytest.raises(cio.ModelLoadError, match="invalid ONNX model"):
+        cio.validate_model(bad, "big")
+
+
 def test_large_model_disk_full_keeps_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cio, "PROTOBUF_LIMIT", 1024)
     out = tmp_path / "big.onnx"

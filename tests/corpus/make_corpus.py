@@ -177,6 +177,36 @@ def _kernel_larger_than_input(d: Path) -> Path:
     return p
 
 
+def _weight_data_short(d: Path) -> Path:
+    """The weight's raw bytes are 8 short of its declared shape."""
+    m = _base()
+    m.graph.initializer[0].raw_data = m.graph.initializer[0].raw_data[:-8]
+    p = d / "weight_data_short.onnx"
+    p.write_bytes(_bytes(m))
+    return p
+
+
+def _weight_float_data_short(d: Path) -> Path:
+    """The weight is stored as float_data, 3 values short of its declared shape."""
+    m = _base()
+    w = m.graph.initializer[0]
+    values = numpy_helper.to_array(w).ravel()[:-3].tolist()
+    w.ClearField("raw_data")
+    w.float_data.extend(values)
+    p = d / "weight_float_data_short.onnx"
+    p.write_bytes(_bytes(m))
+    return p
+
+
+def _duplicate_output_names(d: Path) -> Path:
+    """Two nodes write the same tensor (SSA violated)."""
+    m = _base()
+    m.graph.node[1].output[0] = "y"
+    p = d / "duplicate_output.onnx"
+    p.write_bytes(_bytes(m))
+    return p
+
+
 def _cycle(d: Path) -> Path:
     """Conv → Relu → Add(feeds back into the Conv): a cycle in the graph."""
     rng = np.random.default_rng(0)
@@ -281,6 +311,9 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "zero_dim_input": (_zero_dim_input, "zero"),
     "zero_dim_weight": (_zero_dim_weight, "zero"),
     "kernel_larger_than_input": (_kernel_larger_than_input, ""),
+    "weight_raw_data_short": (_weight_data_short, "too small"),
+    "weight_float_data_short": (_weight_float_data_short, "too small"),
+    "duplicate_output_name": (_duplicate_output_names, "invalid ONNX model"),
     "cycle": (_cycle, "cycle"),
     "self_loop": (_self_loop, "cycle"),
     "external_missing": (_external_missing, "missing"),
