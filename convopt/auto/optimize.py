@@ -53,6 +53,17 @@ def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) 
     return parts[0], parts[1]
 
 
+def calib_budget(budget: Budget, margin: float) -> Budget:
+    """The budget the end-to-end checks on calibration data must meet: ``margin`` of each accuracy limit is
+    held back, because a choice tuned on a small calibration set loses some of its accuracy on unseen data
+    (measured on SqueezeNet, 150 + 150 images: 0.7 points on calibration became 6.7 held out)."""
+    keep = 1.0 - margin
+    return Budget(
+        max_accuracy_drop=None if budget.max_accuracy_drop is None else budget.max_accuracy_drop * keep,
+        min_agreement=None if budget.min_agreement is None else 100.0 - (100.0 - budget.min_agreement) * keep,
+        max_rel_error=None if budget.max_rel_error is None else budget.max_rel_error * max(keep, 0.8))
+
+
 def pareto_spread(cands: list[Candidate], n: int) -> list[Candidate]:
     """Candidates not dominated in (layer speedup ↑, weight relative error ↓), thinned to at most ``n``
     spread evenly along the front (both ends kept): from the most accurate to the fastest."""
@@ -89,6 +100,7 @@ def auto_optimize(
     min_layer_speedup: float = 1.05,
     max_candidates_per_layer: int = 5,
     refit_samples: int = 64,
+    calib_margin: float = 0.5,
     refit: bool = True,
     model_name: str = "",
     output_name: str | None = None,
@@ -96,6 +108,7 @@ def auto_optimize(
 ) -> OptimizeResult:
     """Optimize ``model`` in auto mode (see the module docstring) and return the model and its Report.
 
+    ``calib_margin``: fraction of the accuracy budget held back in the calibration checks (see calib_budget).
     ``calib`` (calibration data: refits, candidate costs, the end-to-end checks) must be disjoint from the
     ``evaluator``'s data (the final, reported measurement). ``budget`` defaults to 1 point of top-1
     (labelled, or of top-1 agreement without labels); a model with no class-score output needs
@@ -232,7 +245,7 @@ def auto_optimize(
     def ok(k: int) -> bool:
         m, infos = build(configs[k])
         meas = calib_ev.measure(m, f"auto step {k}")
-        reason = calib_ev.check(meas, budget)
+        reason = calib_ev.check(meas, strict)
         built_cache[k] = (m, infos, meas)
         checks.append({"step": k, "layers": len(configs[k]), "data": "calibration",
                        "top1_drop": meas.accuracy.get("top1_drop"), "rel_l2_error": meas.accuracy.get("rel_l2_error"),
@@ -243,6 +256,7 @@ def auto_optimize(
         return reason is None
 
     n_steps = len(configs) - 1
+    strict = calib_budget(budget, calib_margin)
     best_k, _log = search_prefix(n_steps, ok) if n_steps > 0 else (0, [])
     # final measurement on the evaluator's (held-out) data; back off while the budget fails or it is slower
     final_model, final_infos, final_meas = base, [], None
@@ -306,6 +320,7 @@ def auto_optimize(
                         "baseline": base_meas.to_dict()["accuracy"]},
         "latency_batch": batch,
         "min_layer_speedup": min_layer_speedup,
+        "calibration_budget": vars(strict) if cands else None,
         "refit": refit,
         "chosen": {n: {"candidate": chosen[n].key, "form": chosen[n].record.form, "ranks": chosen[n].ranks,
                        "layer_speedup": chosen[n].speedup,
