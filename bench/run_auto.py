@@ -85,12 +85,12 @@ def setup_candy(quick: bool) -> dict[str, Any]:
 def setup_vgg16(quick: bool) -> dict[str, Any]:
     from convopt.models.registry import build
 
-    m = build("vgg16", width=0.5, input_size=112, seed=0)
+    m = build("vgg16", width=0.5, input_size=128, seed=0)
     shapes = resolve_input_shapes(m)
     d = random_eval_data(m, shapes, seed=0, samples=48)
     cal, ev = _split(d, 24)
     return dict(model=m, calib=cal, eval=ev, budget=Budget(max_rel_error=0.1),
-                metric="output rel. L2 error (random weights)", note="vgg16 width 0.5, 112x112, random weights")
+                metric="output rel. L2 error (random weights)", note="vgg16 width 0.5, 128x128, random weights")
 
 
 def setup_inception(quick: bool) -> dict[str, Any]:

@@ -229,7 +229,8 @@ def auto_optimize(
                 k.status = f"alone breaks the budget on calibration data ({broken})"
             else:
                 k.status = "eligible"
-                choices.append(Choice(name, k.key, k.saved_ms, k.cost))
+                # output errors of independent layers add roughly in quadrature: the greedy spends cost²
+                choices.append(Choice(name, k.key, k.saved_ms, k.cost ** 2))
             say(f"auto: cost [{done}/{n_eval}] {name} {k.key}: rel err {_fmt(k.cost, '.4f')}, "
                 f"top-1 drop {_fmt(acc.get('top1_drop'), '.2f')}, layer {k.speedup:.2f}x, {k.status}")
     timings["costs"] = time.perf_counter() - t0
