@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -96,7 +97,7 @@ def auto_optimize(
     align: int = 8,
     seed: int = 0,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
-    latency_cache: LayerLatencyCache | str | None = None,
+    latency_cache: LayerLatencyCache | str | Path | None = None,
     min_layer_speedup: float = 1.05,
     max_candidates_per_layer: int = 5,
     refit_samples: int = 64,
@@ -119,8 +120,9 @@ def auto_optimize(
     passes = list(passes or AUTO_PASSES)
     budget = budget or DEFAULT_BUDGET
     cache = latency_cache if isinstance(latency_cache, LayerLatencyCache) else LayerLatencyCache(
-        None if latency_cache is None else __import__("pathlib").Path(latency_cache))
+        None if latency_cache is None else Path(latency_cache))
     timings: dict[str, float] = {}
+    evaluator.validate_budget(budget)  # InputError early when the budget cannot be measured on these outputs
 
     # -- 1. fold BN, list convs ---------------------------------------------------------------------------
     t0 = time.perf_counter()
