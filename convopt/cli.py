@@ -120,7 +120,8 @@ def inspect(
 def optimize(
     model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (none: the built-in example, as `convopt demo`)")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="output model (default MODEL.opt.onnx beside the input)")] = None,
-    passes: Annotated[str, typer.Option(help="comma-separated passes, run in order: bottleneck,split5x5,factorize,depthwise")] = DEFAULT_PASSES,
+    strategy: Annotated[Optional[str], typer.Option(help="auto (per-layer, data-aware; the default with --data) or uniform (the default without)")] = None,
+    passes: Annotated[Optional[str], typer.Option(help="comma-separated passes: bottleneck,split5x5,factorize,depthwise (uniform: run in this order; default split5x5,factorize. auto: the candidates; default all four)")] = None,
     full_rank: Annotated[bool, typer.Option("--full-rank", help="exact rewrites (verification: MACs usually grow)")] = False,
     rank_fraction: Annotated[Optional[float], typer.Option(help="rank = ceil(F × exact rank)")] = None,
     energy: Annotated[Optional[float], typer.Option(help="keep this fraction of squared singular values (default 0.9)")] = None,
@@ -128,6 +129,8 @@ def optimize(
     bottleneck_side: Annotated[str, typer.Option(help="bottleneck reduces: both, in or out")] = "both",
     report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="auto: calibration data (default: half of --data, kept apart from the evaluation half)")] = None,
+    latency_cache: Annotated[Optional[Path], typer.Option(help="auto: JSON file caching per-layer latencies across runs")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="labels: CSV (file,label) or .npy")] = None,
     preprocess: Annotated[Optional[str], typer.Option(help="image preset: imagenet, caffe, unit, raw")] = None,
     limit: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
@@ -157,7 +160,8 @@ def optimize(
             output = Path("example.opt.onnx")
     try:
         code = run_optimize(
-            model=model, output=output, passes=passes, full_rank=full_rank, rank_fraction=rank_fraction,
+            model=model, output=output, strategy=strategy, passes=passes, calib=calib, latency_cache=latency_cache,
+            full_rank=full_rank, rank_fraction=rank_fraction,
             energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
             labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
             threads=threads, warmup=warmup, repeats=repeats, max_accuracy_drop=max_accuracy_drop,
@@ -175,6 +179,7 @@ def optimize(
 
 def run_optimize(**kw: Any) -> int:
     """The body of `convopt optimize` (kept apart from typer so it can be called and tested directly)."""
+    from convopt.auto import AUTO_PASSES
     from convopt.io import load_model, save_model, same_file
     from convopt.passes import parse_passes
     from convopt.pipeline import optimize as run_pipeline
@@ -188,7 +193,19 @@ def run_optimize(**kw: Any) -> int:
         raise InputError(f"refusing to overwrite the input model {model_path}; choose another -o or pass --overwrite")
     if kw["report"] is not None and same_file(kw["report"], model_path):
         raise InputError("--report must not be the input model")
-    passes = parse_passes(kw["passes"])
+    rank_opts = [n for n, v in (("--full-rank", kw["full_rank"]), ("--rank-fraction", kw["rank_fraction"]),
+                                 ("--energy", kw["energy"])) if v]
+    strategy = kw.get("strategy") or ("auto" if kw["data"] is not None and not rank_opts and not kw["no_eval"] else "uniform")
+    if strategy not in ("auto", "uniform"):
+        raise InputError("--strategy must be auto or uniform")
+    if strategy == "auto":
+        if rank_opts:
+            raise InputError(f"{rank_opts[0]} sets uniform ranks; use it with --strategy uniform (auto picks ranks per layer)")
+        if kw["no_eval"] or kw["data"] is None:
+            raise InputError("--strategy auto needs --data (it calibrates and measures on it); use --strategy uniform")
+    elif kw.get("calib") is not None:
+        raise InputError("--calib is for --strategy auto")
+    passes = parse_passes(kw["passes"] or (",".join(AUTO_PASSES) if strategy == "auto" else DEFAULT_PASSES))
     policy = _policy(kw["full_rank"], kw["rank_fraction"], kw["energy"], kw["align"], kw["bottleneck_side"], kw["seed"])
     shapes = _shapes(kw["input_shape"])
     model = load_model(model_path)
@@ -204,11 +221,24 @@ def run_optimize(**kw: Any) -> int:
                               input_shapes=shapes, limit=kw["limit"], seed=kw["seed"])
         if data.warning and not quiet:
             err.print(f"warning: {data.warning}", markup=False)
+        calib_data = None
+        if strategy == "auto":
+            from convopt.auto import split_eval_data
+
+            if kw.get("calib") is not None:
+                calib_data = load_eval_data(model, kw["calib"], preprocess=kw["preprocess"], input_shapes=shapes,
+                                            limit=kw["limit"], seed=kw["seed"])
+            else:
+                calib_data, data = split_eval_data(data, 0.5, seed=kw["seed"])
         settings = OrtSettings(provider=kw["provider"], threads=kw["threads"], warmup=kw["warmup"], repeats=kw["repeats"])
-        ort_settings = {"ort": settings.to_dict(), "data": data.source, "samples": data.n}
+        ort_settings = {"ort": settings.to_dict(), "data": data.source, "samples": data.n, "strategy": strategy}
+        if calib_data is not None:
+            ort_settings.update(calib=calib_data.source, calib_samples=calib_data.n)
         evaluator = Evaluator(model, data, settings, measure_latency=True, progress=not quiet)
         budget = Budget(max_accuracy_drop=kw["max_accuracy_drop"], min_agreement=kw["min_agreement"],
                         max_rel_error=kw["max_rel_error"])
+        if strategy == "auto" and budget.is_empty:
+            budget = None  # auto's default: 1 point of top-1 (labelled, else agreement)
     elif kw["fail_under_speedup"] is not None:
         raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
 
@@ -216,15 +246,29 @@ def run_optimize(**kw: Any) -> int:
         if not quiet:
             err.print(msg, markup=False)
 
-    result = run_pipeline(
-        model, passes, policy, fold_bn=not kw["no_fold_bn"], input_shapes=shapes, evaluator=evaluator,
-        budget=budget, require_faster=bool(kw["require_faster"]) and evaluator is not None,
-        model_name=str(model_path), output_name=str(output),
-        settings={**ort_settings, "seed": kw["seed"], "budget": {
-            "max_accuracy_drop": kw["max_accuracy_drop"], "min_agreement": kw["min_agreement"],
-            "max_rel_error": kw["max_rel_error"], "fail_under_speedup": kw["fail_under_speedup"]}},
-        on_event=say,
-    )
+    budget_settings = {"max_accuracy_drop": kw["max_accuracy_drop"], "min_agreement": kw["min_agreement"],
+                       "max_rel_error": kw["max_rel_error"], "fail_under_speedup": kw["fail_under_speedup"]}
+    if strategy == "auto":
+        from convopt.auto import auto_optimize
+
+        assert evaluator is not None and calib_data is not None
+        result = auto_optimize(
+            model, passes=passes, calib=calib_data, evaluator=evaluator, budget=budget, settings=settings,
+            align=kw["align"], seed=kw["seed"], input_shapes=shapes, latency_cache=kw.get("latency_cache"),
+            model_name=str(model_path), output_name=str(output), on_event=say,
+        )
+        from dataclasses import replace
+
+        result.report = replace(result.report, settings={**result.report.settings, **ort_settings,
+                                                         "seed": kw["seed"], "budget": budget_settings})
+    else:
+        result = run_pipeline(
+            model, passes, policy, fold_bn=not kw["no_fold_bn"], input_shapes=shapes, evaluator=evaluator,
+            budget=budget, require_faster=bool(kw["require_faster"]) and evaluator is not None,
+            model_name=str(model_path), output_name=str(output),
+            settings={**ort_settings, "seed": kw["seed"], "budget": budget_settings},
+            on_event=say,
+        )
     rep = result.report
     gate_reason = _gate(rep.to_dict(), kw["fail_under_speedup"])
     if gate_reason is not None or kw["fail_under_speedup"] is not None:
@@ -270,7 +314,8 @@ def demo(
 
     try:
         code = run_optimize(
-            model=example_model_path(), output=output, passes=DEFAULT_PASSES, full_rank=False, rank_fraction=None,
+            model=example_model_path(), output=output, strategy=None, passes=None, calib=None, latency_cache=None,
+            full_rank=False, rank_fraction=None,
             energy=None, align=8, bottleneck_side="both", report=None, data=example_data_path(), labels=None,
             preprocess=None, limit=None, input_shape=None, provider="CPUExecutionProvider", threads=0, warmup=3,
             repeats=20, max_accuracy_drop=1.0, min_agreement=None, max_rel_error=None, fail_under_speedup=None,

@@ -126,7 +126,7 @@ def test_squeezenet_report_baseline_matches_reference_top1(tmp_path: Path) -> No
     rep = tmp_path / "r.json"
     images = SHARED / "data" / "imagenet-sample"
     r = runner.invoke(app, ["optimize", str(SHARED_MODELS / "squeezenet1.1.onnx"), "-o", str(tmp_path / "o.onnx"),
-                            "--passes", "split5x5", "--data", str(images), "--preprocess", "caffe",
+                            "--strategy", "uniform", "--passes", "split5x5", "--data", str(images), "--preprocess", "caffe",
                             "--labels", str(images / "labels.csv"), "--repeats", "3", "-q", "--report", str(rep)])
     assert r.exit_code == 0, r.output
     d = json.loads(rep.read_text())
