@@ -122,3 +122,20 @@ def test_inspect_dynamic_batch_candy_uses_batch_1() -> None:
     assert rows["convolution"]["output_size"] == [800, 800]  # input reflection-padded by 40
     assert rows["convolution13"]["passes"]["factorize"] == "ConvTranspose is not rewritten"
     assert np.all([rows[f"convolution{i}"]["macs"] for i in (3, 12)])
+
+
+def test_strategy_option_errors_are_exit_2(model_file: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((4, 16, 16, 16)).astype(np.float32))
+    cases = [
+        (["--strategy", "auto", "--energy", "0.9", "--data", str(npz)], "use it with --strategy uniform"),
+        (["--strategy", "auto"], "--strategy auto needs --data"),
+        (["--strategy", "auto", "--data", str(npz), "--no-eval"], "--strategy auto needs --data"),
+        (["--strategy", "uniform", "--calib", str(npz), "--data", str(npz)], "--calib is for --strategy auto"),
+        (["--strategy", "fast"], "--strategy must be auto or uniform"),
+    ]
+    for extra, needle in cases:
+        r = runner.invoke(app, ["optimize", str(model_file), "-q", *extra])
+        assert r.exit_code == 2, (extra, r.output)
+        assert needle in r.output, (extra, r.output)
+    assert not (tmp_path / "m.opt.onnx").exists()
