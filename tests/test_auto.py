@@ -235,3 +235,26 @@ def test_auto_on_mnist_meets_one_point_on_held_out_digits() -> None:
     assert final is not None and final["accuracy"]["top1_drop"] <= 1.0 + 1e-9
     if res.report.passes[1].rewritten:  # kept only when measured faster end to end
         assert final["latency"]["speedup"] > 1.0
+
+
+def test_calibration_budget_holds_back_a_margin() -> None:
+    from convopt.auto.optimize import calib_budget
+
+    b = calib_budget(Budget(max_accuracy_drop=1.0, min_agreement=98.0, max_rel_error=0.1), 0.5)
+    assert b.max_accuracy_drop == 0.5 and b.min_agreement == 99.0 and b.max_rel_error == pytest.approx(0.08)
+    assert calib_budget(Budget(max_rel_error=0.1), 0.0).max_rel_error == pytest.approx(0.1)
+
+
+def test_pareto_spread_drops_dominated_candidates_and_keeps_both_ends() -> None:
+    from types import SimpleNamespace
+
+    from convopt.auto.optimize import pareto_spread
+
+    def cand(speed: float, err: float) -> SimpleNamespace:
+        return SimpleNamespace(speedup=speed, record=SimpleNamespace(weight_rel_error=err))
+
+    cs = [cand(1.2, 0.1), cand(1.5, 0.2), cand(1.4, 0.3), cand(2.0, 0.5), cand(3.0, 0.9), cand(2.5, 0.6)]
+    front = pareto_spread(cs, 10)  # type: ignore[arg-type]
+    assert cs[2] not in front and len(front) == 5  # (1.4, 0.3) is dominated by (1.5, 0.2)
+    thin = pareto_spread(cs, 3)  # type: ignore[arg-type]
+    assert thin[0] is cs[0] and thin[-1] is cs[4] and len(thin) == 3
