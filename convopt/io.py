@@ -19,6 +19,9 @@ from convopt.graph import find_cycle, model_problem, shape_skeleton
 MIN_OPSET = 7
 # protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
 PROTOBUF_LIMIT = 2**31 - 2**24
+# above this size the checker runs on a weight-free skeleton and the weights' sizes are checked apart: the full
+# checker serializes and re-parses the whole model (two transient copies), which sets the peak memory of a load
+FULL_CHECK_LIMIT = 64 * 2**20
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,13 +104,8 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
     cycle = find_cycle(model.graph)  # before the checker, which would only say "not topologically sorted"
     if cycle is not None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {model_problem(model)}")
-    small = model.ByteSize() < PROTOBUF_LIMIT
     try:
-        if small:
-            onnx.checker.check_model(model)
-        else:  # too large for one protobuf: check the structure without the weights, and the weights' sizes
-            onnx.checker.check_model(shape_skeleton(model))
-            _check_tensor_sizes(model)
+        run_checker(model)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{source}: invalid ONNX model: {exc}") from exc
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
@@ -119,6 +117,17 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {problem}")
 
 
+def run_checker(model: onnx.ModelProto) -> None:
+    """onnx.checker within bounded memory: on the whole model below FULL_CHECK_LIMIT; above it (and always
+    above 2 GB, where the checker cannot take the model) on a weight-free skeleton, plus the per-tensor checks
+    for the weights left out. Raises what the checker raises, or ModelLoadError for a malformed weight."""
+    if approx_model_bytes(model) < min(FULL_CHECK_LIMIT, PROTOBUF_LIMIT):
+        onnx.checker.check_model(model)
+    else:
+        _check_tensor_sizes(model)
+        onnx.checker.check_model(shape_skeleton(model))
+
+
 _ITEMSIZE = {
     onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
     onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2,
@@ -128,10 +137,45 @@ _ITEMSIZE = {
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n * _ITEMSIZE.get(t.data_type, 8)
+
+
+def approx_model_bytes(model: onnx.ModelProto) -> int:
+    """The model's serialized size, estimated from its tensors' shapes (initializers and Constant nodes of the
+    main graph) plus a little per node. ModelProto.ByteSize() is exact but, with the upb protobuf backend,
+    serializes the whole model to measure it: two transient copies of a large model."""
+    total = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    for n in model.graph.node:
+        total += 256
+        if n.op_type == "Constant":
+            total += sum(_tensor_bytes(a.t) for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return total
+
+
+def fits_in_one_protobuf(model: onnx.ModelProto, limit: int | None = None) -> bool:
+    """Whether the model serializes under ``limit`` (default PROTOBUF_LIMIT). Exact near the limit; far below
+    it the estimate decides, so a normal-sized model is never serialized just to be measured."""
+    limit = PROTOBUF_LIMIT if limit is None else limit
+    if approx_model_bytes(model) < limit // 4:
+        return True
+    return model.ByteSize() < limit
+
+
 def _check_tensor_sizes(model: onnx.ModelProto) -> None:
-    """What onnx.checker verifies per tensor, for initializers it cannot see (the >2 GB path): the stored data
-    holds exactly as many values as the dims declare."""
+    """What onnx.checker verifies per tensor, for the initializers a shape skeleton leaves out: a known data
+    type, one data field, and exactly as many stored values as the dims declare."""
     for t in model.graph.initializer:
+        if t.data_type == onnx.TensorProto.UNDEFINED or t.data_type not in onnx.TensorProto.DataType.values():
+            raise ModelLoadError(f"tensor '{t.name}' has no valid data type ({t.data_type})")
+        fields = [f for f in ("raw_data", *_TYPED_FIELDS, "string_data") if len(getattr(t, f))]
+        if len(fields) > 1:
+            raise ModelLoadError(f"tensor '{t.name}' stores its data in more than one field ({', '.join(fields)})")
         n = 1
         for d in t.dims:
             n *= int(d)
@@ -259,7 +303,7 @@ def save_model(
     out = Path(path)
     if input_path is not None and same_file(out, input_path) and not overwrite:
         raise OutputError(f"refusing to overwrite the input model {out}; choose another -o or pass --overwrite")
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    if fits_in_one_protobuf(model):
         atomic_write_bytes(out, model.SerializeToString(deterministic=True))
         return [out]
     return _save_with_external_data(model, out)

@@ -178,7 +178,7 @@ def test_demo_ctrl_c_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "interrupted" in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="needs patch in pipeline.py: verify() checks a >2 GB model via shape_skeleton")
+@pytest.mark.xfail(strict=True, reason="needs patch in pipeline.py: verify() calls convopt.io.run_checker (checks a >2 GB model without its weights)")
 def test_over_2gb_model_goes_through_optimize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole optimize path with the protobuf limit lowered to 4 KB and a checker that, like onnx's, refuses
     a ModelProto over the limit: the output is written as model + .data beside it, not failed late."""

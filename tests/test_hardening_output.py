@@ -213,11 +213,20 @@ def test_large_model_written_with_external_data(tmp_path: Path, monkeypatch: pyt
 
 
 def test_large_model_validated_without_the_full_checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above the protobuf limit the checker runs on a weight-free skeleton, and tensor sizes are checked apart:
+    """Above FULL_CHECK_LIMIT the checker runs on a weight-free skeleton, and tensor sizes are checked apart:
     a short weight is still refused with one clear error (not a numpy traceback later)."""
     m = _big_model()
-    monkeypatch.setattr(cio, "PROTOBUF_LIMIT", 1024)
+    monkeypatch.setattr(cio, "FULL_CHECK_LIMIT", 1024)
     cio.validate_model(m, "big")
+    for field, value in (("data_type", 0), ("float_data", [1.0])):
+        bad = _big_model()
+        w = bad.graph.initializer[0]
+        if field == "data_type":
+            w.data_type = value  # type: ignore[assignment]
+        else:
+            getattr(w, field).extend(value)  # type: ignore[arg-type]
+        with pytest.raises(cio.ModelLoadError, match="invalid ONNX model: tensor 'W'"):
+            cio.validate_model(bad, "big")
     m.graph.initializer[0].raw_data = m.graph.initializer[0].raw_data[:-4]
     with pytest.raises(cio.ModelLoadError, match="big: invalid ONNX model: tensor 'W' has 18428 bytes"):
         cio.validate_model(m, "big")
