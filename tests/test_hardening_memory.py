@@ -1,0 +1,65 @@
+"""Resources: loading a model costs a small multiple of its size (the bytes read and the parsed model; no
+serialization just to measure or check it). Measured in a fresh process by its resident-set high-water mark."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parents[1]
+
+DRIVER = r"""
+import json, sys
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+import numpy, onnx, onnxruntime  # noqa: F401
+import convopt.io, convopt.graph, convopt.pipeline
+from tests.helpers import conv_model
+convopt.io.validate_model(conv_model(), "warm-up")  # first-use costs of the checker and shape inference
+convopt.pipeline.conv_shapes(conv_model(), None)
+open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+base = hwm()
+m = convopt.io.load_model(sys.argv[1])
+convopt.pipeline.conv_shapes(m, None)
+print(json.dumps({"base": base, "peak": hwm()}))
+"""
+
+
+def _big_model(path: Path, mib: int) -> int:
+    """Two 3x3 convs whose weights total ``mib`` MiB, 7x7 input."""
+    c = int((mib * 2**20 / 4 / 2 / 9) ** 0.5)
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32), f"W{i}") for i in (1, 2)]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["h"], name="c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["h", "W2"], ["y"], name="c2", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 7, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 7, 7])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path.write_bytes(m.SerializeToString())
+    return path.stat().st_size
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize("mib", [32, 96], ids=["32MiB-full-checker", "96MiB-skeleton-checker"])
+def test_load_peak_memory_is_a_small_multiple_of_the_model(tmp_path: Path, mib: int) -> None:
+    size = _big_model(tmp_path / "big.onnx", mib)
+    r = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "big.onnx")], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    if r.returncode != 0 and "clear_refs" in r.stderr:
+        pytest.skip(f"cannot reset the RSS high-water mark here: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    ratio = (m["peak"] - m["base"]) / size
+    print(f"load + shapes of a {size / 2**20:.0f} MiB model: peak +{(m['peak'] - m['base']) / 2**20:.0f} MiB "
+          f"({ratio:.2f}x the model)")
+    # the file's bytes and the parsed model (2x), plus slack; the full checker adds its own copies (<= 4x)
+    assert ratio < (4.5 if mib < 64 else 2.8), ratio
