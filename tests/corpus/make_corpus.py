@@ -284,6 +284,15 @@ def _external_absolute(d: Path) -> Path:
     return _external(d, "ext_abs", str((d / "ext_abs_target" / "abs.bin").resolve()), create=True)
 
 
+def _external_symlink_out(d: Path) -> Path:
+    """The location is a plain name beside the model, but that file is a symlink leaving the folder."""
+    p = _external(d, "ext_symlink", "weights.bin", create=False)
+    outside = d / "ext_symlink_target.bin"
+    outside.write_bytes(b"\x00" * 8 * 4 * 9 * 4)
+    (p.parent / "weights.bin").symlink_to(outside)
+    return p
+
+
 def _external_too_short(d: Path) -> Path:
     """The external file exists but is shorter than the tensor."""
     p = _external(d, "ext_short", "weights.bin", create=True)
@@ -319,6 +328,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "external_missing": (_external_missing, "missing"),
     "external_climbs_out": (_external_climbs_out, "outside the model's folder"),
     "external_absolute": (_external_absolute, "absolute"),
+    "external_symlink_out": (_external_symlink_out, "outside the model's folder"),
     "external_too_short": (_external_too_short, "external data"),
 }
 
