@@ -117,12 +117,8 @@ def test_valid_models_have_no_structural_problem() -> None:
         assert model_problem(m) is None, kw
 
 
-# ------------------------------------------------------------------ the CLI boundary (patches pending)
+# ------------------------------------------------------------------ the CLI boundary, and the >2 GB path through optimize
 
-NEEDS_CLI_PATCH = "needs patch in cli.py: catch unexpected exceptions at the CLI boundary (exit 3, one line)"
-
-
-@pytest.mark.xfail(strict=True, reason=NEEDS_CLI_PATCH)
 def test_unexpected_exception_in_optimize_is_one_line_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import convopt.pipeline
 
@@ -140,7 +136,6 @@ def test_unexpected_exception_in_optimize_is_one_line_exit_3(tmp_path: Path, mon
     assert _listing(tmp_path) == {"m.onnx"}
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CLI_PATCH)
 def test_unexpected_exception_in_inspect_is_one_line_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import convopt.inspect
 
@@ -155,7 +150,6 @@ def test_unexpected_exception_in_inspect_is_one_line_exit_3(tmp_path: Path, monk
     assert len(r.output.strip().splitlines()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CLI_PATCH)
 def test_malformed_report_never_a_traceback(tmp_path: Path) -> None:
     rep = tmp_path / "r.json"
     rep.write_text('{"passes": [1, 2]}')
@@ -165,7 +159,6 @@ def test_malformed_report_never_a_traceback(tmp_path: Path) -> None:
         assert r.exception is None or isinstance(r.exception, SystemExit), (fmt, repr(r.exception))
 
 
-@pytest.mark.xfail(strict=True, reason="needs patch in cli.py: `convopt demo` handles Ctrl-C like optimize (exit 130)")
 def test_demo_ctrl_c_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
     import convopt.cli
 
@@ -178,7 +171,6 @@ def test_demo_ctrl_c_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "interrupted" in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="needs patch in pipeline.py: verify() calls convopt.io.run_checker (checks a >2 GB model without its weights)")
 def test_over_2gb_model_goes_through_optimize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole optimize path with the protobuf limit lowered to 4 KB and a checker that, like onnx's, refuses
     a ModelProto over the limit: the output is written as model + .data beside it, not failed late."""
