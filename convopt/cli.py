@@ -2,10 +2,12 @@
 and nowhere else: 0 success, 1 the CI gate was missed, 2 usage or input error, 3 internal rewrite error."""
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -30,6 +32,32 @@ DEFAULT_PASSES = "split5x5,factorize"
 def _fail(exc: ConvOptError) -> typer.Exit:
     err.print(f"error: {exc}", markup=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
+
+
+def guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """The CLI boundary: ConvOptError → its exit code, Ctrl-C → 130, any other exception → exit 3 with one
+    line (CONVOPT_DEBUG=1 re-raises it for the traceback). Typer reads the signature through functools.wraps."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except ConvOptError as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: nothing was written", markup=False)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # the one place convopt catches everything: report a bug in one line
+            if os.environ.get("CONVOPT_DEBUG") == "1":
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            err.print(f"internal error: {type(exc).__name__}: {first} (a convopt bug, please report it; "
+                      "CONVOPT_DEBUG=1 shows the traceback)", markup=False, soft_wrap=True)
+            raise typer.Exit(3) from None
+
+    return wrapper
 
 
 def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
@@ -60,6 +88,7 @@ def _policy(full_rank: bool, rank_fraction: float | None, energy: float | None, 
 
 
 @app.command()
+@guarded
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
@@ -69,10 +98,7 @@ def inspect(
     from convopt.inspect import inspect_model
     from convopt.io import load_model
 
-    try:
-        result = inspect_model(load_model(model), _shapes(input_shape))
-    except ConvOptError as exc:
-        raise _fail(exc) from None
+    result = inspect_model(load_model(model), _shapes(input_shape))
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -117,6 +143,7 @@ def inspect(
 
 
 @app.command()
+@guarded
 def optimize(
     model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (none: the built-in example, as `convopt demo`)")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="output model (default MODEL.opt.onnx beside the input)")] = None,
@@ -158,22 +185,16 @@ def optimize(
         data = data or example_data_path()
         if output is None:
             output = Path("example.opt.onnx")
-    try:
-        code = run_optimize(
-            model=model, output=output, strategy=strategy, passes=passes, calib=calib, latency_cache=latency_cache,
-            full_rank=full_rank, rank_fraction=rank_fraction,
-            energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
-            labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
-            threads=threads, warmup=warmup, repeats=repeats, max_accuracy_drop=max_accuracy_drop,
-            min_agreement=min_agreement, max_rel_error=max_rel_error, fail_under_speedup=fail_under_speedup,
-            require_faster=require_faster, no_eval=no_eval, no_fold_bn=no_fold_bn, seed=seed,
-            overwrite=overwrite, quiet=quiet,
-        )
-    except ConvOptError as exc:
-        raise _fail(exc) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: nothing was written")
-        raise typer.Exit(130) from None
+    code = run_optimize(
+        model=model, output=output, strategy=strategy, passes=passes, calib=calib, latency_cache=latency_cache,
+        full_rank=full_rank, rank_fraction=rank_fraction,
+        energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
+        labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
+        threads=threads, warmup=warmup, repeats=repeats, max_accuracy_drop=max_accuracy_drop,
+        min_agreement=min_agreement, max_rel_error=max_rel_error, fail_under_speedup=fail_under_speedup,
+        require_faster=require_faster, no_eval=no_eval, no_fold_bn=no_fold_bn, seed=seed,
+        overwrite=overwrite, quiet=quiet,
+    )
     raise typer.Exit(code)
 
 
@@ -305,28 +326,18 @@ def _gate(report: dict[str, Any], fail_under_speedup: float | None) -> str | Non
 
 
 @app.command()
+@guarded
 def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized example")] = Path("example.opt.onnx"),
 ) -> None:
-    """Run the whole pipeline on the built-in trained example with its bundled labelled data."""
-    from convopt.models.example import example_data_path, example_model_path
-
-    try:
-        code = run_optimize(
-            model=example_model_path(), output=output, strategy=None, passes=None, calib=None, latency_cache=None,
-            full_rank=False, rank_fraction=None,
-            energy=None, align=8, bottleneck_side="both", report=None, data=example_data_path(), labels=None,
-            preprocess=None, limit=None, input_shape=None, provider="CPUExecutionProvider", threads=0, warmup=3,
-            repeats=20, max_accuracy_drop=1.0, min_agreement=None, max_rel_error=None, fail_under_speedup=None,
-            require_faster=True, no_eval=False, no_fold_bn=False, seed=0, overwrite=False, quiet=quiet,
-        )
-    except ConvOptError as exc:
-        raise _fail(exc) from None
-    raise typer.Exit(code)
+    """Run the whole pipeline on the built-in trained example with its bundled labelled data (auto mode:
+    one half of the bundled held-out set calibrates, the other is the reported evaluation)."""
+    optimize(model=None, output=output, quiet=quiet)
 
 
 @app.command("report")
+@guarded
 def report_cmd(
     report: Annotated[Path, typer.Argument(help="a JSON report written by convopt optimize --report")],
     fmt: Annotated[str, typer.Option("--format", help="table, md or html")] = "table",
@@ -336,28 +347,27 @@ def report_cmd(
     from convopt import render
 
     try:
-        try:
-            data = json.loads(report.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"report not found: {report}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{report} is not a JSON report: {exc}") from None
-        if not isinstance(data, dict) or "passes" not in data:
-            raise InputError(f"{report} is not a convopt report (no 'passes')")
-        if fmt == "table":
-            render.render_table(data, out)
-            return
-        if fmt not in ("md", "html"):
-            raise InputError("--format must be table, md or html")
-        text = render.render_markdown(data) if fmt == "md" else render.render_html(data)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            from convopt.io import atomic_write_bytes
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"report not found: {report}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{report} is not a JSON report: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("passes"), list) or not all(
+        isinstance(p, dict) for p in data["passes"]
+    ):
+        raise InputError(f"{report} is not a convopt report (no list of passes)")
+    if fmt == "table":
+        render.render_table(data, out)
+        return
+    if fmt not in ("md", "html"):
+        raise InputError("--format must be table, md or html")
+    text = render.render_markdown(data) if fmt == "md" else render.render_html(data)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        from convopt.io import atomic_write_bytes
 
-            atomic_write_bytes(output, text.encode("utf-8"))
-    except ConvOptError as exc:
-        raise _fail(exc) from None
+        atomic_write_bytes(output, text.encode("utf-8"))
 
 
 from convopt.models.cli import app as models_app  # noqa: E402  (after the commands it sits beside)

@@ -58,8 +58,10 @@ def totals(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[
 
 def verify(model: onnx.ModelProto, where: str) -> None:
     """onnx.checker on a rewritten model; a failure here is a convopt bug, reported as RewriteError."""
+    from convopt.io import run_checker
+
     try:
-        onnx.checker.check_model(model)
+        run_checker(model)  # bounded memory; works above the 2 GB protobuf limit
     except Exception as exc:  # checker raises several C++-bound types
         raise RewriteError(f"{where} produced an invalid model (a convopt bug, please report): {exc}") from exc
 
