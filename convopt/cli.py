@@ -330,10 +330,11 @@ def _gate(report: dict[str, Any], fail_under_speedup: float | None) -> str | Non
 def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized example")] = Path("example.opt.onnx"),
+    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
 ) -> None:
     """Run the whole pipeline on the built-in trained example with its bundled labelled data (auto mode:
     one half of the bundled held-out set calibrates, the other is the reported evaluation)."""
-    optimize(model=None, output=output, quiet=quiet)
+    optimize(model=None, output=output, report=report, quiet=quiet)
 
 
 @app.command("report")

@@ -41,25 +41,29 @@ def _heldout_top1() -> float:
     return float((preds == held.labels).mean() * 100)
 
 
-def test_demo_prints_labelled_accuracy_before_and_after(in_tmp: Path) -> None:
-    r = runner.invoke(app, ["demo"], env={"COLUMNS": "200"})
+def test_demo_runs_auto_mode_and_prints_labelled_accuracy_before_and_after(in_tmp: Path) -> None:
+    r = runner.invoke(app, ["demo", "--report", "r.json"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     out = r.output
     for word in ("top-1 %", "original", "auto", "final", "example_eval.npz", "evaluation split: 180 samples"):
         assert word in out, word
-    assert f"{_heldout_top1():.2f}" in out, "the original's labelled top-1 on the held-out half"
+    top1 = _heldout_top1()
+    assert f"{top1:.2f}" in out, "the original's labelled top-1 on the held-out half"
     onnx.checker.check_model(onnx.load(str(in_tmp / "example.opt.onnx")))
-
-
-def test_optimize_without_model_runs_the_example_with_a_report(in_tmp: Path) -> None:
-    r = runner.invoke(app, ["optimize", "--report", "r.json", "-q", "--repeats", "5"])
-    assert r.exit_code == 0, r.output
     d = json.loads((in_tmp / "r.json").read_text())
     s = d["settings"]
     assert s["strategy"] == "auto" and s["samples"] == 180 and s["calib_samples"] == 180
-    assert d["baseline"]["accuracy"]["labelled_top1"] == pytest.approx(_heldout_top1())
+    assert d["baseline"]["accuracy"]["labelled_top1"] == pytest.approx(top1)
     final = d["final"]
     assert final["accuracy"]["labelled_top1"] is not None and final["latency"]["speedup"] > 0
     # the default auto budget is 1 point of top-1 on the held-out half
-    assert final["accuracy"]["labelled_top1"] >= d["baseline"]["accuracy"]["labelled_top1"] - 1.0 - 1e-9
+    assert final["accuracy"]["labelled_top1"] >= top1 - 1.0 - 1e-9
     assert d["macs_after"] <= d["macs_before"]
+
+
+def test_optimize_without_model_uses_the_example(in_tmp: Path) -> None:
+    r = runner.invoke(app, ["optimize", "--no-eval", "-q", "--report", "r.json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads((in_tmp / "r.json").read_text())
+    assert d["model"] == str(example_model_path()) and d["settings"]["passes"] == ["split5x5", "factorize"]
+    assert (in_tmp / "example.opt.onnx").is_file()
