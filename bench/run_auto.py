@@ -76,10 +76,10 @@ def setup_example(quick: bool) -> dict[str, Any]:
 
 def setup_candy(quick: bool) -> dict[str, Any]:
     m = onnx.load(MODELS / "candy-style.onnx")
-    d = load_eval_data(m, IMAGENET, preprocess="raw", limit=8)
-    cal, ev = _split(d, 4)
+    d = load_eval_data(m, IMAGENET, preprocess="raw", limit=6)
+    cal, ev = _split(d, 3)
     return dict(model=m, calib=cal, eval=ev, budget=Budget(max_rel_error=0.05), metric="output rel. L2 error",
-                settings=dict(batch_size=1), auto=dict(max_candidates_per_layer=3))
+                settings=dict(batch_size=1), auto=dict(max_candidates_per_layer=2))
 
 
 def setup_vgg16(quick: bool) -> dict[str, Any]:
