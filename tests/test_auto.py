@@ -258,3 +258,17 @@ def test_pareto_spread_drops_dominated_candidates_and_keeps_both_ends() -> None:
     assert cs[2] not in front and len(front) == 5  # (1.4, 0.3) is dominated by (1.5, 0.2)
     thin = pareto_spread(cs, 3)  # type: ignore[arg-type]
     assert thin[0] is cs[0] and thin[-1] is cs[4] and len(thin) == 3
+
+
+def test_default_budget_is_relative_error_without_class_scores() -> None:
+    # two_conv_model's output (N, 16) is class-score shaped, so build a feature-map output instead
+    model = two_conv_model()
+    model.graph.node[-1].CopyFrom(helper.make_node("Identity", ["r2"], ["out"], name="flat"))
+    del model.graph.node[-2]
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None))
+    calib, held = split_eval_data(data(8))
+    ev = Evaluator(model, held, FAST)
+    assert ev.scored_index is None
+    res = auto_optimize(model, calib=calib, evaluator=ev, budget=None, settings=FAST, min_layer_speedup=1e9)
+    assert res.report.extra["auto"]["budget"] == {"max_accuracy_drop": None, "min_agreement": None,
+                                                  "max_rel_error": 0.05}

@@ -37,6 +37,7 @@ from convopt.report import NodeRewrite, NodeSkip, PassReport, Report
 Event = Callable[[str], None]
 AUTO_PASSES = ("factorize", "bottleneck", "depthwise", "split5x5")
 DEFAULT_BUDGET = Budget(max_accuracy_drop=1.0)
+DEFAULT_REL_ERROR_BUDGET = Budget(max_rel_error=0.05)  # the default for models without a class-score output
 
 
 def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) -> tuple[EvalData, EvalData]:
@@ -111,14 +112,15 @@ def auto_optimize(
 
     ``calib_margin``: fraction of the accuracy budget held back in the calibration checks (see calib_budget).
     ``calib`` (calibration data: refits, candidate costs, the end-to-end checks) must be disjoint from the
-    ``evaluator``'s data (the final, reported measurement). ``budget`` defaults to 1 point of top-1
-    (labelled, or of top-1 agreement without labels); a model with no class-score output needs
-    ``Budget(max_rel_error=...)``. ``latency_cache``: a LayerLatencyCache or a JSON path to persist it.
+    ``evaluator``'s data (the final, reported measurement). ``budget`` (None or empty) defaults to 1 point
+    of top-1 (labelled, or of top-1 agreement without labels), or to a relative L2 output error of 0.05 for a
+    model with no class-score output. ``latency_cache``: a LayerLatencyCache or a JSON path to persist it.
     """
     t_start = time.perf_counter()
     say = on_event or (lambda _m: None)
     passes = list(passes or AUTO_PASSES)
-    budget = budget or DEFAULT_BUDGET
+    if budget is None or budget.is_empty:
+        budget = DEFAULT_BUDGET if evaluator.scored_index is not None else DEFAULT_REL_ERROR_BUDGET
     cache = latency_cache if isinstance(latency_cache, LayerLatencyCache) else LayerLatencyCache(
         None if latency_cache is None else Path(latency_cache))
     timings: dict[str, float] = {}
