@@ -212,8 +212,8 @@ def run_optimize(**kw: Any) -> int:
     )
     if same_file(output, model_path) and not kw["overwrite"]:
         raise InputError(f"refusing to overwrite the input model {model_path}; choose another -o or pass --overwrite")
-    if kw["report"] is not None and same_file(kw["report"], model_path):
-        raise InputError("--report must not be the input model")
+    if kw["report"] is not None and (same_file(kw["report"], model_path) or same_file(kw["report"], output)):
+        raise InputError("--report must not be the input or the output model")
     rank_opts = [n for n, v in (("--full-rank", kw["full_rank"]), ("--rank-fraction", kw["rank_fraction"]),
                                  ("--energy", kw["energy"])) if v]
     strategy = kw.get("strategy") or ("auto" if kw["data"] is not None and not rank_opts and not kw["no_eval"] else "uniform")

@@ -139,3 +139,10 @@ def test_strategy_option_errors_are_exit_2(model_file: Path, tmp_path: Path) -> 
         assert r.exit_code == 2, (extra, r.output)
         assert needle in r.output, (extra, r.output)
     assert not (tmp_path / "m.opt.onnx").exists()
+
+
+def test_report_path_equal_to_output_is_refused(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    r = runner.invoke(app, ["optimize", str(model_file), "-o", str(out), "--report", str(out), "--no-eval"])
+    assert r.exit_code == 2 and "--report must not be the input or the output model" in r.output
+    assert not out.exists()

@@ -43,7 +43,7 @@ def test_make_session_applies_settings() -> None:
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    assert opts.log_severity_level == 3
+    assert opts.log_severity_level == 4  # fatal only: convopt reports errors itself
     assert s.get_providers() == ["CPUExecutionProvider"]
     assert make_session(tiny_classifier(1).SerializeToString(), OrtSettings()).get_inputs()[0].name == "X"
 

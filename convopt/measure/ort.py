@@ -86,7 +86,7 @@ def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings) -> ort.I
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = OPT_LEVELS[settings.graph_optimization_level]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: convopt reports ORT's errors itself, in one line
     blob = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(blob, sess_options=so, providers=[settings.provider])
 
