@@ -68,10 +68,16 @@ def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
     return dict(parse_input_shape(v) for v in values)
 
 
+def _rank_options(full_rank: bool, rank_fraction: float | None, energy: float | None) -> list[str]:
+    """The uniform-rank options the user gave (a value of 0 counts as given: RankPolicy then refuses it)."""
+    given = (("--full-rank", full_rank), ("--rank-fraction", rank_fraction is not None), ("--energy", energy is not None))
+    return [name for name, is_set in given if is_set]
+
+
 def _policy(full_rank: bool, rank_fraction: float | None, energy: float | None, align: int, side: str, seed: int):
     from convopt.passes.base import RankPolicy
 
-    chosen = [n for n, v in (("--full-rank", full_rank), ("--rank-fraction", rank_fraction), ("--energy", energy)) if v]
+    chosen = _rank_options(full_rank, rank_fraction, energy)
     if len(chosen) > 1:
         raise InputError(f"choose one rank option, not {' and '.join(chosen)}")
     if side not in ("both", "in", "out"):
@@ -214,8 +220,7 @@ def run_optimize(**kw: Any) -> int:
         raise InputError(f"refusing to overwrite the input model {model_path}; choose another -o or pass --overwrite")
     if kw["report"] is not None and (same_file(kw["report"], model_path) or same_file(kw["report"], output)):
         raise InputError("--report must not be the input or the output model")
-    rank_opts = [n for n, v in (("--full-rank", kw["full_rank"]), ("--rank-fraction", kw["rank_fraction"]),
-                                 ("--energy", kw["energy"])) if v]
+    rank_opts = _rank_options(kw["full_rank"], kw["rank_fraction"], kw["energy"])
     strategy = kw.get("strategy") or ("auto" if kw["data"] is not None and not rank_opts and not kw["no_eval"] else "uniform")
     if strategy not in ("auto", "uniform"):
         raise InputError("--strategy must be auto or uniform")

@@ -146,3 +146,11 @@ def test_report_path_equal_to_output_is_refused(model_file: Path, tmp_path: Path
     r = runner.invoke(app, ["optimize", str(model_file), "-o", str(out), "--report", str(out), "--no-eval"])
     assert r.exit_code == 2 and "--report must not be the input or the output model" in r.output
     assert not out.exists()
+
+
+def test_rank_fraction_zero_is_refused_not_ignored(model_file: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((4, 16, 16, 16)).astype(np.float32))
+    # with --data the default strategy is auto, which must not swallow an explicit uniform rank option
+    r = runner.invoke(app, ["optimize", str(model_file), "-q", "--rank-fraction", "0", "--data", str(npz)])
+    assert r.exit_code == 2 and "must be in (0, 1]" in r.output, r.output
