@@ -296,7 +296,7 @@ def run_optimize(**kw: Any) -> int:
             on_event=say,
         )
     rep = result.report
-    gate_reason = _gate(rep.to_dict(), kw["fail_under_speedup"])
+    gate_reason = _gate(rep.final, kw["fail_under_speedup"])
     if gate_reason is not None or kw["fail_under_speedup"] is not None:
         from dataclasses import replace
 
@@ -318,11 +318,12 @@ def run_optimize(**kw: Any) -> int:
     return 0
 
 
-def _gate(report: dict[str, Any], fail_under_speedup: float | None) -> str | None:
+def _gate(final: dict[str, Any] | None, fail_under_speedup: float | None) -> str | None:
+    from convopt.pipeline import measured_speedup
+
     if fail_under_speedup is None:
         return None
-    lat = ((report.get("final") or {}).get("latency")) or {}
-    sp = lat.get("speedup")
+    sp = measured_speedup(final)
     if sp is None:
         return "no latency was measured"
     if sp < fail_under_speedup:

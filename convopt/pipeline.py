@@ -196,8 +196,8 @@ def optimize(
 
 def _slower(meas: Any, previous: Any) -> str | None:
     """Reason when ``meas`` is not faster than ``previous`` (both measured against the original)."""
-    cur = _speedup(meas)
-    prev = 1.0 if previous is None else _speedup(previous)
+    cur = measured_speedup(meas)
+    prev = 1.0 if previous is None else measured_speedup(previous)
     if cur is None or prev is None:
         return None
     if cur <= prev:
@@ -205,7 +205,8 @@ def _slower(meas: Any, previous: Any) -> str | None:
     return None
 
 
-def _speedup(m: Any) -> float | None:
+def measured_speedup(m: Any) -> float | None:
+    """The speedup against the original recorded in a Measurement (or its dict), None without latency."""
     d = _measurement_dict(m) or {}
     lat = d.get("latency") or {}
     v = lat.get("speedup")
