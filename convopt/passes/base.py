@@ -153,18 +153,19 @@ class ConvPass(ABC):
     def node_name(self, names: NameScope, conv: ConvSpec, role: str) -> str:
         return names.fresh(f"{self.name}/{conv.name}/{role}")
 
-    def record(
+    def finish(
         self,
         conv: ConvSpec,
         ranks: dict[str, int],
         macs_after: int,
-        params_after: int,
         W_hat: np.ndarray,
         nodes: list[onnx.NodeProto],
+        inits: list[onnx.TensorProto],
         form: str,
-    ) -> NodeRewrite:
+    ) -> Rewritten:
+        """The Rewritten answer: the replacement chain and its record (params counted from ``inits``)."""
         g = Geometry.of(conv)
-        return NodeRewrite(
+        record = NodeRewrite(
             node=conv.name,
             kernel=tuple(conv.kernel),
             channels_in=conv.in_channels,
@@ -173,11 +174,12 @@ class ConvPass(ABC):
             macs_before=conv_macs(conv.W.shape, g.out_h, g.out_w),
             macs_after=int(macs_after),
             params_before=conv.params,
-            params_after=int(params_after),
+            params_after=sum(int(np.prod(t.dims)) for t in inits),
             weight_rel_error=float(decompose.relative_error(conv.W, W_hat)),
             new_nodes=tuple(n.name for n in nodes),
             form=form,
         )
+        return Rewritten(Replacement(conv, nodes, inits), record)
 
     def saves(self, conv: ConvSpec, policy: RankPolicy, macs_after: int, what: str) -> str | None:
         """Reason to refuse when the rewrite would not lower MACs (never refused in full-rank mode)."""

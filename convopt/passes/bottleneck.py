@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from convopt import decompose
-from convopt.graph import ConvSpec, NameScope, Replacement, make_conv, tensor
+from convopt.graph import ConvSpec, NameScope, make_conv, tensor
 from convopt.passes.base import ConvPass, Geometry, RankPolicy, Rewritten, split_groups
 
 
@@ -84,8 +84,6 @@ class Bottleneck(ConvPass):
                 b = names.fresh(n + "/B")
                 inits.append(tensor(b, conv.B))
             nodes.append(make_conv(n, core_y, w, b, conv.y, kernel=(1, 1), group=g, pass_name=self.name))
-        params_after = sum(int(np.prod(t.dims)) for t in inits)
         ranks = {k: int(v) for k, v in (("rank_in", r_in), ("rank_out", r_out)) if v is not None}
         form = "+".join(["1x1"] * (r_in is not None) + [f"{kh}x{kw}"] + ["1x1"] * (r_out is not None))
-        rec = self.record(conv, ranks, macs_after, params_after, W_hat, nodes, form)
-        return Rewritten(Replacement(conv, nodes, inits), rec)
+        return self.finish(conv, ranks, macs_after, W_hat, nodes, inits, form)

@@ -6,7 +6,7 @@ import numpy as np
 from onnx import helper
 
 from convopt import decompose
-from convopt.graph import ConvSpec, NameScope, Replacement, make_conv, tensor
+from convopt.graph import ConvSpec, NameScope, make_conv, tensor
 from convopt.passes.base import ConvPass, Geometry, RankPolicy, Rewritten, split_groups
 
 
@@ -68,7 +68,5 @@ class Depthwise(ConvPass):
         nodes.append(make_conv(n_dw, x, w_dw, None, mid, kernel=(kh, kw), strides=conv.strides, pads=conv.pads,
                                dilations=conv.dilations, group=I * m if tiled else I, pass_name=self.name))
         nodes.append(make_conv(n_pw, mid, w_pw, b, conv.y, kernel=(1, 1), group=g, pass_name=self.name))
-        params_after = Dw.size + Pw.size + (0 if conv.B is None else conv.B.size)
         form = f"tile{m}+dw{kh}x{kw}+pw" if tiled else f"dw{kh}x{kw}(m={m})+pw"
-        rec = self.record(conv, {"multiplier": int(m)}, macs_after, params_after, W_hat, nodes, form)
-        return Rewritten(Replacement(conv, nodes, inits), rec)
+        return self.finish(conv, {"multiplier": int(m)}, macs_after, W_hat, nodes, inits, form)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from convopt import decompose
-from convopt.graph import ConvSpec, NameScope, Replacement, make_conv, tensor
+from convopt.graph import ConvSpec, NameScope, make_conv, tensor
 from convopt.passes.base import ConvPass, Geometry, RankPolicy, Rewritten, split_groups
 
 
@@ -55,6 +55,4 @@ class Factorize(ConvPass):
             make_conv(n2, mid, h_name, b_name, conv.y, kernel=(1, kw), strides=(1, conv.strides[1]),
                       pads=(0, l, 0, r), dilations=(1, conv.dilations[1]), group=g, pass_name=self.name),
         ]
-        params_after = V.size + H.size + (0 if conv.B is None else conv.B.size)
-        rec = self.record(conv, {"rank": int(R)}, macs_after, params_after, W_hat, nodes, f"{kh}x1+1x{kw}")
-        return Rewritten(Replacement(conv, nodes, inits), rec)
+        return self.finish(conv, {"rank": int(R)}, macs_after, W_hat, nodes, inits, f"{kh}x1+1x{kw}")

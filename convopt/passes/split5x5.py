@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from convopt import decompose
-from convopt.graph import ConvSpec, NameScope, Replacement, make_conv, tensor
+from convopt.graph import ConvSpec, NameScope, make_conv, tensor
 from convopt.passes.base import ConvPass, Geometry, RankPolicy, Rewritten, split_groups
 
 
@@ -88,9 +88,7 @@ class Split5x5(ConvPass):
             make_conv(n2, mid, wb, bias, conv.y, kernel=(3, 3), strides=conv.strides, dilations=conv.dilations,
                       group=g, pass_name=self.name),
         ]
-        params_after = A.size + B.size + (0 if conv.B is None else conv.B.size)
-        rec = self.record(conv, {"rank": R}, macs_after, params_after, W_hat, nodes, "3x3(pad)+3x3(pad0)")
-        return Rewritten(Replacement(conv, nodes, inits), rec)
+        return self.finish(conv, {"rank": R}, macs_after, W_hat, nodes, inits, "3x3(pad)+3x3(pad0)")
 
     def _macs_dense(self, conv: ConvSpec) -> int:
         geo = Geometry.of(conv)
