@@ -24,6 +24,7 @@ from convopt.graph import (
     conv_macs,
     conv_out_size,
     read_convs,
+    tensor,
 )
 from convopt.report import NodeRewrite, NodeSkip
 
@@ -152,6 +153,14 @@ class ConvPass(ABC):
 
     def node_name(self, names: NameScope, conv: ConvSpec, role: str) -> str:
         return names.fresh(f"{self.name}/{conv.name}/{role}")
+
+    def bias(self, conv: ConvSpec, names: NameScope, node: str, inits: list[onnx.TensorProto]) -> str | None:
+        """The original bias as a new initializer for ``node`` (the chain's last conv), or None without bias."""
+        if conv.B is None:
+            return None
+        name = names.fresh(node + "/B")
+        inits.append(tensor(name, conv.B))
+        return name
 
     def finish(
         self,

@@ -67,10 +67,7 @@ class Bottleneck(ConvPass):
         n = self.node_name(names, conv, "core")
         w = names.fresh(n + "/W")
         inits.append(tensor(w, core))
-        core_b = None
-        if r_out is None and conv.B is not None:
-            core_b = names.fresh(n + "/B")
-            inits.append(tensor(core_b, conv.B))
+        core_b = self.bias(conv, names, n, inits) if r_out is None else None
         core_y = conv.y if r_out is None else names.fresh(n + "/out")
         assert conv.pads is not None
         nodes.append(make_conv(n, x, w, core_b, core_y, kernel=(kh, kw), strides=conv.strides, pads=conv.pads,
@@ -79,10 +76,7 @@ class Bottleneck(ConvPass):
             n = self.node_name(names, conv, "expand")
             w = names.fresh(n + "/W")
             inits.append(tensor(w, np.concatenate([f[2] for f in factors], axis=0)))
-            b = None
-            if conv.B is not None:
-                b = names.fresh(n + "/B")
-                inits.append(tensor(b, conv.B))
+            b = self.bias(conv, names, n, inits)
             nodes.append(make_conv(n, core_y, w, b, conv.y, kernel=(1, 1), group=g, pass_name=self.name))
         ranks = {k: int(v) for k, v in (("rank_in", r_in), ("rank_out", r_out)) if v is not None}
         form = "+".join(["1x1"] * (r_in is not None) + [f"{kh}x{kw}"] + ["1x1"] * (r_out is not None))

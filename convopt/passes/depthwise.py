@@ -60,10 +60,7 @@ class Depthwise(ConvPass):
         n_pw = self.node_name(names, conv, "pw")
         w_dw, w_pw, mid = names.fresh(n_dw + "/W"), names.fresh(n_pw + "/W"), names.fresh(n_dw + "/out")
         inits += [tensor(w_dw, Dw), tensor(w_pw, Pw)]
-        b = None
-        if conv.B is not None:
-            b = names.fresh(n_pw + "/B")
-            inits.append(tensor(b, conv.B))
+        b = self.bias(conv, names, n_pw, inits)
         assert conv.pads is not None
         nodes.append(make_conv(n_dw, x, w_dw, None, mid, kernel=(kh, kw), strides=conv.strides, pads=conv.pads,
                                dilations=conv.dilations, group=I * m if tiled else I, pass_name=self.name))

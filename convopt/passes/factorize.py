@@ -45,10 +45,7 @@ class Factorize(ConvPass):
         n2 = self.node_name(names, conv, f"1x{kw}")
         v_name, h_name, mid = names.fresh(n1 + "/W"), names.fresh(n2 + "/W"), names.fresh(n1 + "/out")
         inits = [tensor(v_name, V), tensor(h_name, H)]
-        b_name = None
-        if conv.B is not None:
-            b_name = names.fresh(n2 + "/B")
-            inits.append(tensor(b_name, conv.B))
+        b_name = self.bias(conv, names, n2, inits)
         nodes = [
             make_conv(n1, conv.x, v_name, None, mid, kernel=(kh, 1), strides=(conv.strides[0], 1),
                       pads=(t, 0, b, 0), dilations=(conv.dilations[0], 1), group=g, pass_name=self.name),

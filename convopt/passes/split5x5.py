@@ -77,10 +77,7 @@ class Split5x5(ConvPass):
         n2 = self.node_name(names, conv, "3x3b")
         wa, wb, mid = names.fresh(n1 + "/W"), names.fresh(n2 + "/W"), names.fresh(n1 + "/out")
         inits = [tensor(wa, A), tensor(wb, B)]
-        bias = None
-        if conv.B is not None:
-            bias = names.fresh(n2 + "/B")
-            inits.append(tensor(bias, conv.B))
+        bias = self.bias(conv, names, n2, inits)
         assert conv.pads is not None
         nodes = [
             make_conv(n1, conv.x, wa, None, mid, kernel=(3, 3), pads=conv.pads, dilations=conv.dilations,
