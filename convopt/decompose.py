@@ -24,7 +24,10 @@ than the exact (full) rank are clamped, so callers should read the rank off the 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+from typing import Iterator
 
 import numpy as np
 
@@ -45,7 +48,46 @@ __all__ = [
     "split5x5_rank_for_error",
     "rank_for_energy",
     "align_rank",
+    "svd_reuse",
 ]
+
+# ----------------------------------------------------------------------------- SVD reuse
+
+_SVD_MEMO: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+
+@contextlib.contextmanager
+def svd_reuse() -> Iterator[None]:
+    """Within this block, the SVD of a given matrix is computed once: every rank of a spatial SVD, every side
+    and rank of a Tucker-2 (HOSVD), every depthwise multiplier, and the spectra used to pick ranks share the
+    factorization of the same unfolding. Results are identical to computing each one afresh (the same
+    LAPACK call on the same bytes). The memo is dropped when the block exits (it holds full U, S, Vᵀ)."""
+    global _SVD_MEMO
+    outer = _SVD_MEMO
+    if outer is None:
+        _SVD_MEMO = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _SVD_MEMO = None
+
+
+def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.linalg.svd(M, full_matrices=False), memoized by content inside ``svd_reuse``."""
+    if _SVD_MEMO is None:
+        return np.linalg.svd(M, full_matrices=False)
+    M = np.ascontiguousarray(M)
+    key = (M.shape, M.dtype.str, hashlib.blake2b(M.view(np.uint8).reshape(-1), digest_size=16).digest())
+    hit = _SVD_MEMO.get(key)
+    if hit is None:
+        hit = np.linalg.svd(M, full_matrices=False)
+        _SVD_MEMO[key] = hit
+    return hit
+
+
+def _singular_values(M: np.ndarray) -> np.ndarray:
+    return np.linalg.svd(M, compute_uv=False) if _SVD_MEMO is None else _svd(M)[1]
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -103,7 +145,7 @@ def spatial_svd(W: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     Wd = _f64(W, 4)
     O, I, kh, kw = Wd.shape
     R = min(_check_rank(rank), I * kh, O * kw)
-    U, S, Vt = np.linalg.svd(_spatial_matrix(Wd), full_matrices=False)
+    U, S, Vt = _svd(_spatial_matrix(Wd))
     sq = np.sqrt(S[:R])
     V = (U[:, :R] * sq).T.reshape(R, I, kh, 1)
     H = (sq[:, None] * Vt[:R]).reshape(R, O, kw).transpose(1, 0, 2).reshape(O, R, 1, kw)
@@ -116,7 +158,7 @@ def spatial_svd_spectrum(W: np.ndarray) -> np.ndarray:
     W: (O, I, kh, kw).
     """
     Wd = _f64(W, 4)
-    return np.linalg.svd(_spatial_matrix(Wd), compute_uv=False)
+    return _singular_values(_spatial_matrix(Wd))
 
 
 def compose_spatial(V: np.ndarray, H: np.ndarray) -> np.ndarray:
@@ -133,7 +175,7 @@ def compose_spatial(V: np.ndarray, H: np.ndarray) -> np.ndarray:
 
 def _left_sv(M: np.ndarray, r: int) -> np.ndarray:
     """Top-r left singular vectors of M (columns)."""
-    U, _, _ = np.linalg.svd(M, full_matrices=False)
+    U, _, _ = _svd(M)
     return U[:, :r]
 
 
@@ -180,8 +222,8 @@ def tucker2_spectra(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (length min(O, I·kh·kw)) and of the mode-I unfolding (I, O·kh·kw) → s_in. W: (O, I, kh, kw)."""
     Wd = _f64(W, 4)
     O, I, kh, kw = Wd.shape
-    s_out = np.linalg.svd(Wd.reshape(O, -1), compute_uv=False)
-    s_in = np.linalg.svd(Wd.transpose(1, 0, 2, 3).reshape(I, -1), compute_uv=False)
+    s_out = _singular_values(Wd.reshape(O, -1))
+    s_in = _singular_values(Wd.transpose(1, 0, 2, 3).reshape(I, -1))
     return s_out, s_in
 
 
@@ -216,7 +258,7 @@ def depthwise_svd(W: np.ndarray, multiplier: int) -> tuple[np.ndarray, np.ndarra
     O, I, kh, kw = Wd.shape
     m = min(_check_rank(multiplier, "multiplier"), O, kh * kw)
     M = Wd.transpose(1, 0, 2, 3).reshape(I, O, kh * kw)
-    U, S, Vt = np.linalg.svd(M, full_matrices=False)  # U (I, O, k), S (I, k), Vt (I, k, kh·kw)
+    U, S, Vt = _svd(M)  # U (I, O, k), S (I, k), Vt (I, k, kh·kw)
     sq = np.sqrt(S[:, :m])  # (I, m)
     D = (sq[:, :, None] * Vt[:, :m, :]).reshape(I, m, kh, kw)
     P = (U[:, :, :m] * sq[:, None, :]).transpose(1, 0, 2)  # (O, I, m)
@@ -231,7 +273,7 @@ def depthwise_spectrum(W: np.ndarray) -> np.ndarray:
     """
     Wd = _f64(W, 4)
     O, I, kh, kw = Wd.shape
-    return np.linalg.svd(Wd.transpose(1, 0, 2, 3).reshape(I, O, kh * kw), compute_uv=False)
+    return _singular_values(Wd.transpose(1, 0, 2, 3).reshape(I, O, kh * kw))
 
 
 def compose_depthwise(D: np.ndarray, P: np.ndarray) -> np.ndarray:

@@ -478,3 +478,33 @@ def test_align_rank() -> None:
     assert dc.align_rank(5, 8, 0) == 1
     with pytest.raises(ValueError):
         dc.align_rank(5, 0, 64)
+
+
+def test_svd_reuse_gives_the_same_factors_and_factorizes_each_unfolding_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    W = rand((24, 16, 3, 3), seed=5)
+    fresh = [dc.spatial_svd(W, r) for r in (4, 8, 16)] + [dc.tucker2(W, 8, 12)] + [dc.depthwise_svd(W, 2)]
+    calls = []
+    real = np.linalg.svd
+
+    def counting(M, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(M.shape)
+        return real(M, *a, **k)
+
+    monkeypatch.setattr(np.linalg, "svd", counting)
+    with dc.svd_reuse():
+        reused = [dc.spatial_svd(W, r) for r in (4, 8, 16)] + [dc.tucker2(W, 8, 12)] + [dc.depthwise_svd(W, 2)]
+        s = dc.spatial_svd_spectrum(W)
+        s_out, s_in = dc.tucker2_spectra(W)
+        dc.depthwise_spectrum(W)
+    # one SVD per distinct matrix: spatial (48, 72), mode-O (24, 144), mode-I (16, 216), depthwise (16, 24, 9)
+    assert sorted(calls) == sorted([(48, 72), (24, 144), (16, 216), (16, 24, 9)])
+    for a, b in zip(fresh, reused):
+        for fa, fb in zip(a, b):
+            assert (fa is None and fb is None) or np.array_equal(fa, fb)
+    np.testing.assert_allclose(s, real(W.astype(np.float64).transpose(1, 2, 0, 3).reshape(48, 72), compute_uv=False),
+                               rtol=1e-10)
+    assert s_out.shape == (24,) and s_in.shape == (16,)
+    calls.clear()
+    dc.spatial_svd(W, 4)  # outside the block: no memo
+    dc.spatial_svd(W, 4)
+    assert len(calls) == 2

@@ -117,26 +117,33 @@ def build_candidates(conv: ConvSpec, passes: list[str], batch: int, align: int =
     plus the reasons the others were refused."""
     cands: list[Candidate] = []
     refused: list[str] = []
-    for p, side, ranks in _rank_specs(conv, passes, align):
-        cp = get_pass(p)
-        reason = cp.check(conv)
-        if reason is not None:
-            refused.append(f"{p}: {reason}")
-            continue
-        policy = RankPolicy(mode="fraction", value=1.0, align=align, bottleneck_side=side or "both",  # type: ignore[arg-type]
-                            seed=seed, overrides={conv.name: dict(ranks)})
-        res = rewrite_single(conv, cp, policy, batch)
-        if isinstance(res, str):
-            refused.append(f"{p}{('-' + side) if side else ''} {ranks}: {res}")
-            continue
-        single, rec = res
-        if rec.macs_after > max_macs_ratio * rec.macs_before:
-            refused.append(f"{p}{('-' + side) if side else ''} {ranks}: MACs ratio "
-                           f"{rec.macs_after / rec.macs_before:.2f} > {max_macs_ratio}")
-            continue
-        cands.append(Candidate(conv.name, p, side, {k: int(v) for k, v in rec.ranks.items()}, single, rec))
+    with decompose.svd_reuse():  # one SVD per unfolding of this kernel, shared by every rank and side
+        for p, side, ranks in _rank_specs(conv, passes, align):
+            _build_one(conv, p, side, ranks, batch, align, seed, max_macs_ratio, cands, refused)
     # two rank requests can clamp to the same ranks: keep one
     uniq: dict[str, Candidate] = {}
     for c in cands:
         uniq.setdefault(c.key, c)
     return list(uniq.values()), refused
+
+
+def _build_one(conv: ConvSpec, p: str, side: str, ranks: dict[str, int], batch: int, align: int, seed: int,
+               max_macs_ratio: float, cands: list[Candidate], refused: list[str]) -> None:
+    """Build one candidate into ``cands``, or its refusal into ``refused``."""
+    cp = get_pass(p)
+    reason = cp.check(conv)
+    if reason is not None:
+        refused.append(f"{p}: {reason}")
+        return
+    policy = RankPolicy(mode="fraction", value=1.0, align=align, bottleneck_side=side or "both",  # type: ignore[arg-type]
+                        seed=seed, overrides={conv.name: dict(ranks)})
+    res = rewrite_single(conv, cp, policy, batch)
+    if isinstance(res, str):
+        refused.append(f"{p}{('-' + side) if side else ''} {ranks}: {res}")
+        return
+    single, rec = res
+    if rec.macs_after > max_macs_ratio * rec.macs_before:
+        refused.append(f"{p}{('-' + side) if side else ''} {ranks}: MACs ratio "
+                       f"{rec.macs_after / rec.macs_before:.2f} > {max_macs_ratio}")
+        return
+    cands.append(Candidate(conv.name, p, side, {k: int(v) for k, v in rec.ranks.items()}, single, rec))
