@@ -272,3 +272,23 @@ def test_default_budget_is_relative_error_without_class_scores() -> None:
     res = auto_optimize(model, calib=calib, evaluator=ev, budget=None, settings=FAST, min_layer_speedup=1e9)
     assert res.report.extra["auto"]["budget"] == {"max_accuracy_drop": None, "min_agreement": None,
                                                   "max_rel_error": 0.05}
+
+
+def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:
+    from convopt.auto.refit import with_outputs
+
+    m = two_conv_model()
+    first = with_outputs(m, ["y1"])
+    assert [n.name for n in first.graph.node] == ["conv1"]
+    assert [o.name for o in first.graph.output] == ["y1"]
+    both = with_outputs(m, ["r1", "y2"])
+    assert [n.name for n in both.graph.node] == ["conv1", "relu1", "conv2"]
+    x = data(4).inputs["x"]
+    full = make_session(m, FAST)
+    ref = onnx.ModelProto()
+    ref.CopyFrom(m)
+    ref.graph.output.extend([helper.make_empty_tensor_value_info("y2")])
+    want = make_session(ref, FAST).run(["y2"], {"x": x})[0]
+    got = make_session(both, FAST).run(["y2"], {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    assert len(m.graph.node) == 6 and full is not None  # the input model is untouched

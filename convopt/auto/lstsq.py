@@ -74,10 +74,13 @@ class NormalEquations:
 
     def add(self, X: np.ndarray, Y: np.ndarray) -> None:
         """X (P, F), Y (P, O)."""
-        A = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
+        # products of one batch in float32 (half the time of float64 BLAS; a batch holds at most a few
+        # thousand rows), accumulated across batches in float64
+        A = np.concatenate([np.asarray(X, np.float32), np.ones((X.shape[0], 1), np.float32)], axis=1)
+        Y32 = np.asarray(Y, np.float32)
         self.AtA += A.T @ A
-        self.AtY += A.T @ Y
-        self.YtY += float(np.sum(Y * Y))
+        self.AtY += A.T @ Y32
+        self.YtY += float(np.sum(np.square(Y32, dtype=np.float64)))
         self.rows += X.shape[0]
 
     def solve(self, ridge: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:

@@ -23,12 +23,45 @@ from convopt.measure.ort import OrtSettings, make_session, session_batch
 Say = Callable[[str], None]
 
 
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name a node's subgraphs (If/Loop/Scan bodies) mention: an over-approximation of the
+    outer-scope tensors they read."""
+    out: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                out.update(n.input)
+                out |= _subgraph_names(n)
+    return out
+
+
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs are exactly ``names`` (intermediate tensors)."""
+    """A copy of ``model`` whose graph outputs are exactly ``names`` (intermediate tensors), keeping only the
+    nodes those tensors depend on: ONNX Runtime does not drop dead nodes, so without this pruning reading an
+    early layer's activation would still run the whole network."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
     m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    nodes = list(m.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    need, keep = list(names), set()
+    seen: set[str] = set()
+    while need:
+        t = need.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        i = producer.get(t)
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        need.extend(v for v in nodes[i].input if v)
+        need.extend(_subgraph_names(nodes[i]))
+    if len(keep) < len(nodes):
+        kept = [n for i, n in enumerate(nodes) if i in keep]
+        del m.graph.node[:]
+        m.graph.node.extend(kept)
     return m
 
 
