@@ -127,6 +127,29 @@ def test_sequential_refit_lowers_layer_and_output_error_vs_data_free() -> None:
     onnx.checker.check_model(refit)
 
 
+def test_alone_refit_on_the_layer_input_matches_the_in_model_refit() -> None:
+    from convopt.auto.optimize import alone_model
+    from convopt.auto.refit import iter_batches
+
+    model = two_conv_model()
+    calib = data(16, seed=1)
+    specs = {c.name: c for c in read_convs(model, conv_shapes(model, None)) if isinstance(c, ConvSpec)}
+    targets = collect_targets(model, {"conv2": "y2"}, calib, FAST, rows=2000)
+    cands = build_candidates(specs["conv2"], ["factorize", "bottleneck"], 1)[0][:3]
+    assert len(cands) == 3
+    for cand in cands:
+        in_model, _ = refit_sequential(apply_replacements(model, [cand.replacement(specs["conv2"])]),
+                                       [("conv2", "y2")], targets, calib, FAST)
+        x = np.concatenate([b for _, (b,) in iter_batches(model, ["r1"], calib, FAST)])
+        alone = alone_model(model, specs["conv2"], cand, targets, EvalData({"x": x}, None, "r1"), FAST)
+        a = make_session(in_model, FAST).run(None, calib.inputs)[0]
+        b = make_session(alone, FAST).run(None, calib.inputs)[0]
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))
+        dense = make_session(model, FAST).run(None, calib.inputs)[0]
+        assert not np.allclose(b, dense)  # a real (lossy) rewrite, not the original
+        onnx.checker.check_model(alone)
+
+
 # -- latency cache ----------------------------------------------------------------------------------------
 
 

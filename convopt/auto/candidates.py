@@ -50,10 +50,12 @@ class Candidate:
     def saved_ms(self) -> float:
         return self.dense_ms - self.ms
 
-    def replacement(self, conv: ConvSpec) -> Replacement:
-        """Nodes and initializers of the single-layer rewrite, wired to ``conv``'s input and output."""
+    def replacement(self, conv: ConvSpec, single: onnx.ModelProto | None = None) -> Replacement:
+        """Nodes and initializers of the single-layer rewrite (``single``, default this candidate's own, e.g.
+        a refit copy of it), wired to ``conv``'s input and output."""
+        single = self.single if single is None else single
         nodes = []
-        for n in self.single.graph.node:
+        for n in single.graph.node:
             m = onnx.NodeProto()
             m.CopyFrom(n)
             for i, v in enumerate(m.input):
@@ -63,8 +65,16 @@ class Candidate:
                 if v == "y":
                     m.output[i] = conv.y
             nodes.append(m)
-        inits = [t for t in self.single.graph.initializer if t.name not in ("W", "B")]
+        inits = [t for t in single.graph.initializer if t.name not in ("W", "B")]
         return Replacement(conv, nodes, inits)
+
+    def batch_free_single(self) -> onnx.ModelProto:
+        """A copy of the single-layer model whose batch dimension is symbolic (to run many samples at once)."""
+        m = onnx.ModelProto()
+        m.CopyFrom(self.single)
+        m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+        del m.graph.value_info[:]
+        return m
 
     def to_dict(self) -> dict[str, object]:
         return {"layer": self.layer, "candidate": self.key, "form": self.record.form, "ranks": self.ranks,

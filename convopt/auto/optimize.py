@@ -24,7 +24,7 @@ import onnx
 
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.latency import LayerLatencyCache, measure_candidates
-from convopt.auto.refit import Targets, collect_targets, refit_sequential
+from convopt.auto.refit import Targets, collect_targets, iter_batches, refit_layer, refit_sequential
 from convopt.auto.select import Choice, greedy_sequence, search_prefix
 from convopt.graph import ConvSpec, apply_replacements, read_convs
 from convopt.measure.data import EvalData
@@ -38,6 +38,7 @@ Event = Callable[[str], None]
 AUTO_PASSES = ("factorize", "bottleneck", "depthwise", "split5x5")
 DEFAULT_BUDGET = Budget(max_accuracy_drop=1.0)
 DEFAULT_REL_ERROR_BUDGET = Budget(max_rel_error=0.05)  # the default for models without a class-score output
+ALONE_INPUT_BYTES = 256 << 20  # cap on one layer's input activations held to refit its candidates alone
 
 
 def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) -> tuple[EvalData, EvalData]:
@@ -77,6 +78,16 @@ def pareto_spread(cands: list[Candidate], n: int) -> list[Candidate]:
         return front
     idx = sorted({round(i * (len(front) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [0]
     return [front[i] for i in idx]
+
+
+def alone_model(base: onnx.ModelProto, conv: ConvSpec, k: Candidate, targets: Targets, x: EvalData,
+                settings: OrtSettings) -> onnx.ModelProto:
+    """``base`` with only candidate ``k`` applied to ``conv``, its last factor refit on ``x``, the layer's
+    original input on the refit samples. The refit runs on the candidate's single-layer model alone (no
+    full-model copy or run); it is the same fit refit_sequential makes for a model with one rewritten layer."""
+    single = k.batch_free_single()
+    refit_layer(single, conv.name, "y", targets, x, settings)
+    return apply_replacements(base, [k.replacement(conv, single)])
 
 
 def _latency_batch(model: onnx.ModelProto, settings: OrtSettings) -> int:
@@ -217,13 +228,29 @@ def auto_optimize(
         max_accuracy_drop=None if budget.max_accuracy_drop is None else budget.max_accuracy_drop + slack,
         min_agreement=None if budget.min_agreement is None else max(0.0, budget.min_agreement - slack),
         max_rel_error=budget.max_rel_error)
+    def layer_input(name: str) -> EvalData | None:
+        """The original input of layer ``name`` on the refit samples (all candidates of a layer alone see it),
+        or None when it would take more than ``ALONE_INPUT_BYTES`` (then each candidate refits in the model)."""
+        c = spec_by_name[name]
+        if not refit or targets is None or c.in_shape is None or \
+                fit_data.n * int(np.prod(c.in_shape[1:])) * 4 > ALONE_INPUT_BYTES:
+            return None
+        parts = [x for _, (x,) in iter_batches(base, [c.x], fit_data, settings)]
+        return EvalData({"x": np.concatenate(parts)}, None, f"input of {name}")
+
+    def build_alone(name: str, k: Candidate, x: EvalData | None) -> onnx.ModelProto:
+        if x is None:
+            return build({name: k})[0]
+        return alone_model(base, spec_by_name[name], k, targets, x, settings)  # type: ignore[arg-type]
+
     n_eval = sum(len(v) for v in cands.values())
     done = 0
     choices: list[Choice] = []
     for name in order:
+        x_in = layer_input(name) if cands.get(name) else None
         for k in cands.get(name, []):
             done += 1
-            m, _ = build({name: k})
+            m = build_alone(name, k, x_in)
             meas = cost_ev.measure(m, f"{name} {k.key}")
             acc = meas.accuracy
             k.calib = {key: acc.get(key) for key in ("rel_l2_error", "top1_drop", "top1_agreement")}
