@@ -93,6 +93,17 @@ def setup_vgg16(quick: bool) -> dict[str, Any]:
                 metric="output rel. L2 error (random weights)", note="vgg16 width 0.5, 128x128, random weights")
 
 
+def setup_resnet50(quick: bool) -> dict[str, Any]:
+    from convopt.models.registry import build
+
+    m = build("resnet50", seed=0)  # full width, 224x224: 98 MiB of weights (the "100 MB model" of the run-time aim)
+    shapes = resolve_input_shapes(m)
+    d = random_eval_data(m, shapes, seed=0, samples=16 if quick else 32)
+    cal, ev = _split(d, d.n // 2)
+    return dict(model=m, calib=cal, eval=ev, budget=Budget(max_rel_error=0.1),
+                metric="output rel. L2 error (random weights)", note="resnet50 224x224, random weights")
+
+
 def setup_inception(quick: bool) -> dict[str, Any]:
     from convopt.models.registry import build
 
@@ -106,7 +117,7 @@ def setup_inception(quick: bool) -> dict[str, Any]:
 
 SETUPS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "squeezenet": setup_squeezenet, "mnist": setup_mnist, "example": setup_example, "candy": setup_candy,
-    "vgg16": setup_vgg16, "inception-3a": setup_inception,
+    "vgg16": setup_vgg16, "inception-3a": setup_inception, "resnet50": setup_resnet50,
 }
 
 

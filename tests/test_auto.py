@@ -304,6 +304,7 @@ def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:
     first = with_outputs(m, ["y1"])
     assert [n.name for n in first.graph.node] == ["conv1"]
     assert [o.name for o in first.graph.output] == ["y1"]
+    assert sorted(t.name for t in first.graph.initializer) == ["W1", "b1"]  # conv2's weights are not loaded
     both = with_outputs(m, ["r1", "y2"])
     assert [n.name for n in both.graph.node] == ["conv1", "relu1", "conv2"]
     x = data(4).inputs["x"]

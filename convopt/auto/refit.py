@@ -36,14 +36,11 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs are exactly ``names`` (intermediate tensors), keeping only the
-    nodes those tensors depend on: ONNX Runtime does not drop dead nodes, so without this pruning reading an
-    early layer's activation would still run the whole network."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    nodes = list(m.graph.node)
+    """A model whose graph outputs are exactly ``names`` (intermediate tensors), holding only the nodes and
+    initializers those tensors depend on: ONNX Runtime does not drop dead nodes, so without this pruning
+    reading an early layer's activation would still run (and load) the whole network."""
+    g = model.graph
+    nodes = list(g.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     need, keep = list(names), set()
     seen: set[str] = set()
@@ -58,10 +55,16 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         keep.add(i)
         need.extend(v for v in nodes[i].input if v)
         need.extend(_subgraph_names(nodes[i]))
-    if len(keep) < len(nodes):
-        kept = [n for i, n in enumerate(nodes) if i in keep]
-        del m.graph.node[:]
-        m.graph.node.extend(kept)
+    m = onnx.ModelProto()
+    m.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                               opset_import=model.opset_import, functions=model.functions))
+    m.graph.name = g.name
+    m.graph.node.extend(n for i, n in enumerate(nodes) if i in keep)
+    m.graph.initializer.extend(t for t in g.initializer if t.name in seen)
+    m.graph.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in seen)
+    m.graph.input.extend(i for i in g.input if i.name in seen or i.name in names)
+    m.graph.value_info.extend(v for v in g.value_info if v.name in seen)
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
     return m
 
 
