@@ -49,6 +49,7 @@ __all__ = [
     "rank_for_energy",
     "align_rank",
     "svd_reuse",
+    "one_blas_thread",
 ]
 
 # ----------------------------------------------------------------------------- SVD reuse
@@ -71,6 +72,17 @@ def svd_reuse() -> Iterator[None]:
     finally:
         if outer is None:
             _SVD_MEMO = None
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block's BLAS/LAPACK calls on one thread. LAPACK's SVD gains little from threads, and on a
+    shared machine a multi-threaded OpenBLAS SVD waits on its busiest core: a 1536×1536 SVD measured 15 s on
+    two threads next to one busy process, 2 s on one (threadpoolctl; a no-op if no BLAS is found)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,11 +219,11 @@ def tucker2(
             U_in = _left_sv(Y.transpose(1, 0, 2, 3).reshape(I, r_out * kh * kw), r_in)
             Y = np.einsum("oiab,is->osab", Wd, U_in)  # (O, r_in, kh, kw)
             U_out = _left_sv(Y.reshape(O, r_in * kh * kw), r_out)
-    core = Wd
+    core = Wd  # core = W ×_O U_outᵀ ×_I U_inᵀ, as BLAS products (np.einsum would not use BLAS here)
     if U_out is not None:
-        core = np.einsum("oiab,or->riab", core, U_out)
+        core = np.tensordot(U_out.T, core, axes=(1, 0))  # (r_out, I, kh, kw)
     if U_in is not None:
-        core = np.einsum("riab,is->rsab", core, U_in)
+        core = np.tensordot(core, U_in, axes=(1, 0)).transpose(0, 3, 1, 2)  # (r_out, r_in, kh, kw)
     first = None if U_in is None else _out(U_in.T.reshape(r_in, I, 1, 1))
     last = None if U_out is None else _out(U_out.reshape(O, r_out, 1, 1))
     return first, _out(core), last

@@ -224,22 +224,23 @@ def run_conv_pass(
     replacements: list[Replacement] = []
     rewritten: list[NodeRewrite] = []
     skipped: list[NodeSkip] = []
-    for item in read_convs(model, shapes):
-        if only is not None and item.name not in only:
-            continue
-        if isinstance(item, ConvSkip):
-            skipped.append(NodeSkip(item.name, item.reason))
-            continue
-        reason = conv_pass.check(item)
-        if reason is None:
-            result = conv_pass.rewrite(item, policy, names)
-            if isinstance(result, str):
-                reason = result
-            else:
-                replacements.append(result.replacement)
-                rewritten.append(result.record)
+    with decompose.one_blas_thread():
+        for item in read_convs(model, shapes):
+            if only is not None and item.name not in only:
                 continue
-        skipped.append(NodeSkip(item.name, reason))
+            if isinstance(item, ConvSkip):
+                skipped.append(NodeSkip(item.name, item.reason))
+                continue
+            reason = conv_pass.check(item)
+            if reason is None:
+                result = conv_pass.rewrite(item, policy, names)
+                if isinstance(result, str):
+                    reason = result
+                else:
+                    replacements.append(result.replacement)
+                    rewritten.append(result.record)
+                    continue
+            skipped.append(NodeSkip(item.name, reason))
     new_model = apply_replacements(model, replacements) if replacements else _copy(model)
     return PassOutcome(new_model, rewritten, skipped, time.perf_counter() - t0)
 
