@@ -172,6 +172,7 @@ def optimize(
     threads: Annotated[int, typer.Option(help="ORT intra-op threads (0: ORT default)")] = 0,
     warmup: Annotated[int, typer.Option(help="latency warm-up runs")] = 3,
     repeats: Annotated[int, typer.Option(help="latency timed runs (interleaved)")] = 20,
+    latency_batch: Annotated[int, typer.Option(help="samples per timed run when the model's batch is dynamic (a fixed batch is used as is)")] = 1,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="budget: points of top-1 (labelled, else agreement)")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(help="budget: minimum top-1 agreement with the original, %")] = None,
     max_rel_error: Annotated[Optional[float], typer.Option(help="budget: maximum relative L2 error of the outputs")] = None,
@@ -196,7 +197,7 @@ def optimize(
         full_rank=full_rank, rank_fraction=rank_fraction,
         energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
         labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
-        threads=threads, warmup=warmup, repeats=repeats, max_accuracy_drop=max_accuracy_drop,
+        threads=threads, warmup=warmup, repeats=repeats, latency_batch=latency_batch, max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement, max_rel_error=max_rel_error, fail_under_speedup=fail_under_speedup,
         require_faster=require_faster, no_eval=no_eval, no_fold_bn=no_fold_bn, seed=seed,
         overwrite=overwrite, quiet=quiet,
@@ -256,7 +257,8 @@ def run_optimize(**kw: Any) -> int:
                                             limit=kw["limit"], seed=kw["seed"])
             else:
                 calib_data, data = split_eval_data(data, 0.5, seed=kw["seed"])
-        settings = OrtSettings(provider=kw["provider"], threads=kw["threads"], warmup=kw["warmup"], repeats=kw["repeats"])
+        settings = OrtSettings(provider=kw["provider"], threads=kw["threads"], warmup=kw["warmup"], repeats=kw["repeats"],
+                               latency_batch=kw.get("latency_batch", 1))
         ort_settings = {"ort": settings.to_dict(), "data": data.source, "samples": data.n, "strategy": strategy}
         if calib_data is not None:
             ort_settings.update(calib=calib_data.source, calib_samples=calib_data.n)

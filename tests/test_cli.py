@@ -154,3 +154,21 @@ def test_rank_fraction_zero_is_refused_not_ignored(model_file: Path, tmp_path: P
     # with --data the default strategy is auto, which must not swallow an explicit uniform rank option
     r = runner.invoke(app, ["optimize", str(model_file), "-q", "--rank-fraction", "0", "--data", str(npz)])
     assert r.exit_code == 2 and "must be in (0, 1]" in r.output, r.output
+
+
+def test_latency_batch_option_sets_the_timed_batch_for_auto_and_the_report(tmp_path: Path) -> None:
+    m = conv_model(cin=16, cout=32, batch="N", hw=(16, 16))  # type: ignore[arg-type]  # dynamic batch
+    src = tmp_path / "dyn.onnx"
+    src.write_bytes(m.SerializeToString())
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((16, 16, 16, 16)).astype(np.float32))
+    rep = tmp_path / "r.json"
+    r = runner.invoke(app, ["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--data", str(npz),
+                            "--latency-batch", "4", "--repeats", "3", "--warmup", "1", "--max-rel-error", "0.5",
+                            "--report", str(rep), "-q"])
+    assert r.exit_code in (0, 1), r.output
+    d = json.loads(rep.read_text())
+    assert d["settings"]["ort"]["latency_batch"] == 4
+    assert d["extra"]["auto"]["latency_batch"] == 4  # layers timed at the batch the end-to-end latency uses
+    r = runner.invoke(app, ["optimize", str(src), "--data", str(npz), "--latency-batch", "0", "-q"])
+    assert r.exit_code == 2 and "latency_batch must be at least 1" in r.output

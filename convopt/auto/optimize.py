@@ -29,7 +29,7 @@ from convopt.auto.select import Choice, greedy_sequence, search_prefix
 from convopt.graph import ConvSpec, apply_replacements, read_convs
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Budget, Evaluator, Measurement
-from convopt.measure.ort import OrtSettings, make_session, session_batch
+from convopt.measure.ort import OrtSettings, latency_batch, make_session
 from convopt.passes.fold_bn import NAME as FOLD_BN, fold_batchnorm
 from convopt.pipeline import OptimizeResult, conv_shapes, environment, totals, verify
 from convopt.report import NodeRewrite, NodeSkip, PassReport, Report
@@ -91,7 +91,9 @@ def alone_model(base: onnx.ModelProto, conv: ConvSpec, k: Candidate, targets: Ta
 
 
 def _latency_batch(model: onnx.ModelProto, settings: OrtSettings) -> int:
-    return session_batch(make_session(model, settings), settings)
+    """Layers are timed at the batch the end-to-end latency uses (the evaluator's): the model's fixed batch,
+    else settings.latency_batch (not the accuracy batch: which rewrite wins depends on the batch)."""
+    return latency_batch(make_session(model, settings), settings)
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
