@@ -96,6 +96,36 @@ def test_normal_equations_recover_a_linear_map_and_bias() -> None:
     assert ne.rel_error(W, b) < 1e-6 < ne.rel_error(np.zeros_like(W), np.zeros(3))
 
 
+def test_relu_refit_fits_the_response_after_the_relu_better_than_linear_least_squares() -> None:
+    from convopt.auto.lstsq import relu_error, relu_refit
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((4000, 12)).astype(np.float32)
+    Wt, bt = rng.standard_normal((5, 12)), rng.standard_normal(5) * 0.5
+    lin = X @ Wt.T + bt
+    Y = np.where(lin > 0, lin, 4.0 * lin - 0.5 * lin ** 2)  # the dead side is far from linear; a ReLU hides it
+    ne = NormalEquations(12, 5)
+    for part in np.array_split(np.arange(4000), 3):
+        ne.add(X[part], Y[part])
+    W0, b0 = ne.solve()
+    e_lin = relu_error(X, Y, W0, b0)
+    W1, b1, e_relu = relu_refit(ne, X, Y)
+    assert e_relu == pytest.approx(relu_error(X, Y, W1, b1))
+    assert e_relu < 0.5 * e_lin, (e_lin, e_relu)
+    assert relu_error(X, Y, Wt, bt) < 1e-5  # the true map is exact after the ReLU: the target is reachable
+
+
+def test_targets_mark_layers_that_feed_only_a_relu() -> None:
+    from convopt.auto.refit import feeds_only_relu
+
+    m = two_conv_model()
+    assert feeds_only_relu(m, "y1") and feeds_only_relu(m, "y2")
+    assert not feeds_only_relu(m, "r1")  # read by a Conv
+    assert not feeds_only_relu(m, "out")  # a graph output
+    t = collect_targets(m, {"conv1": "y1", "conv2": "y2"}, data(4), FAST, rows=200)
+    assert t.relu == {"conv1": True, "conv2": True}
+
+
 # -- refit ------------------------------------------------------------------------------------------------
 
 

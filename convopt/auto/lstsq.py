@@ -104,3 +104,49 @@ class NormalEquations:
     def rel_error(self, Wl: np.ndarray, b: np.ndarray) -> float:
         """sqrt(sq_error / ||Y||²)."""
         return float(np.sqrt(max(self.sq_error(Wl, b), 0.0) / self.YtY)) if self.YtY > 0 else 0.0
+
+
+def relu_error(X: np.ndarray, Y: np.ndarray, Wl: np.ndarray, b: np.ndarray) -> float:
+    """||relu(Y) − relu(X Wlᵀ + b)|| / ||relu(Y)||: the layer's error after the ReLU that follows it."""
+    pred = X @ np.asarray(Wl, X.dtype).T + np.asarray(b, X.dtype)
+    ry = np.maximum(Y, 0)
+    den = float(np.sum(np.square(ry, dtype=np.float64)))
+    num = float(np.sum(np.square(ry - np.maximum(pred, 0), dtype=np.float64)))
+    return float(np.sqrt(num / den)) if den > 0 else 0.0
+
+
+def relu_refit(ne: NormalEquations, X: np.ndarray, Y: np.ndarray, ridge: float = 1e-5,
+               iters: int = 4) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fit Wl, b so that relu(X Wlᵀ + b) ≈ relu(Y) (the response after the following ReLU, as Zhang et al.
+    2015 reconstruct it), from the linear least-squares start ``ne.solve``.
+
+    Where the original output is negative the ReLU zeroes it, so any prediction ≤ 0 is exact there: each
+    iteration re-targets those pixels to min(prediction, 0) and re-solves the least squares with the same
+    AᵀA (only AᵀY changes). The target is a quadratic upper bound of the post-ReLU loss at dead pixels, tight
+    at the current prediction. Returns the iterate with the lowest post-ReLU error (checked exactly on the
+    rows): (Wl (O, F), b (O,), error). X (P, F) float32 rows, Y (P, O) their original pre-ReLU outputs."""
+    F = ne.features
+    G = ne.AtA.copy()
+    lam = ridge * float(np.trace(G[:F, :F])) / max(F, 1)
+    G[np.arange(F), np.arange(F)] += lam if lam > 0 else 1e-12
+    try:
+        Ginv = np.linalg.inv(G)
+    except np.linalg.LinAlgError:
+        Ginv = np.linalg.pinv(G)
+    Wl, b = ne.solve(ridge)
+    best = (Wl, b, relu_error(X, Y, Wl, b))
+    Y32 = np.asarray(Y, np.float32)
+    dead = Y32 <= 0
+    for _ in range(iters):
+        pred = X @ Wl.T.astype(np.float32) + b.astype(np.float32)
+        t = np.where(dead, np.minimum(pred, 0), Y32)
+        AtY = np.concatenate([X.T @ t, t.sum(axis=0, dtype=np.float64)[None, :]], axis=0).astype(np.float64)
+        w = Ginv @ AtY
+        Wl, b = w[:F].T.copy(), w[F].copy()
+        err = relu_error(X, Y, Wl, b)
+        if not np.isfinite(err) or err >= best[2] - 1e-6 * best[2]:
+            if np.isfinite(err) and err < best[2]:
+                best = (Wl, b, err)
+            break
+        best = (Wl, b, err)
+    return best

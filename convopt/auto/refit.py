@@ -8,14 +8,14 @@ targets) and the normal equations are accumulated batch by batch (convopt.auto.l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions
+from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
 from convopt.graph import attrs
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
@@ -92,10 +92,21 @@ def _fixed(sess) -> bool:
 
 @dataclass
 class Targets:
-    """Original outputs of each layer at sampled pixels: positions (P, 3) (sample, row, col) and Y (P, O)."""
+    """Original outputs of each layer at sampled pixels: positions (P, 3) (sample, row, col) and Y (P, O);
+    ``relu``: the layers whose output only feeds Relu nodes (their refit matches the response after it)."""
 
     pos: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
+    relu: dict[str, bool] = field(default_factory=dict)
+
+
+def feeds_only_relu(model: onnx.ModelProto, tensor: str) -> bool:
+    """True when ``tensor`` is read by at least one node, only by Relu nodes, and is not a graph output."""
+    if any(o.name == tensor for o in model.graph.output):
+        return False
+    readers = [n for n in model.graph.node if tensor in n.input] + \
+        [n for n in model.graph.node if tensor in _subgraph_names(n)]
+    return bool(readers) and all(n.op_type == "Relu" for n in readers)
 
 
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
@@ -114,7 +125,8 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
             ys[k].append(pixels_at(y, p).astype(np.float32))
             p[:, 0] += start
             pos[k].append(p)
-    return Targets({k: np.concatenate(v) for k, v in pos.items()}, {k: np.concatenate(v) for k, v in ys.items()})
+    return Targets({k: np.concatenate(v) for k, v in pos.items()}, {k: np.concatenate(v) for k, v in ys.items()},
+                   {k: feeds_only_relu(model, layers[k]) for k in names})
 
 
 @dataclass
@@ -139,10 +151,15 @@ def last_factor(model: onnx.ModelProto, y_name: str) -> onnx.NodeProto:
     raise ValueError(f"no node produces {y_name}")
 
 
+RELU_ROWS_BYTES = 512 << 20  # cap on the patch rows held in memory for a ReLU-aware refit
+
+
 def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Targets, data: EvalData,
                 settings: OrtSettings, ridge: float = 1e-5) -> RefitInfo:
     """Refit, in place, the weight and bias of the Conv producing ``y_name`` (must be group 1) on the input
-    it sees in ``model``; the refit is kept only if it lowers the error on the calibration pixels."""
+    it sees in ``model``; the refit is kept only if it lowers the error on the calibration pixels. When the
+    original layer feeds only a ReLU (``targets.relu``), the fit and the errors are those after the ReLU
+    (lstsq.relu_refit); otherwise they are linear least squares on the raw output."""
     node = last_factor(model, y_name)
     a = attrs(node)
     if int(a.get("group", 1)) != 1:  # type: ignore[arg-type]
@@ -158,17 +175,30 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
     order = np.argsort(pos[:, 0], kind="stable")
     pos, Y = pos[order], Y[order]
     bounds = np.searchsorted(pos[:, 0], np.arange(data.n + 1))
-    ne = NormalEquations(int(np.prod(W.shape[1:])), O)
+    F = int(np.prod(W.shape[1:]))
+    ne = NormalEquations(F, O)
+    relu = targets.relu.get(layer, False) and len(pos) * (F + O) * 4 <= RELU_ROWS_BYTES
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for start, (z,) in iter_batches(model, [node.input[0]], data, settings):
         lo, hi = bounds[start], bounds[min(start + z.shape[0], data.n)]
         if hi <= lo:
             continue
         p = pos[lo:hi].copy()
         p[:, 0] -= start
-        ne.add(im2col_at(z, geom, p), Y[lo:hi])
-    before = ne.rel_error(W.reshape(O, -1), b)
-    Wn, bn = ne.solve(ridge)
-    after = ne.rel_error(Wn, bn)
+        x = im2col_at(z, geom, p)
+        ne.add(x, Y[lo:hi])
+        if relu:
+            xs.append(x.astype(np.float32))
+            ys.append(Y[lo:hi])
+    if relu and xs:
+        X, Yr = np.concatenate(xs), np.concatenate(ys)
+        before = relu_error(X, Yr, W.reshape(O, -1), b)
+        Wn, bn, after = relu_refit(ne, X, Yr, ridge)
+    else:
+        before = ne.rel_error(W.reshape(O, -1), b)
+        Wn, bn = ne.solve(ridge)
+        after = ne.rel_error(Wn, bn)
     kept = bool(np.isfinite(after) and after < before)
     if kept:
         t = numpy_helper.from_array(Wn.reshape(W.shape).astype(np.float32), node.input[1])
