@@ -247,12 +247,12 @@ def compose_tucker2(first: np.ndarray | None, core: np.ndarray, last: np.ndarray
         F = _f64(first, 4, "first")
         if F.shape[2:] != (1, 1) or F.shape[0] != Wh.shape[1]:
             raise ValueError(f"incompatible first {F.shape} for core {Wh.shape}")
-        Wh = np.einsum("rsab,si->riab", Wh, F[:, :, 0, 0])
+        Wh = np.tensordot(Wh, F[:, :, 0, 0], axes=(1, 0)).transpose(0, 3, 1, 2)  # Σ_s core[r,s]·first[s,i]
     if last is not None:
         L = _f64(last, 4, "last")
         if L.shape[2:] != (1, 1) or L.shape[1] != Wh.shape[0]:
             raise ValueError(f"incompatible last {L.shape} for core {Wh.shape}")
-        Wh = np.einsum("or,riab->oiab", L[:, :, 0, 0], Wh)
+        Wh = np.tensordot(L[:, :, 0, 0], Wh, axes=(1, 0))  # Σ_r last[o,r]·(…)[r,i] (BLAS, not einsum)
     return _out(Wh)
 
 
