@@ -68,7 +68,9 @@ def _measure_cells(m: dict[str, Any] | None, labelled: bool) -> list[str]:
     cells = []
     if labelled:
         drop = acc.get("top1_drop")
-        cells += [_num(acc.get("labelled_top1"), ".2f"), DASH if drop is None else f"{0.0 - drop:+.2f}"]
+        ci = acc.get("top1_drop_ci95")
+        cells += [_num(acc.get("labelled_top1"), ".2f"),
+                  DASH if drop is None else f"{0.0 - drop:+.2f}" + ("" if not ci else f" ±{ci:.2f}")]
     cells += [
         _num(acc.get("top1_agreement"), ".2f"),
         _num(acc.get("rel_l2_error"), ".2e"),

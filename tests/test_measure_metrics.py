@@ -136,3 +136,33 @@ def test_properties_positive_scaling(ref: np.ndarray, scale: float) -> None:
         assert r["rel_l2_error"] == pytest.approx(abs(scale - 1), abs=1e-9)
     assert r["top1_agreement"] == 100.0 and r["top5_overlap"] == 100.0
     assert 0 <= r["rel_l2_error"] and -1 - 1e-12 <= r["cosine"] <= 1 + 1e-12
+
+
+def _onehot(idx: list[int], classes: int = 3) -> np.ndarray:
+    return np.eye(classes, dtype=np.float32)[idx]
+
+
+def test_top1_drop_ci95_paired_known_answer_and_width_from_flips_only() -> None:
+    from convopt.measure.metrics import top1_drop_ci95
+
+    labels = np.array([0] * 100)
+    ref = _onehot([0] * 100)  # all right before
+    # 3 flipped to wrong, 1 ... none can flip to right: n10 = 3, n01 = 0, n = 100
+    cand = _onehot([1, 1, 1] + [0] * 97)
+    se = math.sqrt(3 - 9 / 100) / 100
+    assert top1_drop_ci95(ref, cand, labels) == pytest.approx(1.96 * se * 100)
+    # no flips: a zero-width interval; identical predictions cannot move the drop
+    assert top1_drop_ci95(ref, ref, labels) == 0.0
+    # 10 lost and 10 gained: drop 0, but the interval is wide
+    ref2 = _onehot([0] * 10 + [1] * 10 + [0] * 80)
+    cand2 = _onehot([1] * 10 + [0] * 10 + [0] * 80)
+    assert top1_drop_ci95(ref2, cand2, labels) == pytest.approx(1.96 * math.sqrt(20) / 100 * 100)
+
+
+def test_top1_drop_ci95_without_labels_is_the_disagreement_proportion_interval() -> None:
+    from convopt.measure.metrics import top1_drop_ci95
+
+    ref = _onehot([0] * 50)
+    cand = _onehot([1] * 5 + [0] * 45)
+    assert top1_drop_ci95(ref, cand) == pytest.approx(1.96 * math.sqrt(0.1 * 0.9 / 50) * 100)
+    assert top1_drop_ci95(np.zeros((4, 3, 8, 8)), np.zeros((4, 3, 8, 8))) is None  # not class scores

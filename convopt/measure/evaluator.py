@@ -18,17 +18,18 @@ import onnxruntime as ort
 from convopt.errors import DataError, InputError, ModelLoadError, RewriteError
 from convopt.measure.data import EvalData
 from convopt.measure.latency import LatencyStats, speedup, time_sessions
-from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy
+from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy, top1_drop_ci95
 from convopt.measure.ort import (
     ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, run_model,
 )
 
 ACCURACY_KEYS = (
     "top1_agreement", "top5_overlap", "rel_l2_error", "cosine", "max_abs_error",
-    "labelled_top1", "labelled_top5", "top1_drop",
+    "labelled_top1", "labelled_top5", "top1_drop", "top1_drop_ci95",
 )
 """Keys of Measurement.accuracy. top1_drop: points of labelled top-1 lost vs the original when there are
-labels, else 100 − top1_agreement; None when neither applies."""
+labels, else 100 − top1_agreement; None when neither applies. top1_drop_ci95: half-width of its 95 %
+confidence interval on these samples (metrics.top1_drop_ci95)."""
 
 _EPS = 1e-9  # budget comparisons forgive float round-off in the last digits
 
@@ -188,9 +189,13 @@ class Evaluator:
             lab = labelled_accuracy(outputs[self.scored_index], self.data.labels)
             acc["labelled_top1"], acc["labelled_top5"] = lab["top1"], lab["top5"]
             acc["top1_drop"] = self.original_accuracy["top1"] - lab["top1"]
+            acc["top1_drop_ci95"] = top1_drop_ci95(self.reference[self.scored_index], outputs[self.scored_index],
+                                                   self.data.labels)
         else:
             agree = acc["top1_agreement"]
             acc["top1_drop"] = None if agree is None else 100.0 - agree
+            acc["top1_drop_ci95"] = None if agree is None or self.scored_index is None else top1_drop_ci95(
+                self.reference[self.scored_index], outputs[self.scored_index])
         return Measurement(
             desc=desc,
             samples=self.data.n,

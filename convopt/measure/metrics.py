@@ -134,3 +134,26 @@ def labelled_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float
     top1 = float(np.mean(np.argmax(s, axis=1) == lab) * 100.0)
     top5 = float(np.mean((top_k(s, k) == lab[:, None]).any(axis=1)) * 100.0)
     return {"top1": top1, "top5": top5}
+
+
+def top1_drop_ci95(ref_scores: np.ndarray, cand_scores: np.ndarray, labels: np.ndarray | None = None) -> float | None:
+    """Half-width, in points, of the 95 % confidence interval of the top-1 drop measured on these samples.
+
+    With labels the drop is paired: (n₁₀ − n₀₁) / n, where n₁₀ samples were right before and wrong after and
+    n₀₁ the reverse; its standard error is √(n₁₀ + n₀₁ − (n₁₀ − n₀₁)²/n) / n. Only flipped samples carry
+    information, so a rewrite that changes many predictions has a wide interval even when the drop is near 0.
+    Without labels the drop is 100 − agreement, a proportion p of n: standard error √(p(1 − p)/n).
+    None when the outputs are not class scores (or when there are no samples)."""
+    r, c = class_scores(ref_scores), class_scores(cand_scores)
+    if r is None or c is None or r.shape[0] == 0:
+        return None
+    n = r.shape[0]
+    if labels is None:
+        p = float(np.mean(np.argmax(r, axis=1) != np.argmax(c, axis=1)))
+        se = np.sqrt(p * (1.0 - p) / n)
+    else:
+        lab = np.asarray(labels)
+        before, after = np.argmax(r, axis=1) == lab, np.argmax(c, axis=1) == lab
+        n10, n01 = float(np.sum(before & ~after)), float(np.sum(~before & after))
+        se = np.sqrt(max(n10 + n01 - (n10 - n01) ** 2 / n, 0.0)) / n
+    return float(1.96 * se * 100.0)
