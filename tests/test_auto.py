@@ -248,6 +248,23 @@ def test_auto_optimize_keeps_budget_and_reports_per_layer_choices(tmp_path: Path
         assert p.node in auto["chosen"]
 
 
+def test_every_step_checks_the_whole_sequence_and_takes_the_largest_passing_step() -> None:
+    model = two_conv_model(c=32, hw=16)
+    calib, held = split_eval_data(data(48, seed=3, hw=16))
+    seen: list[tuple[int, float]] = []
+    res = auto_optimize(model, calib=calib, evaluator=Evaluator(model, held, FAST), budget=Budget(max_rel_error=0.2),
+                        settings=FAST, min_layer_speedup=0.0, calib_margin=0.0, every_step=True,
+                        on_step=lambda k, m, meas: seen.append((k, meas.accuracy["rel_l2_error"])))
+    auto = res.report.extra["auto"]
+    n = len(auto["sequence"]) - 1
+    assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step, in order, no bisection
+    calib_checks = [c for c in auto["checks"] if c["data"] == "calibration"]
+    assert [c["rel_l2_error"] for c in calib_checks] == [e for _, e in seen]
+    passing = [k for k, e in seen if e <= 0.2]
+    first_final = next(c for c in auto["checks"] if c["data"] == "evaluation") if passing else None
+    assert first_final is None or first_final["step"] == max(passing)
+
+
 def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:
     model = two_conv_model()
     calib, held = split_eval_data(data(16))

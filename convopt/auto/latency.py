@@ -37,7 +37,8 @@ def conv_key(conv: ConvSpec, batch: int) -> str:
 def settings_key(settings: OrtSettings) -> str:
     import onnxruntime as ort
 
-    return f"{settings.provider}|t{settings.threads}|{settings.graph_optimization_level}|ort{ort.__version__}"
+    spin = "spin" if settings.spinning else "nospin"  # (caches from before this field never match)
+    return f"{settings.provider}|t{settings.threads}|{settings.graph_optimization_level}|{spin}|ort{ort.__version__}"
 
 
 def single_conv_model(conv: ConvSpec, batch: int) -> onnx.ModelProto:

@@ -124,10 +124,15 @@ def auto_optimize(
     model_name: str = "",
     output_name: str | None = None,
     on_event: Event | None = None,
+    every_step: bool = False,
+    on_step: Callable[[int, onnx.ModelProto, Measurement], None] | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` in auto mode (see the module docstring) and return the model and its Report.
 
     ``calib_margin``: fraction of the accuracy budget held back in the calibration checks (see calib_budget).
+    ``every_step``: check every step of the greedy sequence on calibration data (not a bisection) and take the
+    largest that passes; with ``on_step(k, model, calibration measurement)`` called for each built step, this
+    maps the whole speed/accuracy frontier (bench/frontier.py).
     ``calib`` (calibration data: refits, candidate costs, the end-to-end checks) must be disjoint from the
     ``evaluator``'s data (the final, reported measurement). ``budget`` (None or empty) defaults to 1 point
     of top-1 (labelled, or of top-1 agreement without labels), or to a relative L2 output error of 0.05 for a
@@ -286,6 +291,8 @@ def auto_optimize(
         meas = calib_ev.measure(m, f"auto step {k}")
         reason = calib_ev.check(meas, strict)
         built_cache[k] = (m, infos, meas)
+        if on_step is not None:
+            on_step(k, m, meas)
         checks.append({"step": k, "layers": len(configs[k]), "data": "calibration",
                        "top1_drop": meas.accuracy.get("top1_drop"), "rel_l2_error": meas.accuracy.get("rel_l2_error"),
                        "ok": reason is None, "reason": reason})
@@ -296,7 +303,15 @@ def auto_optimize(
 
     n_steps = len(configs) - 1
     strict = calib_budget(budget, calib_margin)
-    best_k, _log = search_prefix(n_steps, ok) if n_steps > 0 else (0, [])
+    if every_step:
+        best_k = 0
+        for k in range(1, n_steps + 1):
+            if ok(k):
+                best_k = k
+            for j in [j for j in built_cache if j != best_k]:  # hold one built model, not one per step
+                del built_cache[j]
+    else:
+        best_k, _log = search_prefix(n_steps, ok) if n_steps > 0 else (0, [])
     # final measurement on the evaluator's (held-out) data; back off while the budget fails or it is slower
     final_model, final_infos, final_meas = base, [], None
     rolled: str | None = None
