@@ -62,7 +62,7 @@ def calib_budget(budget: Budget, margin: float) -> Budget:
     held back, because the largest step that passes on a finite calibration set is partly a lucky one.
     Measured on SqueezeNet (500 + 500 ImageNet images, every greedy step evaluated on both halves): with
     refits on 64 images the two halves disagreed by up to 3 points at the same model (the noise of a top-1
-    difference on 500 images is about ±1.5 points once 10 % of predictions flip); with refits on 128 images
+    difference on 500 images has a standard error of about 1.4 points once 10 % of predictions flip); with refits on 128 images
     and ReLU-aware fits they agreed within 1 point up to 8 rewritten layers, so a quarter is held back."""
     keep = 1.0 - margin
     return Budget(
