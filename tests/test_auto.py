@@ -13,7 +13,7 @@ from convopt.auto.candidates import build_candidates
 from convopt.auto.latency import measure_candidates
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions
 from convopt.auto.refit import collect_targets, refit_sequential
-from convopt.auto.select import Choice, greedy_sequence, search_prefix
+from convopt.auto.select import Choice, greedy_sequence
 from convopt.graph import ConvSpec, apply_replacements, read_convs
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Budget, Evaluator
@@ -211,18 +211,31 @@ def test_greedy_sequence_orders_by_saving_per_cost_and_upgrades_within_a_layer()
     assert all("c" not in cfg for cfg in seq)  # a slower candidate is never used
 
 
-def test_search_prefix_respects_a_budget_on_a_constructed_case() -> None:
-    costs = [0.0, 0.1, 0.25, 0.45, 0.7, 1.0, 1.4]  # cumulative cost of each greedy step
-    calls: list[int] = []
+def test_monotone_fit_pools_violators_and_largest_within_ignores_a_lucky_step() -> None:
+    from convopt.auto.select import grid_steps, largest_within, monotone_fit
 
-    def ok(k: int) -> bool:
-        calls.append(k)
-        return costs[k] <= 0.5
+    assert monotone_fit([0.0, 0.2, 0.1, 0.5]) == pytest.approx([0.0, 0.15, 0.15, 0.5])
+    assert monotone_fit([3.0, 2.0, 1.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert monotone_fit([0.1, 0.4, 0.9]) == [0.1, 0.4, 0.9]  # already monotone: unchanged
+    # budget usage along the greedy steps: step 5 measured lucky (0.8) between two over-budget steps
+    steps, usage = [1, 2, 3, 4, 5, 6], [0.1, 0.5, 0.9, 1.4, 0.8, 1.6]
+    assert largest_within(steps, usage) == 3  # a bisection probing step 5 first would have taken it
+    assert largest_within(steps, [2.0] * 6) == 0 and largest_within(steps, [-1.0] * 6) == 6
+    assert grid_steps(5, 12) == [1, 2, 3, 4, 5] and grid_steps(0, 12) == []
+    g = grid_steps(53, 12)
+    assert len(g) == 12 and g[0] == 1 and g[-1] == 53 and g == sorted(set(g))
 
-    best, log = search_prefix(len(costs) - 1, ok)
-    assert best == 3 and costs[best] <= 0.5 < costs[best + 1]
-    assert all(r == (costs[k] <= 0.5) for k, r in log) and len(calls) <= 4
-    assert search_prefix(3, lambda k: True)[0] == 3 and search_prefix(3, lambda k: False)[0] == 0
+
+def test_budget_usage_is_the_largest_share_of_any_limit() -> None:
+    from convopt.auto.optimize import budget_usage
+
+    acc = {"top1_drop": 0.5, "top1_agreement": 96.0, "rel_l2_error": 0.02}
+    assert budget_usage(acc, Budget(max_accuracy_drop=1.0)) == pytest.approx(0.5)
+    assert budget_usage(acc, Budget(min_agreement=98.0)) == pytest.approx(2.0)
+    assert budget_usage(acc, Budget(max_accuracy_drop=1.0, max_rel_error=0.01)) == pytest.approx(2.0)
+    assert budget_usage({"top1_drop": -0.4}, Budget(max_accuracy_drop=1.0)) == pytest.approx(-0.4)
+    assert budget_usage({"top1_drop": None}, Budget(max_accuracy_drop=1.0)) == float("inf")
+    assert budget_usage({"rel_l2_error": 0.0}, Budget(max_rel_error=0.0)) == 0.0
 
 
 # -- end to end -------------------------------------------------------------------------------------------
@@ -260,9 +273,11 @@ def test_every_step_checks_the_whole_sequence_and_takes_the_largest_passing_step
     assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step, in order, no bisection
     calib_checks = [c for c in auto["checks"] if c["data"] == "calibration"]
     assert [c["rel_l2_error"] for c in calib_checks] == [e for _, e in seen]
-    passing = [k for k, e in seen if e <= 0.2]
-    first_final = next(c for c in auto["checks"] if c["data"] == "evaluation") if passing else None
-    assert first_final is None or first_final["step"] == max(passing)
+    from convopt.auto.select import largest_within
+
+    best = largest_within([k for k, _ in seen], [e / 0.2 for _, e in seen])
+    finals = [c for c in auto["checks"] if c["data"] == "evaluation"]
+    assert (finals[0]["step"] if finals else 0) == best
 
 
 def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:

@@ -7,10 +7,12 @@
 3. accuracy cost of each kept candidate applied alone, with its last factor refit on calibration data,
    measured end to end on the calibration set (relative L2 error of the outputs vs the original);
    candidates that alone break the budget are dropped;
-4. greedy sequence by latency saved per unit of cost; bisection along it, each step built with sequential
-   refitting and checked end to end on the calibration data; the result is then measured with the caller's
-   evaluator (held-out data, latency interleaved with the original), backing off while the budget fails
-   or the model measures no faster than the original.
+4. greedy sequence by latency saved per unit of cost; a grid of its steps (all of them when there are few)
+   is built with sequential refitting and checked end to end on the calibration data; a non-decreasing
+   curve is fitted to their budget usage (isotonic regression: noise can make a later step look better, a
+   later step cannot really be), and the largest step within budget on it is taken; the result is then
+   measured with the caller's evaluator (held-out data, latency interleaved with the original), backing
+   off while the budget fails or the model measures no faster than the original.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import onnx
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.latency import LayerLatencyCache, measure_candidates
 from convopt.auto.refit import Targets, collect_targets, iter_batches, refit_layer, refit_sequential
-from convopt.auto.select import Choice, greedy_sequence, search_prefix
+from convopt.auto.select import Choice, greedy_sequence, grid_steps, largest_within
 from convopt.graph import ConvSpec, apply_replacements, read_convs
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Budget, Evaluator, Measurement
@@ -55,6 +57,27 @@ def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) 
                               None if data.labels is None else data.labels[idx],
                               f"{data.source} [{what} split: {len(idx)} samples, seed {seed}]", data.warning))
     return parts[0], parts[1]
+
+
+def budget_usage(acc: dict[str, Any], budget: Budget) -> float:
+    """How much of ``budget`` a measurement's accuracy uses: the largest of drop / max drop, disagreement /
+    allowed disagreement, rel. error / max rel. error (≤ 1 within budget; negative when accuracy improved;
+    inf when a limit cannot be measured)."""
+    parts: list[float] = []
+
+    def ratio(v: Any, limit: float) -> float:
+        if v is None or not np.isfinite(v):
+            return float("inf")
+        return float(v) / limit if limit > 0 else (0.0 if v <= 0 else float("inf"))
+
+    if budget.max_accuracy_drop is not None:
+        parts.append(ratio(acc.get("top1_drop"), budget.max_accuracy_drop))
+    if budget.min_agreement is not None:
+        agree = acc.get("top1_agreement")
+        parts.append(ratio(None if agree is None else 100.0 - agree, 100.0 - budget.min_agreement))
+    if budget.max_rel_error is not None:
+        parts.append(ratio(acc.get("rel_l2_error"), budget.max_rel_error))
+    return max(parts) if parts else 0.0
 
 
 def calib_budget(budget: Budget, margin: float) -> Budget:
@@ -124,15 +147,17 @@ def auto_optimize(
     model_name: str = "",
     output_name: str | None = None,
     on_event: Event | None = None,
+    max_checks: int = 12,
     every_step: bool = False,
     on_step: Callable[[int, onnx.ModelProto, Measurement], None] | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` in auto mode (see the module docstring) and return the model and its Report.
 
     ``calib_margin``: fraction of the accuracy budget held back in the calibration checks (see calib_budget).
-    ``every_step``: check every step of the greedy sequence on calibration data (not a bisection) and take the
-    largest that passes; with ``on_step(k, model, calibration measurement)`` called for each built step, this
-    maps the whole speed/accuracy frontier (bench/frontier.py).
+    ``max_checks``: how many steps of the greedy sequence are checked end to end on calibration data (spread
+    evenly; the largest step within budget on a monotone fit of their measurements is taken).
+    ``every_step``: check every step instead; with ``on_step(k, model, calibration measurement)`` called for
+    each built step, this maps the whole speed/accuracy frontier (bench/frontier.py).
     ``calib`` (calibration data: refits, candidate costs, the end-to-end checks) must be disjoint from the
     ``evaluator``'s data (the final, reported measurement). ``budget`` (None or empty) defaults to 1 point
     of top-1 (labelled, or of top-1 agreement without labels), or to a relative L2 output error of 0.05 for a
@@ -284,13 +309,11 @@ def auto_optimize(
     seq = greedy_sequence(choices)
     configs = [{n: by_key[(ch.layer, ch.key)] for n, ch in cfg.items()} for cfg in seq]
     checks: list[dict[str, Any]] = []
-    built_cache: dict[int, tuple[onnx.ModelProto, list[Any], Measurement]] = {}
 
-    def ok(k: int) -> bool:
+    def usage_at(k: int) -> float:
         m, infos = build(configs[k])
         meas = calib_ev.measure(m, f"auto step {k}")
         reason = calib_ev.check(meas, strict)
-        built_cache[k] = (m, infos, meas)
         if on_step is not None:
             on_step(k, m, meas)
         checks.append({"step": k, "layers": len(configs[k]), "data": "calibration",
@@ -299,26 +322,21 @@ def auto_optimize(
         say(f"auto: check step {k}/{len(configs) - 1} ({len(configs[k])} layers) on calibration data: "
             f"top-1 drop {_fmt(meas.accuracy.get('top1_drop'), '.2f')}, rel err "
             f"{_fmt(meas.accuracy.get('rel_l2_error'), '.4f')} -> {'ok' if reason is None else 'over budget'}")
-        return reason is None
+        return budget_usage(meas.accuracy, strict)
 
     n_steps = len(configs) - 1
     strict = calib_budget(budget, calib_margin)
-    if every_step:
-        best_k = 0
-        for k in range(1, n_steps + 1):
-            if ok(k):
-                best_k = k
-            for j in [j for j in built_cache if j != best_k]:  # hold one built model, not one per step
-                del built_cache[j]
-    else:
-        best_k, _log = search_prefix(n_steps, ok) if n_steps > 0 else (0, [])
+    # check a grid of steps on calibration data, fit a non-decreasing curve to their budget usage (a later
+    # step only adds rewrites: a lower measurement is sampling noise), take the largest step within budget
+    steps = grid_steps(n_steps, n_steps if every_step else max_checks)
+    best_k = largest_within(steps, [usage_at(k) for k in steps])
     # final measurement on the evaluator's (held-out) data; back off while the budget fails or it is slower
     final_model, final_infos, final_meas = base, [], None
     rolled: str | None = None
     tried = 0
     k = best_k
     while k > 0:
-        m, infos, _ = built_cache.get(k) or (*build(configs[k]), None)  # type: ignore[misc]
+        m, infos = build(configs[k])  # rebuilt: holding every checked model would cost a model's size each
         verify(m, "auto mode")
         meas = evaluator.measure(m, f"auto ({len(configs[k])} layers rewritten)")
         reason = evaluator.check(meas, budget)

@@ -56,29 +56,35 @@ def greedy_sequence(choices: list[Choice], eps: float = EPS_COST) -> list[Config
         seq.append(dict(current))
 
 
-def search_prefix(n: int, ok: Callable[[int], bool], start: int | None = None) -> tuple[int, list[tuple[int, bool]]]:
-    """Largest k in [0, n] with ok(k), assuming ok is (roughly) monotone non-increasing in k and ok(0) holds.
+def grid_steps(n: int, max_checks: int) -> list[int]:
+    """The steps 1..n to check: all of them when n <= max_checks, else ``max_checks`` spread evenly
+    (1 and n included)."""
+    if n <= 0:
+        return []
+    if n <= max_checks:
+        return list(range(1, n + 1))
+    return sorted({1 + round(i * (n - 1) / (max_checks - 1)) for i in range(max_checks)})
 
-    Tries ``start`` (default n) first, then bisects; every call is logged as (k, result). Never returns a k
-    that was not verified (k = 0 is taken as verified)."""
-    log: list[tuple[int, bool]] = []
-    lo, hi = 0, n + 1  # ok(lo) known true, hi: first known false (n + 1: unknown)
-    k = n if start is None else max(0, min(n, start))
-    first = True
-    while True:
-        if not first:
-            if hi - lo <= 1:
-                break
-            k = (lo + hi) // 2
-        first = False
-        if k == 0:
-            break
-        res = ok(k)
-        log.append((k, res))
-        if res:
-            lo = k
-            if k == n:
-                break
-        else:
-            hi = k
-    return lo, log
+
+def monotone_fit(values: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (isotonic regression, pool adjacent
+    violators). A step of the greedy sequence only adds rewrites, so its true accuracy cost does not fall as
+    the step grows; the measured one does, by sampling noise. Fitting a monotone curve pools neighbouring
+    steps instead of trusting one lucky (or unlucky) measurement."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2 = blocks.pop()
+            m1, w1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    out: list[float] = []
+    for m, w in blocks:
+        out.extend([m] * int(w))
+    return out
+
+
+def largest_within(steps: list[int], usage: list[float], limit: float = 1.0) -> int:
+    """The largest step whose monotone-fitted budget usage is at most ``limit`` (0 when none is)."""
+    fitted = monotone_fit(usage)
+    return max((k for k, u in zip(steps, fitted) if u <= limit + 1e-9), default=0)
