@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -148,10 +149,10 @@ def acc_change(ev: Evaluator, m: onnx.ModelProto) -> dict[str, Any]:
             "top1_agreement": a.get("top1_agreement"), "rel_l2_error": a.get("rel_l2_error")}
 
 
-def run_one(name: str, quick: bool) -> dict[str, Any]:
+def run_one(name: str, quick: bool, auto_1thr: bool = False) -> dict[str, Any]:
     cfg = SETUPS[name](quick)
     model, cal, ev_data, budget = cfg["model"], cfg["calib"], cfg["eval"], cfg["budget"]
-    settings = OrtSettings(threads=2, **cfg.get("settings", {}))
+    settings = OrtSettings(threads=2, **cfg.get("settings", {}))  # auto times its layers at 2 threads
     print(f"== {name}: calibration {cal.n}, held-out {ev_data.n}, budget {budget}", flush=True)
     evaluator = Evaluator(model, ev_data, settings)  # latency measured at 2 threads inside auto
     macs0 = conv_macs(model)
@@ -165,6 +166,14 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     models = {"auto": res.model}
     variants["auto"] = {"optimizer_s": t_auto, "chosen": res.report.extra["auto"]["chosen"]}
     auto_ratio = res.report.macs_after / max(res.report.macs_before, 1)
+    if auto_1thr:  # auto's choices depend on the threads it times layers with: the same run, tuned for 1 thread
+        s1 = replace(settings, threads=1)
+        t0 = time.perf_counter()
+        r1 = auto_optimize(model, calib=cal, evaluator=Evaluator(model, ev_data, s1), budget=budget, settings=s1,
+                           latency_cache=RESULTS / "latency_cache.json", on_event=lambda s: print(s, flush=True),
+                           **cfg.get("auto", {}))
+        models["auto@1thr"] = r1.model
+        variants["auto@1thr"] = {"optimizer_s": time.perf_counter() - t0, "chosen": r1.report.extra["auto"]["chosen"]}
 
     # uniform at matched MACs (data-free), then the same ranks refit
     t0 = time.perf_counter()
@@ -258,12 +267,13 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", default=list(SETUPS))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--auto-1thr", action="store_true", help="also run auto tuned for 1 thread (row auto@1thr)")
     args = ap.parse_args(argv)
     if not MODELS.is_dir():
         print(f"shared models not found at {MODELS}", file=sys.stderr)
         return 2
     for name in args.models:
-        run_one(name, args.quick)
+        run_one(name, args.quick, args.auto_1thr)
         md = table()
         (RESULTS / "auto.md").write_text(md + "\n")
         print(md, flush=True)
