@@ -83,13 +83,18 @@ class NormalEquations:
         self.YtY += float(np.sum(np.square(Y32, dtype=np.float64)))
         self.rows += X.shape[0]
 
-    def solve(self, ridge: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
-        """Least squares with ridge λ = ridge · mean(diag AᵀA) on the weights (not the bias)
-        → (Wl (O, F), b (O,))."""
+    def gram(self, ridge: float) -> np.ndarray:
+        """AᵀA with the ridge λ = ridge · mean(diag AᵀA) added on the weights' diagonal (not the bias)."""
         G = self.AtA.copy()
         F = self.features
         lam = ridge * float(np.trace(G[:F, :F])) / max(F, 1)
         G[np.arange(F), np.arange(F)] += lam if lam > 0 else 1e-12
+        return G
+
+    def solve(self, ridge: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+        """Least squares with the ridge of ``gram`` → (Wl (O, F), b (O,))."""
+        G = self.gram(ridge)
+        F = self.features
         try:
             w = np.linalg.solve(G, self.AtY)
         except np.linalg.LinAlgError:
@@ -126,9 +131,7 @@ def relu_refit(ne: NormalEquations, X: np.ndarray, Y: np.ndarray, ridge: float =
     at the current prediction. Returns the iterate with the lowest post-ReLU error (checked exactly on the
     rows): (Wl (O, F), b (O,), error). X (P, F) float32 rows, Y (P, O) their original pre-ReLU outputs."""
     F = ne.features
-    G = ne.AtA.copy()
-    lam = ridge * float(np.trace(G[:F, :F])) / max(F, 1)
-    G[np.arange(F), np.arange(F)] += lam if lam > 0 else 1e-12
+    G = ne.gram(ridge)
     try:
         Ginv = np.linalg.inv(G)
     except np.linalg.LinAlgError:

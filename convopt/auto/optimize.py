@@ -84,9 +84,9 @@ def calib_budget(budget: Budget, margin: float) -> Budget:
     """The budget the end-to-end checks on calibration data must meet: ``margin`` of each accuracy limit is
     held back, because the largest step that passes on a finite calibration set is partly a lucky one.
     Measured on SqueezeNet (500 + 500 ImageNet images, every greedy step evaluated on both halves): with
-    refits on 64 images the two halves disagreed by up to 3 points at the same model (the noise of a top-1
-    difference on 500 images has a standard error of about 1.4 points once 10 % of predictions flip); with refits on 128 images
-    and ReLU-aware fits they agreed within 1 point up to 8 rewritten layers, so a quarter is held back."""
+    refits on 64 images the two halves disagreed by up to 3 points at the same model (a top-1 difference on
+    500 images has a standard error of about 1.4 points once 10 % of predictions flip); with refits on 128
+    images and ReLU-aware fits they agreed within 1 point up to 8 rewritten layers: a quarter is held back."""
     keep = 1.0 - margin
     return Budget(
         max_accuracy_drop=None if budget.max_accuracy_drop is None else budget.max_accuracy_drop * keep,

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
-from convopt.graph import attrs
+from convopt.graph import attrs, used_names
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 
@@ -24,14 +24,12 @@ Say = Callable[[str], None]
 
 
 def _subgraph_names(node: onnx.NodeProto) -> set[str]:
-    """Every tensor name a node's subgraphs (If/Loop/Scan bodies) mention: an over-approximation of the
-    outer-scope tensors they read."""
+    """Every tensor name a node's subgraphs (If/Loop/Scan bodies) read: an over-approximation of the
+    outer-scope tensors they need."""
     out: set[str] = set()
     for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            for n in g.node:
-                out.update(n.input)
-                out |= _subgraph_names(n)
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            out |= used_names(g)
     return out
 
 
