@@ -1,5 +1,6 @@
-"""The convopt command line: each command parses, calls the library, renders. Errors become exit codes here
-and nowhere else: 0 success, 1 the CI gate was missed, 2 usage or input error, 3 internal rewrite error."""
+"""The convopt command line: each command parses its options into typed objects, calls the library, renders.
+Errors become exit codes here and nowhere else: 0 success, 1 the CI gate was missed, 2 usage or input error,
+3 internal rewrite error."""
 from __future__ import annotations
 
 import functools
@@ -13,10 +14,40 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from convopt.errors import ConvOptError, GateError, InputError
+import convopt
+from convopt.errors import ConvOptError, InputError
+
+class _Group(TyperGroup):
+    """Usage errors of the CLI framework (an unknown option, a bad value) come out like convopt's own errors:
+    one line on stderr, exit 2 — from the console script and from any caller of the app alike."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            err.print("interrupted: nothing was written", markup=False)
+            rv, standalone_mode = 130, True
+        except typer.TyperException as exc:  # the CLI framework's usage errors (typer vendors click)
+            rv, standalone_mode = _usage_error(exc), True
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the answer
+        exc.show()
+        return int(exc.exit_code)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+    return int(exc.exit_code)
+
 
 app = typer.Typer(
+    cls=_Group,
     name="convopt",
     help="Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime.",
     no_args_is_help=True,
@@ -26,7 +57,8 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
-DEFAULT_PASSES = "split5x5,factorize"
+OUTPUT, STRATEGY, RANK, DATA, BUDGET, MEASURE = (
+    "Output", "Strategy and passes", "Rank (uniform mode)", "Data", "Budget and CI gate", "Measurement")
 
 
 def _fail(exc: ConvOptError) -> typer.Exit:
@@ -60,45 +92,37 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
-    if not values:
-        return None
+def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
     from convopt.measure.data import parse_input_shape
 
-    return dict(parse_input_shape(v) for v in values)
+    return dict(parse_input_shape(v) for v in values or [])
 
 
-def _rank_options(full_rank: bool, rank_fraction: float | None, energy: float | None) -> list[str]:
-    """The uniform-rank options the user gave (a value of 0 counts as given: RankPolicy then refuses it)."""
-    given = (("--full-rank", full_rank), ("--rank-fraction", rank_fraction is not None), ("--energy", energy is not None))
-    return [name for name, is_set in given if is_set]
+def _version(value: bool) -> None:
+    if value:
+        print(f"convopt {convopt.__version__}")
+        raise typer.Exit(0)
 
 
-def _policy(full_rank: bool, rank_fraction: float | None, energy: float | None, align: int, side: str, seed: int):
-    from convopt.passes.base import RankPolicy
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime."""
 
-    chosen = _rank_options(full_rank, rank_fraction, energy)
-    if len(chosen) > 1:
-        raise InputError(f"choose one rank option, not {' and '.join(chosen)}")
-    if side not in ("both", "in", "out"):
-        raise InputError("--bottleneck-side must be both, in or out")
-    try:
-        if full_rank:
-            return RankPolicy(mode="full", align=align, bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
-        if rank_fraction is not None:
-            return RankPolicy(mode="fraction", value=rank_fraction, align=align, bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
-        return RankPolicy(mode="energy", value=energy if energy is not None else 0.9, align=align,
-                          bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+
+InputShape = Annotated[Optional[list[str]], typer.Option(
+    "--input-shape", metavar="NAME:DIMS", help="Shape of a dynamic input, e.g. data:1x3x224x224 (repeatable).",
+    rich_help_panel=DATA)]
 
 
 @app.command()
 @guarded
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file")],
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for a dynamic input")] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
+    input_shape: InputShape = None,
 ) -> None:
     """One row per Conv: geometry, MACs, params, and which passes apply (or why not)."""
     from convopt.inspect import inspect_model
@@ -148,209 +172,165 @@ def inspect(
         out.print(f"  [{k}] {reason}", markup=False)
 
 
+def _presets() -> str:
+    from convopt.measure.data import PRESETS
+
+    return "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
+
+
+def _pass_names() -> str:
+    from convopt.passes import PASSES
+
+    return ", ".join(PASSES)
+
+
 @app.command()
 @guarded
 def optimize(
-    model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (none: the built-in example, as `convopt demo`)")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="output model (default MODEL.opt.onnx beside the input)")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="auto (per-layer, data-aware; the default with --data) or uniform (the default without)")] = None,
-    passes: Annotated[Optional[str], typer.Option(help="comma-separated passes: bottleneck,split5x5,factorize,depthwise (uniform: run in this order; default split5x5,factorize. auto: the candidates; default all four)")] = None,
-    full_rank: Annotated[bool, typer.Option("--full-rank", help="exact rewrites (verification: MACs usually grow)")] = False,
-    rank_fraction: Annotated[Optional[float], typer.Option(help="rank = ceil(F × exact rank)")] = None,
-    energy: Annotated[Optional[float], typer.Option(help="keep this fraction of squared singular values (default 0.9)")] = None,
-    align: Annotated[int, typer.Option(help="round ranks up to a multiple of this (ORT NCHWc blocks)")] = 8,
-    bottleneck_side: Annotated[str, typer.Option(help="bottleneck reduces: both, in or out")] = "both",
-    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
-    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images")] = None,
-    calib: Annotated[Optional[Path], typer.Option(help="auto: calibration data (default: half of --data, kept apart from the evaluation half)")] = None,
-    latency_cache: Annotated[Optional[Path], typer.Option(help="auto: JSON file caching per-layer latencies across runs")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="labels: CSV (file,label) or .npy")] = None,
-    preprocess: Annotated[Optional[str], typer.Option(help="image preset: imagenet, caffe, unit, raw")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for a dynamic input")] = None,
-    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider")] = "CPUExecutionProvider",
-    threads: Annotated[int, typer.Option(help="ORT intra-op threads (0: ORT default)")] = 0,
-    warmup: Annotated[int, typer.Option(help="latency warm-up runs")] = 3,
-    repeats: Annotated[int, typer.Option(help="latency timed runs (interleaved)")] = 20,
-    latency_batch: Annotated[int, typer.Option(help="samples per timed run when the model's batch is dynamic (a fixed batch is used as is)")] = 1,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="budget: points of top-1 (labelled, else agreement)")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="budget: minimum top-1 agreement with the original, %")] = None,
-    max_rel_error: Annotated[Optional[float], typer.Option(help="budget: maximum relative L2 error of the outputs")] = None,
-    fail_under_speedup: Annotated[Optional[float], typer.Option(help="CI gate: exit 1 if the final speedup is below this")] = None,
-    require_faster: Annotated[bool, typer.Option("--require-faster/--keep-slower", help="roll back a pass that does not measure faster")] = True,
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="rewrite only: no accuracy or latency measurement")] = False,
-    no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", help="do not fold BatchNormalization into convs")] = False,
-    seed: Annotated[int, typer.Option(help="seed for random inputs and ALS")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="allow -o to be the input file")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or tables, errors only")] = False,
+    model: Annotated[Optional[Path], typer.Argument(
+        help="ONNX model file (none: the built-in example, as `convopt demo`).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Output model (default: MODEL.opt.onnx beside the input).", show_default=False,
+        rich_help_panel=OUTPUT)] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Allow -o to be the input model.",
+                                            rich_help_panel=OUTPUT)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.",
+                                        rich_help_panel=OUTPUT)] = False,
+    strategy: Annotated[Optional[str], typer.Option(
+        metavar="auto|uniform", help="auto: per layer, data-aware (default with --data); uniform: one rank rule (default without).",
+        show_default=False, rich_help_panel=STRATEGY)] = None,
+    passes: Annotated[Optional[str], typer.Option(
+        metavar="LIST", help=f"Comma-separated passes ({_pass_names()}). uniform: run in this order (default: "
+             "split5x5,factorize); auto: the candidates (default: all).", show_default=False,
+        rich_help_panel=STRATEGY)] = None,
+    no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", metavar="", help="Do not fold BatchNormalization into convs.",
+                                             rich_help_panel=STRATEGY)] = False,
+    latency_cache: Annotated[Optional[Path], typer.Option(
+        help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random inputs, data splits and ALS.", min=0, metavar="N",
+                                      rich_help_panel=STRATEGY)] = 0,
+    full_rank: Annotated[bool, typer.Option("--full-rank", metavar="", help="Exact rewrites (verification: MACs usually grow).",
+                                            rich_help_panel=RANK)] = False,
+    rank_fraction: Annotated[Optional[float], typer.Option(help="Rank = ceil(F × exact rank).", metavar="F",
+                                                           rich_help_panel=RANK)] = None,
+    energy: Annotated[Optional[float], typer.Option(
+        help="Keep this fraction of squared singular values (default: 0.9).", metavar="E", show_default=False,
+        rich_help_panel=RANK)] = None,
+    align: Annotated[int, typer.Option(help="Round ranks up to a multiple of this (ORT's NCHWc blocks).", min=1, metavar="N",
+                                       rich_help_panel=RANK)] = 8,
+    bottleneck_side: Annotated[str, typer.Option(metavar="both|in|out", help="Bottleneck reduces: both, in or out.",
+                                                 rich_help_panel=RANK)] = "both",
+    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images.",
+                                                 rich_help_panel=DATA)] = None,
+    calib: Annotated[Optional[Path], typer.Option(
+        help="auto: calibration data (default: half of --data, kept apart from the evaluation half).",
+        show_default=False, rich_help_panel=DATA)] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels: CSV (file,label), .npy or .npz.",
+                                                   rich_help_panel=DATA)] = None,
+    preprocess: Annotated[Optional[str], typer.Option(
+        metavar="PRESET", help=f"Image preset for a folder of images. {_presets()}.", show_default=False,
+        rich_help_panel=DATA)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most this many samples.", min=1, metavar="N",
+                                                 rich_help_panel=DATA)] = None,
+    input_shape: InputShape = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Points of top-1 (labelled, else agreement) [default in auto: 1].", show_default=False,
+        rich_help_panel=BUDGET)] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(metavar="X", help="Minimum top-1 agreement with the original, %.",
+                                                           rich_help_panel=BUDGET)] = None,
+    max_rel_error: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Maximum relative L2 error of the outputs [default in auto without class scores: 0.05].",
+        show_default=False, rich_help_panel=BUDGET)] = None,
+    fail_under_speedup: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Exit 1 if the final speedup is below this.", rich_help_panel=BUDGET)] = None,
+    require_faster: Annotated[bool, typer.Option(
+        "--require-faster/--keep-slower", help="Roll back a pass that does not measure faster.",
+        rich_help_panel=BUDGET)] = True,
+    no_eval: Annotated[bool, typer.Option("--no-eval", metavar="", help="Rewrite only: no accuracy or latency measurement.",
+                                          rich_help_panel=MEASURE)] = False,
+    provider: Annotated[str, typer.Option(metavar="NAME", help="ONNX Runtime execution provider.",
+                                          rich_help_panel=MEASURE)] = "CPUExecutionProvider",
+    threads: Annotated[int, typer.Option(help="ORT intra-op threads (0: ORT's default, all cores).", min=0, metavar="N",
+                                         rich_help_panel=MEASURE)] = 0,
+    warmup: Annotated[int, typer.Option(help="Latency warm-up runs.", min=0, metavar="N", rich_help_panel=MEASURE)] = 3,
+    repeats: Annotated[int, typer.Option(help="Latency timed runs (interleaved).", min=1, metavar="N",
+                                         rich_help_panel=MEASURE)] = 20,
+    latency_batch: Annotated[int, typer.Option(
+        help="Samples per timed run for a dynamic batch (a fixed batch is used as is).", min=1, metavar="N",
+        rich_help_panel=MEASURE)] = 1,
 ) -> None:
-    """Rewrite MODEL's convs pass by pass, measuring accuracy and latency before and after each."""
+    """Rewrite MODEL's convs, measuring accuracy and latency before and after each step."""
+    from convopt.core.budget import Budget
+    from convopt.measure.ort import OrtSettings
+    from convopt.options import DataOptions, OptimizeOptions, RankOptions
+
     if model is None:
         from convopt.models.example import example_data_path, example_model_path
 
-        model = example_model_path()
-        data = data or example_data_path()
-        if output is None:
-            output = Path("example.opt.onnx")
-    code = run_optimize(
-        model=model, output=output, strategy=strategy, passes=passes, calib=calib, latency_cache=latency_cache,
-        full_rank=full_rank, rank_fraction=rank_fraction,
-        energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
-        labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
-        threads=threads, warmup=warmup, repeats=repeats, latency_batch=latency_batch, max_accuracy_drop=max_accuracy_drop,
-        min_agreement=min_agreement, max_rel_error=max_rel_error, fail_under_speedup=fail_under_speedup,
-        require_faster=require_faster, no_eval=no_eval, no_fold_bn=no_fold_bn, seed=seed,
-        overwrite=overwrite, quiet=quiet,
-    )
-    raise typer.Exit(code)
+        model, data = example_model_path(), data or example_data_path()
+        output = output or Path("example.opt.onnx")
+    opts = OptimizeOptions(
+        model=model, output=output, report=report, overwrite=overwrite,
+        strategy=strategy,  # type: ignore[arg-type]  (checked by the library)
+        passes=None if passes is None else tuple(p.strip() for p in passes.split(",")),
+        rank=RankOptions(full_rank, rank_fraction, energy, align, bottleneck_side),  # type: ignore[arg-type]
+        data=DataOptions(data, calib, labels, preprocess, limit, _shapes(input_shape)),
+        budget=Budget(max_accuracy_drop, min_agreement, max_rel_error),
+        fail_under_speedup=fail_under_speedup,
+        ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
+                        latency_batch=latency_batch),
+        require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
+        latency_cache=latency_cache)
+    raise typer.Exit(_run_optimize(opts, quiet))
 
 
-def run_optimize(**kw: Any) -> int:
-    """The body of `convopt optimize` (kept apart from typer so it can be called and tested directly)."""
-    from convopt.auto import AUTO_PASSES
-    from convopt.io import load_model, save_model, same_file
-    from convopt.passes import parse_passes
-    from convopt.pipeline import optimize as run_pipeline
-
-    quiet: bool = kw["quiet"]
-    model_path: Path = kw["model"]
-    output: Path = kw["output"] or model_path.with_name(
-        (model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.name) + ".opt.onnx"
-    )
-    if same_file(output, model_path) and not kw["overwrite"]:
-        raise InputError(f"refusing to overwrite the input model {model_path}; choose another -o or pass --overwrite")
-    if kw["report"] is not None and (same_file(kw["report"], model_path) or same_file(kw["report"], output)):
-        raise InputError("--report must not be the input or the output model")
-    rank_opts = _rank_options(kw["full_rank"], kw["rank_fraction"], kw["energy"])
-    strategy = kw.get("strategy") or ("auto" if kw["data"] is not None and not rank_opts and not kw["no_eval"] else "uniform")
-    if strategy not in ("auto", "uniform"):
-        raise InputError("--strategy must be auto or uniform")
-    if strategy == "auto":
-        if rank_opts:
-            raise InputError(f"{rank_opts[0]} sets uniform ranks; use it with --strategy uniform (auto picks ranks per layer)")
-        if kw["no_eval"] or kw["data"] is None:
-            raise InputError("--strategy auto needs --data (it calibrates and measures on it); use --strategy uniform")
-    elif kw.get("calib") is not None:
-        raise InputError("--calib is for --strategy auto")
-    passes = parse_passes(kw["passes"] or (",".join(AUTO_PASSES) if strategy == "auto" else DEFAULT_PASSES))
-    policy = _policy(kw["full_rank"], kw["rank_fraction"], kw["energy"], kw["align"], kw["bottleneck_side"], kw["seed"])
-    shapes = _shapes(kw["input_shape"])
-    model = load_model(model_path)
-
-    evaluator = budget = None
-    ort_settings: dict[str, Any] = {}
-    if not kw["no_eval"]:
-        from convopt.measure.data import load_eval_data
-        from convopt.measure.evaluator import Budget, Evaluator
-        from convopt.measure.ort import OrtSettings
-
-        data = load_eval_data(model, kw["data"], preprocess=kw["preprocess"], labels=kw["labels"],
-                              input_shapes=shapes, limit=kw["limit"], seed=kw["seed"])
-        if data.warning and not quiet:
-            err.print(f"warning: {data.warning}", markup=False)
-        calib_data = None
-        if strategy == "auto":
-            from convopt.auto import split_eval_data
-
-            if kw.get("calib") is not None:
-                calib_data = load_eval_data(model, kw["calib"], preprocess=kw["preprocess"], input_shapes=shapes,
-                                            limit=kw["limit"], seed=kw["seed"])
-            else:
-                calib_data, data = split_eval_data(data, 0.5, seed=kw["seed"])
-        settings = OrtSettings(provider=kw["provider"], threads=kw["threads"], warmup=kw["warmup"], repeats=kw["repeats"],
-                               latency_batch=kw.get("latency_batch", 1))
-        ort_settings = {"ort": settings.to_dict(), "data": data.source, "samples": data.n, "strategy": strategy}
-        if calib_data is not None:
-            ort_settings.update(calib=calib_data.source, calib_samples=calib_data.n)
-        evaluator = Evaluator(model, data, settings, measure_latency=True, progress=not quiet)
-        budget = Budget(max_accuracy_drop=kw["max_accuracy_drop"], min_agreement=kw["min_agreement"],
-                        max_rel_error=kw["max_rel_error"])
-        if strategy == "auto" and budget.is_empty:
-            budget = None  # auto's default: 1 point of top-1 (labelled, else agreement)
-    elif kw["fail_under_speedup"] is not None:
-        raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+def _run_optimize(opts: Any, quiet: bool) -> int:
+    from convopt import api
+    from convopt.render import render_table
 
     def say(msg: str) -> None:
         if not quiet:
             err.print(msg, markup=False)
 
-    budget_settings = {"max_accuracy_drop": kw["max_accuracy_drop"], "min_agreement": kw["min_agreement"],
-                       "max_rel_error": kw["max_rel_error"], "fail_under_speedup": kw["fail_under_speedup"]}
-    if strategy == "auto":
-        from convopt.auto import auto_optimize
+    def warn(msg: str) -> None:
+        if not quiet:
+            err.print(f"warning: {msg}", markup=False)
 
-        assert evaluator is not None and calib_data is not None
-        result = auto_optimize(
-            model, passes=passes, calib=calib_data, evaluator=evaluator, budget=budget, settings=settings,
-            align=kw["align"], seed=kw["seed"], input_shapes=shapes, latency_cache=kw.get("latency_cache"),
-            model_name=str(model_path), output_name=str(output), on_event=say,
-        )
-        from dataclasses import replace
-
-        result.report = replace(result.report, settings={**result.report.settings, **ort_settings,
-                                                         "seed": kw["seed"], "budget": budget_settings})
-    else:
-        result = run_pipeline(
-            model, passes, policy, fold_bn=not kw["no_fold_bn"], input_shapes=shapes, evaluator=evaluator,
-            budget=budget, require_faster=bool(kw["require_faster"]) and evaluator is not None,
-            model_name=str(model_path), output_name=str(output),
-            settings={**ort_settings, "seed": kw["seed"], "budget": budget_settings},
-            on_event=say,
-        )
-    rep = result.report
-    gate_reason = _gate(rep.final, kw["fail_under_speedup"])
-    if gate_reason is not None or kw["fail_under_speedup"] is not None:
-        from dataclasses import replace
-
-        rep = replace(rep, gate={"fail_under_speedup": kw["fail_under_speedup"], "passed": gate_reason is None,
-                                 "reason": gate_reason})
-    save_model(result.model, output, input_path=model_path, overwrite=kw["overwrite"])
-    if kw["report"] is not None:
-        from convopt.io import atomic_write_bytes
-
-        atomic_write_bytes(kw["report"], (rep.to_json() + "\n").encode())
+    result = api.run(opts, say, warn, progress=not quiet)
     if not quiet:
-        from convopt.render import render_table
-
-        render_table(rep.to_dict(), out)
-        out.print(f"wrote {output}" + (f" and {kw['report']}" if kw["report"] else ""), markup=False)
-    if gate_reason is not None:
-        err.print(f"gate failed: {gate_reason}", markup=False)
-        return GateError.exit_code
-    return 0
-
-
-def _gate(final: dict[str, Any] | None, fail_under_speedup: float | None) -> str | None:
-    from convopt.pipeline import measured_speedup
-
-    if fail_under_speedup is None:
-        return None
-    sp = measured_speedup(final)
-    if sp is None:
-        return "no latency was measured"
-    if sp < fail_under_speedup:
-        return f"speedup {sp:.3f}x is below --fail-under-speedup {fail_under_speedup}"
-    return None
+        render_table(result.report.to_dict(), out)
+        out.print(f"wrote {result.output}" + (f" and {result.report_path}" if result.report_path else ""),
+                  markup=False)
+    if result.gate is not None and not result.gate.passed:
+        err.print(f"gate failed: {result.gate.reason}", markup=False)
+    return result.exit_code
 
 
 @app.command()
 @guarded
 def demo(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized example")] = Path("example.opt.onnx"),
-    report: Annotated[Optional[Path], typer.Option(help="write the JSON report here")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.")] = False,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized example.")] = Path(
+        "example.opt.onnx"),
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
     """Run the whole pipeline on the built-in trained example with its bundled labelled data (auto mode:
     one half of the bundled held-out set calibrates, the other is the reported evaluation)."""
-    optimize(model=None, output=output, report=report, quiet=quiet)
+    from convopt.models.example import example_data_path, example_model_path
+    from convopt.options import DataOptions, OptimizeOptions
+
+    opts = OptimizeOptions(model=example_model_path(), output=output, report=report,
+                           data=DataOptions(data=example_data_path()))
+    raise typer.Exit(_run_optimize(opts, quiet))
 
 
 @app.command("report")
 @guarded
 def report_cmd(
-    report: Annotated[Path, typer.Argument(help="a JSON report written by convopt optimize --report")],
-    fmt: Annotated[str, typer.Option("--format", help="table, md or html")] = "table",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write here instead of stdout")] = None,
+    report: Annotated[Path, typer.Argument(help="A JSON report written by convopt optimize --report.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, md or html.")] = "table",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Render a saved report as a terminal table, Markdown, or a self-contained HTML page."""
     from convopt import render

@@ -549,6 +549,51 @@ class Replacement:
     initializers: list[onnx.TensorProto]
 
 
+class Builder:
+    """Builds the chain that replaces one Conv: node names ``{pass}/{conv}/{role}`` made unique in the model,
+    weights as new initializers named after their node, every node marked as made by the pass
+    (``doc_string = "convopt:{pass}"``). A pass only says what each node computes."""
+
+    def __init__(self, names: NameScope, pass_name: str, conv: ConvSpec) -> None:
+        self.names, self.pass_name, self.conv = names, pass_name, conv
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def _node_name(self, role: str) -> str:
+        return self.names.fresh(f"{self.pass_name}/{self.conv.name}/{role}")
+
+    def conv_node(self, role: str, x: str, weight: np.ndarray, *, bias: np.ndarray | None = None,
+                  y: str | None = None, strides: tuple[int, int] = (1, 1),
+                  pads: tuple[int, int, int, int] = (0, 0, 0, 0), dilations: tuple[int, int] = (1, 1),
+                  group: int = 1) -> str:
+        """A Conv (kernel from ``weight`` (O, I/g, kh, kw)) reading ``x``; returns its output tensor
+        (``y``, or a fresh ``…/out``)."""
+        n = self._node_name(role)
+        w = self.names.fresh(n + "/W")
+        self.initializers.append(tensor(w, weight))
+        b = None
+        if bias is not None:
+            b = self.names.fresh(n + "/B")
+            self.initializers.append(tensor(b, bias))
+        out = y if y is not None else self.names.fresh(n + "/out")
+        self.nodes.append(make_conv(n, x, w, b, out, kernel=(int(weight.shape[2]), int(weight.shape[3])),
+                                    strides=strides, pads=pads, dilations=dilations, group=group,
+                                    pass_name=self.pass_name))
+        return out
+
+    def concat(self, role: str, inputs: list[str], axis: int) -> str:
+        """A Concat of ``inputs`` along ``axis``; returns its output tensor."""
+        n = self._node_name(role)
+        out = self.names.fresh(n + "/out")
+        node = helper.make_node("Concat", inputs, [out], name=n, axis=axis)
+        node.doc_string = f"convopt:{self.pass_name}"
+        self.nodes.append(node)
+        return out
+
+    def replacement(self) -> Replacement:
+        return Replacement(self.conv, self.nodes, self.initializers)
+
+
 def apply_replacements(model: onnx.ModelProto, replacements: list[Replacement]) -> onnx.ModelProto:
     """A copy of ``model`` with each replaced Conv swapped for its chain (in place, so order stays
     topological), new initializers added, and the constants only the old nodes used removed."""

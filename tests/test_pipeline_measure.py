@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from convopt.cli import app
 from convopt.measure.data import load_eval_data
-from convopt.measure.evaluator import Budget, Evaluator
+from convopt.core.budget import Budget
+from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
 from convopt.passes.base import RankPolicy
-from convopt.pipeline import optimize
+from convopt.uniform import optimize_uniform as optimize
 from convopt.render import validate_report
 
 from tests.helpers import NO_SHARED, SHARED, SHARED_MODELS, conv_model
@@ -57,7 +58,7 @@ def test_impossible_budget_rolls_the_pass_back(tmp_path: Path) -> None:
     p = result.report.passes[-1]
     assert p.name == "factorize" and len(p.rewritten) == 1
     assert p.status == "rolled_back" and "error" in (p.rollback_reason or "")
-    assert p.measurement is not None and p.measurement["accuracy"]["rel_l2_error"] > 1e-9
+    assert p.measurement is not None and p.measurement.accuracy.rel_l2_error > 1e-9
     assert result.model.SerializeToString() == model.SerializeToString(), "a rolled-back pass must leave the model as it was"
     assert result.report.macs_after == result.report.macs_before
     assert result.report.final == result.report.baseline
@@ -70,10 +71,10 @@ def test_pass_within_budget_is_kept_and_measured(tmp_path: Path) -> None:
     result = optimize(model, ["split5x5"], RankPolicy(mode="full"), evaluator=ev, budget=Budget(max_rel_error=1e-4))
     p = result.report.passes[-1]
     assert p.status == "kept", p.rollback_reason
-    acc = p.measurement["accuracy"]
-    assert acc["rel_l2_error"] < 1e-4 and acc["top1_agreement"] == 100.0
-    lat = p.measurement["latency"]
-    assert lat["speedup"] > 0 and lat["candidate"]["repeats"] == 3
+    acc = p.measurement.accuracy
+    assert acc.rel_l2_error < 1e-4 and acc.top1_agreement == 100.0
+    lat = p.measurement.latency
+    assert lat.speedup > 0 and lat.candidate.repeats == 3
     d = result.report.to_dict()
     validate_report(d)
     assert d["baseline"]["accuracy"]["top1_agreement"] == 100.0

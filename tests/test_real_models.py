@@ -8,7 +8,7 @@ import pytest
 from convopt.io import load_model
 from convopt.passes import PASSES
 from convopt.passes.base import RankPolicy
-from convopt.pipeline import optimize
+from convopt.uniform import optimize_uniform as optimize
 
 from tests.helpers import FULL_RANK_RTOL, NO_SHARED, SHARED_MODELS, random_feeds, rel_l2, run
 

@@ -8,6 +8,7 @@ targets) and the normal equations are accumulated batch by batch (convopt.auto.l
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +17,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
-from convopt.graph import attrs, used_names
+from convopt.core.plan import Plan, apply_plan
+from convopt.graph import ConvSpec, attrs, used_names
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 
@@ -129,11 +131,16 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
 
 @dataclass
 class RefitInfo:
+    """One layer's refit: its output error on the sampled calibration pixels before (data-free last factor)
+    and after; when kept, the new weight and bias of the last factor."""
+
     layer: str
-    rel_error_before: float  # layer output error of the data-free last factor, on the sampled calibration pixels
+    rel_error_before: float
     rel_error_after: float
     kept: bool
     rows: int
+    weight: np.ndarray | None = field(default=None, repr=False)
+    bias: np.ndarray | None = field(default=None, repr=False)
 
 
 def _init_index(model: onnx.ModelProto) -> dict[str, int]:
@@ -197,19 +204,25 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
         before = ne.rel_error(W.reshape(O, -1), b)
         Wn, bn = ne.solve(ridge)
         after = ne.rel_error(Wn, bn)
-    kept = bool(np.isfinite(after) and after < before)
-    if kept:
-        t = numpy_helper.from_array(Wn.reshape(W.shape).astype(np.float32), node.input[1])
-        model.graph.initializer[idx[node.input[1]]].CopyFrom(t)
-        if has_b:
-            model.graph.initializer[idx[node.input[2]]].CopyFrom(numpy_helper.from_array(bn.astype(np.float32), node.input[2]))
-        else:
-            bname = node.input[1] + "/refit_B"
-            model.graph.initializer.append(numpy_helper.from_array(bn.astype(np.float32), bname))
-            if model.ir_version < 4:  # IR 3: every initializer is also a graph input
-                model.graph.input.append(helper.make_tensor_value_info(bname, onnx.TensorProto.FLOAT, [O]))
-            node.input.append(bname)
-    return RefitInfo(layer, before, after if kept else before, kept, ne.rows)
+    if not (np.isfinite(after) and after < before):
+        return RefitInfo(layer, before, before, False, ne.rows)
+    W32, b32 = Wn.reshape(W.shape).astype(np.float32), bn.astype(np.float32)
+    _write_last_factor(model, node, idx, W32, b32)
+    return RefitInfo(layer, before, after, True, ne.rows, W32, b32)
+
+
+def _write_last_factor(model: onnx.ModelProto, node: onnx.NodeProto, idx: dict[str, int], W: np.ndarray,
+                       b: np.ndarray) -> None:
+    """Set the weight and bias of ``node`` (adding a bias input when it has none), in place."""
+    model.graph.initializer[idx[node.input[1]]].CopyFrom(numpy_helper.from_array(W, node.input[1]))
+    if len(node.input) > 2 and node.input[2]:
+        model.graph.initializer[idx[node.input[2]]].CopyFrom(numpy_helper.from_array(b, node.input[2]))
+        return
+    bname = node.input[1] + "/refit_B"
+    model.graph.initializer.append(numpy_helper.from_array(b, bname))
+    if model.ir_version < 4:  # IR 3: every initializer is also a graph input
+        model.graph.input.append(helper.make_tensor_value_info(bname, onnx.TensorProto.FLOAT, [len(b)]))
+    node.input.append(bname)
 
 
 def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targets: Targets, data: EvalData,
@@ -226,3 +239,20 @@ def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targ
             say(f"  refit {i}/{len(layers)} {layer}: layer error {info.rel_error_before:.3f} -> "
                 f"{info.rel_error_after:.3f}")
     return m, infos
+
+
+def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], targets: Targets,
+             data: EvalData, settings: OrtSettings, say: Say | None = None) -> tuple[Plan, list[RefitInfo]]:
+    """``plan`` with the last factor of every planned layer refit in graph order on the activations of
+    ``model`` with the plan (and the earlier refits) applied: the factors carry the refits, so applying the
+    returned plan gives the refit model."""
+    order = [n for n in convs if n in plan]
+    applied = apply_plan(model, plan, convs)
+    _, infos = refit_sequential(applied.model, [(n, convs[n].y) for n in order], targets, data, settings, say)
+    choices = dict(applied.plan.items())
+    for info in infos:
+        if info.kept:
+            c = choices[info.layer]
+            assert c.factors is not None and info.weight is not None and info.bias is not None
+            choices[info.layer] = c.with_factors(c.factors.with_last(info.weight, info.bias))
+    return Plan(choices), infos

@@ -52,6 +52,11 @@ class EvalData:
         """Number of samples."""
         return int(next(iter(self.inputs.values())).shape[0])
 
+    def subset(self, index: np.ndarray, note: str) -> "EvalData":
+        """The samples at ``index`` (labels too), described as this source with ``note``."""
+        return EvalData({k: a[index] for k, a in self.inputs.items()},
+                        None if self.labels is None else self.labels[index], f"{self.source} [{note}]", self.warning)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Model inputs and their shapes

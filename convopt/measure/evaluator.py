@@ -3,107 +3,24 @@ is compared with them (accuracy) and timed interleaved with the original in one 
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from convopt.errors import DataError, InputError, ModelLoadError, RewriteError
+from convopt.errors import DataError, ModelLoadError, RewriteError
 from convopt.measure.data import EvalData
-from convopt.measure.latency import LatencyStats, speedup, time_sessions
+from convopt.measure.latency import speedup, time_sessions
+from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparison, Measurement
 from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy, top1_drop_ci95
 from convopt.measure.ort import (
     ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, run_model,
 )
-
-ACCURACY_KEYS = (
-    "top1_agreement", "top5_overlap", "rel_l2_error", "cosine", "max_abs_error",
-    "labelled_top1", "labelled_top5", "top1_drop", "top1_drop_ci95",
-)
-"""Keys of Measurement.accuracy. top1_drop: points of labelled top-1 lost vs the original when there are
-labels, else 100 − top1_agreement; None when neither applies. top1_drop_ci95: half-width of its 95 %
-confidence interval on these samples (metrics.top1_drop_ci95)."""
-
-_EPS = 1e-9  # budget comparisons forgive float round-off in the last digits
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much a pass may cost. max_accuracy_drop: points of labelled top-1 (or of top-1 agreement when there
-    are no labels); min_agreement: % top-1 agreement with the original; max_rel_error: relative L2 error."""
-
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    max_rel_error: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_accuracy_drop", "min_agreement", "max_rel_error"):
-            v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                raise InputError(f"--{name.replace('_', '-')} must be a non-negative number, got {v}")
-        if self.min_agreement is not None and self.min_agreement > 100:
-            raise InputError(f"--min-agreement is a percentage (0..100), got {self.min_agreement}")
-
-    @property
-    def is_empty(self) -> bool:
-        """True when no limit is set (every pass is kept on accuracy grounds)."""
-        return self.max_accuracy_drop is None and self.min_agreement is None and self.max_rel_error is None
-
-
-@dataclass(frozen=True)
-class LatencyComparison:
-    """Candidate and original timed in the same interleaved run; speedup = original / candidate median."""
-
-    candidate: LatencyStats
-    original: LatencyStats
-    speedup: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"candidate": self.candidate.to_dict(), "original": self.original.to_dict(),
-                "speedup": _finite(self.speedup)}
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One model measured against the original on the evaluation data (keys of accuracy: ACCURACY_KEYS)."""
-
-    desc: str
-    samples: int
-    data_source: str
-    accuracy: dict[str, float | None]
-    outputs: tuple[dict[str, Any], ...]
-    latency: LatencyComparison | None
-    scored_output: str | None = None
-    warning: str | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: plain floats and lists, non-finite numbers as None."""
-        return {
-            "desc": self.desc,
-            "samples": self.samples,
-            "data": self.data_source,
-            "warning": self.warning,
-            "scored_output": self.scored_output,
-            "accuracy": {k: _finite(v) for k, v in self.accuracy.items()},
-            "outputs": [{k: (_finite(v) if isinstance(v, float) else v) for k, v in o.items()} for o in self.outputs],
-            "latency": self.latency.to_dict() if self.latency is not None else None,
-            "seconds": _finite(self.seconds),
-        }
-
-
-def _finite(v: float | None) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 @contextmanager
@@ -182,20 +99,18 @@ class Evaluator:
     def _measurement(self, desc: str, outputs: list[np.ndarray], latency: LatencyComparison | None,
                      t0: float) -> Measurement:
         cmp = compare_outputs(self.reference, outputs, self.output_names)
-        acc: dict[str, float | None] = {k: cmp[k] for k in ("top1_agreement", "top5_overlap", "rel_l2_error",
-                                                             "cosine", "max_abs_error")}
-        acc["labelled_top1"] = acc["labelled_top5"] = None
-        if self.original_accuracy is not None and self.scored_index is not None and self.data.labels is not None:
-            lab = labelled_accuracy(outputs[self.scored_index], self.data.labels)
-            acc["labelled_top1"], acc["labelled_top5"] = lab["top1"], lab["top5"]
-            acc["top1_drop"] = self.original_accuracy["top1"] - lab["top1"]
-            acc["top1_drop_ci95"] = top1_drop_ci95(self.reference[self.scored_index], outputs[self.scored_index],
-                                                   self.data.labels)
-        else:
-            agree = acc["top1_agreement"]
-            acc["top1_drop"] = None if agree is None else 100.0 - agree
-            acc["top1_drop_ci95"] = None if agree is None or self.scored_index is None else top1_drop_ci95(
-                self.reference[self.scored_index], outputs[self.scored_index])
+        acc = Accuracy(**{k: cmp[k] for k in ("top1_agreement", "top5_overlap", "rel_l2_error", "cosine",
+                                              "max_abs_error")})
+        ref_scores = None if self.scored_index is None else self.reference[self.scored_index]
+        if self.original_accuracy is not None and ref_scores is not None and self.data.labels is not None:
+            lab = labelled_accuracy(outputs[self.scored_index], self.data.labels)  # type: ignore[index]
+            acc = replace(acc, labelled_top1=lab["top1"], labelled_top5=lab["top5"],
+                          top1_drop=self.original_accuracy["top1"] - lab["top1"],
+                          top1_drop_ci95=top1_drop_ci95(ref_scores, outputs[self.scored_index],  # type: ignore[index]
+                                                        self.data.labels))
+        elif acc.top1_agreement is not None:
+            acc = replace(acc, top1_drop=100.0 - acc.top1_agreement, top1_drop_ci95=None if ref_scores is None
+                          else top1_drop_ci95(ref_scores, outputs[self.scored_index]))  # type: ignore[index]
         return Measurement(
             desc=desc,
             samples=self.data.n,
@@ -239,36 +154,5 @@ class Evaluator:
         except ValueError as e:
             raise RewriteError(f"{what} changed its outputs: {e}") from None
 
-    def validate_budget(self, budget: Budget) -> None:
-        """InputError if the budget asks for something these data cannot measure (agreement without any
-        class-score output)."""
-        needs_classes = budget.min_agreement is not None or (
-            budget.max_accuracy_drop is not None and self.data.labels is None)
-        if needs_classes and self.scored_index is None:
-            raise InputError(
-                "--max-accuracy-drop (without labels) and --min-agreement need a class-score output, but the "
-                f"model's outputs have shapes {[list(r.shape) for r in self.reference]}; use --max-rel-error"
-            )
 
-    def check(self, m: Measurement, budget: Budget) -> str | None:
-        """A human reason when ``m`` breaks ``budget`` (all broken limits, joined by '; '), else None.
-        A metric that could not be computed (None, NaN) breaks any limit on it."""
-        reasons: list[str] = []
-        acc = m.accuracy
-        if budget.max_accuracy_drop is not None:
-            drop = acc.get("top1_drop")
-            what = "top-1" if acc.get("labelled_top1") is not None else "top-1 agreement"
-            if drop is None or not drop <= budget.max_accuracy_drop + _EPS:
-                shown = "an unmeasurable amount" if drop is None else f"{drop:.2f} points"
-                reasons.append(f"{what} dropped {shown} (> --max-accuracy-drop {float(budget.max_accuracy_drop)})")
-        if budget.min_agreement is not None:
-            agree = acc.get("top1_agreement")
-            if agree is None or not agree >= budget.min_agreement - _EPS:
-                shown = "unmeasurable" if agree is None else f"{agree:.2f}%"
-                reasons.append(f"top-1 agreement {shown} (< --min-agreement {float(budget.min_agreement)})")
-        if budget.max_rel_error is not None:
-            rel = acc.get("rel_l2_error")
-            if rel is None or not rel <= budget.max_rel_error:
-                shown = "not finite" if rel is None or not math.isfinite(rel) else f"{rel:.4g}"
-                reasons.append(f"relative L2 error {shown} (> --max-rel-error {float(budget.max_rel_error)})")
-        return "; ".join(reasons) or None
+__all__ = ["ACCURACY_KEYS", "Accuracy", "Evaluator", "LatencyComparison", "Measurement"]
