@@ -27,11 +27,11 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 from onnx.onnx_cpp2py_export.version_converter import ConvertError as _ConvertError
 
 from convopt.errors import DataError, InputError, RewriteError, UnsupportedModelError
-from convopt.io import default_opset, run_checker
+from convopt.io import default_opset, fits_in_one_protobuf, run_checker
 from convopt.measure.data import EvalData, graph_inputs, input_dtype
 from convopt.measure.ort import ORT_ERRORS, OrtSettings
 
@@ -189,6 +189,13 @@ def _calib_reader(model: onnx.ModelProto, calib: EvalData) -> _Reader:
 
 
 def _upgrade_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """``model`` converted to opset ``target`` by onnx.version_converter; UnsupportedModelError if it cannot be."""
+    gone = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
+    if gone:
+        raise UnsupportedModelError(
+            f"the model uses {', '.join(gone)}, which ONNX no longer defines, so it cannot be upgraded from opset "
+            f"{default_opset(model)} to {target} for per-channel INT8; re-export it at opset {target} or later"
+        )
     try:
         return version_converter.convert_version(model, target)
     except (RuntimeError, ValueError, onnx.checker.ValidationError, _ConvertError) as exc:
@@ -197,6 +204,30 @@ def _upgrade_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
             f"cannot upgrade the model from opset {default_opset(model)} to {target} for per-channel INT8 "
             f"({first}); re-export it at opset {target} or later"
         ) from None
+
+
+def _flatten_gemm_biases(model: onnx.ModelProto) -> list[str]:
+    """Reshape Gemm biases stored as (1, N) to (N,), the same broadcast, in place. ORT's per-channel bias check
+    indexes the bias by output channel and fails on (1, N) ("truth value of an array ... is ambiguous").
+    Returns what changed."""
+    inits = {t.name: t for t in model.graph.initializer}
+    users: dict[str, int] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            users[name] = users.get(name, 0) + 1
+    changed = []
+    for n in model.graph.node:
+        if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2] in inits and users[n.input[2]] == 1:
+            t = inits[n.input[2]]
+            if len(t.dims) == 2 and t.dims[0] == 1:
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(-1), t.name))
+                changed.append(t.name)
+    for vi in [*model.graph.input, *model.graph.value_info]:  # IR 3 lists weights as inputs, with shapes
+        if vi.name in changed:
+            size = int(np.prod([d.dim_value for d in vi.type.tensor_type.shape.dim]))
+            vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, [size]))
+    return [f"Gemm bias {', '.join(changed)} stored as (N,) instead of (1, N) (for ORT's per-channel quantizer)"] \
+        if changed else []
 
 
 @contextmanager
@@ -220,7 +251,8 @@ def _quiet_ort_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _run_ort_quantizer(src: Path, work: Path, reader: _Reader, s: Int8Settings) -> onnx.ModelProto:
+def _run_ort_quantizer(src: Path, work: Path, reader: _Reader, s: Int8Settings, changes: list[str]) -> onnx.ModelProto:
+    """ORT's pre-processing (optional) and static quantization of the model at ``src``; appends to ``changes``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -228,6 +260,13 @@ def _run_ort_quantizer(src: Path, work: Path, reader: _Reader, s: Int8Settings) 
         pre = work / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         src = pre
+    if s.per_channel:  # after pre-processing, which fuses MatMul + Add into Gemm
+        fp32 = onnx.load(str(src))
+        flattened = _flatten_gemm_biases(fp32)
+        if flattened:
+            changes.extend(flattened)
+            src = work / "gemm_bias.onnx"
+            onnx.save(fp32, str(src))
     qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -274,6 +313,8 @@ def quantize_int8(model: onnx.ModelProto, calib: EvalData, settings: Int8Setting
     sample of ``calib`` (inputs[name]: (n, *per_sample_shape)). Models below opset 13 are upgraded first when
     weights are per-channel. Temporary files live in a private folder that is always removed."""
     t0 = time.perf_counter()
+    if not fits_in_one_protobuf(model):
+        raise UnsupportedModelError("INT8 quantization of models of 2 GB or more is not supported; keep FP32")
     s = (settings or Int8Settings()).resolved()
     reader = _calib_reader(model, calib)
     before = default_opset(model)
@@ -288,7 +329,7 @@ def quantize_int8(model: onnx.ModelProto, calib: EvalData, settings: Int8Setting
         src = work / "fp32.onnx"
         onnx.save(work_model, str(src))
         try:
-            q = _run_ort_quantizer(src, work, reader, s)
+            q = _run_ort_quantizer(src, work, reader, s, changes)
         except _QUANTIZER_ERRORS as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UnsupportedModelError(
@@ -315,12 +356,13 @@ def _probe_model(seed: int = 0) -> onnx.ModelProto:
     nodes, inits, x = [], [], "x"
     for i in range(3):
         w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
-        inits += [onnx.numpy_helper.from_array(w, f"w{i}"), onnx.numpy_helper.from_array(np.zeros(64, np.float32), f"b{i}")]
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(64, np.float32), f"b{i}")]
         nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
-    graph = helper.make_graph(nodes, "int8_probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64, 28, 28])],
-                              [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, 64, 28, 28])], inits)
+    shape = [1, 64, 28, 28]
+    graph = helper.make_graph(nodes, "int8_probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", PER_CHANNEL_OPSET)], ir_version=7)
 
 
@@ -332,7 +374,8 @@ def probe_int8_speedup(settings: OrtSettings | None = None) -> float:
     rng = np.random.default_rng(1)
     calib = EvalData({"x": rng.random((8, 64, 28, 28), dtype=np.float32)}, None, "int8 probe (random)")
     q = quantize_int8(fp32, calib, Int8Settings(preprocess=False)).model
-    base, cand = measure_latency([fp32, q], {"x": calib.inputs["x"][:1]}, settings or OrtSettings(threads=1, repeats=30))
+    feeds = {"x": calib.inputs["x"][:1]}
+    base, cand = measure_latency([fp32, q], feeds, settings or OrtSettings(threads=1, repeats=30))
     return speedup(base, cand)
 
 

@@ -189,6 +189,32 @@ def test_squeezenet_full_rank_rewrite_quantized_matches_quantized_original(sqz, 
     assert np.mean(q_orig.argmax(1) == q_rw.argmax(1)) >= MIN_TOP1_AGREEMENT
 
 
+@squeezenet
+def test_mnist_gemm_bias_is_flattened_and_digits_agree():
+    """mnist-cntk (opset 7): ORT's pre-processing fuses MatMul + Add into a Gemm whose bias is (1, 10), which ORT's
+    per-channel quantizer cannot index; convopt stores it as (10,)."""
+    m = onnx.load(str(SHARED_MODELS / "mnist-cntk.onnx"))
+    digits = np.load(SHARED / "data" / "digits28.npz")
+    images = digits["images"].astype(np.float32)
+    calib = EvalData({"Input3": images[:64]}, None, "64 digits")
+    held = EvalData({"Input3": images[64:264]}, None, "200 digits")
+    q = quantize_int8(m, calib)
+    assert any("Gemm bias" in c for c in q.changes)
+    assert q.per_channel_weights == 2
+    ref, out = _outputs(m, held), _outputs(q.model, held)
+    assert np.mean(ref.argmax(1) == out.argmax(1)) >= 0.95
+
+
+@squeezenet
+def test_model_with_ops_onnx_no_longer_defines_is_refused_in_one_line():
+    m = onnx.load(str(SHARED_MODELS / "candy-style.onnx"))
+    calib = EvalData({"inputImage": np.zeros((1, 3, 720, 720), np.float32)}, None, "one black image")
+    with pytest.raises(UnsupportedModelError) as exc:
+        quantize_int8(m, calib)
+    msg = str(exc.value)
+    assert "ImageScaler" in msg and "re-export it at opset 13" in msg and "\n" not in msg
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Temporary files and errors
 
