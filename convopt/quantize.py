@@ -42,7 +42,9 @@ CALIB_BATCH = 16  # samples per calibration run when the model's batch is dynami
 # time that count is reached instead of merging their ranges (onnxruntime issue 18893). MinMax keeps only the
 # ReduceMin/ReduceMax outputs of each run, so memory stays small without it.
 PROBE_MIN_SPEEDUP = 1.1  # INT8 must beat FP32 by this on the probe to count as a fast path
-_QUANTIZER_ERRORS = ORT_ERRORS + (AssertionError, KeyError, IndexError, TypeError, onnx.checker.ValidationError)
+_QUANTIZER_ERRORS = ORT_ERRORS + (
+    AssertionError, KeyError, IndexError, TypeError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError
+)
 
 QType = Literal["uint8", "int8"]
 CalibMethod = Literal["minmax", "entropy", "percentile"]
@@ -379,20 +381,24 @@ def probe_int8_speedup(settings: OrtSettings | None = None) -> float:
     return speedup(base, cand)
 
 
+def int8_verdict(speedup: float, cpu: CpuInt8Path) -> str | None:
+    """None when a probe ``speedup`` (FP32 / INT8 medians) counts as a fast INT8 path, else the reason."""
+    if speedup >= PROBE_MIN_SPEEDUP:
+        return None
+    return (f"INT8 is not faster here: a probe conv stack ran {speedup:.2f}x against FP32 on this CPU "
+            f"({cpu.isa}, onnxruntime {_ort_version()}); keeping FP32")
+
+
 @functools.lru_cache(maxsize=4)
 def int8_supported(settings: OrtSettings | None = None) -> str | None:
     """None when this CPU and ORT build run INT8 convolutions faster than FP32, else a one-line reason to keep
-    FP32. Decided by measurement (a probe conv stack, INT8 against FP32, interleaved); the instruction set
-    found is named in the reason. Cached per process and settings."""
+    FP32. ORT exposes no CPU-feature query, so this measures: a probe conv stack, INT8 against FP32, timed
+    interleaved (about 0.2 s); the instruction set found in /proc/cpuinfo is named in the reason. Cached per
+    process and settings."""
     s = settings or OrtSettings(threads=1, repeats=30)
-    cpu = cpu_int8_path()
     if s.provider != "CPUExecutionProvider":
         return f"INT8 is only checked on ORT's CPU execution provider, not {s.provider}; keeping FP32"
-    ratio = probe_int8_speedup(s)
-    if ratio < PROBE_MIN_SPEEDUP:
-        return (f"INT8 is not faster here: a probe conv stack ran {ratio:.2f}x against FP32 on this CPU "
-                f"({cpu.isa}, onnxruntime {_ort_version()}); keeping FP32")
-    return None
+    return int8_verdict(probe_int8_speedup(s), cpu_int8_path())
 
 
 def _ort_version() -> str:

@@ -16,7 +16,7 @@ from convopt.measure.data import EvalData, load_eval_data
 from convopt.measure.ort import OrtSettings, make_session, run_model
 from convopt.passes import RankPolicy
 from convopt.pipeline import optimize
-from convopt.quantize import Int8Settings, cpu_int8_path, int8_supported, quantize_int8
+from convopt.quantize import Int8Settings, cpu_int8_path, int8_supported, int8_verdict, quantize_int8
 from tests.helpers import NO_SHARED, SHARED, SHARED_MODELS, conv_model, op_types, rel_l2, run
 
 IMAGES = SHARED / "data" / "imagenet-sample"
@@ -296,9 +296,20 @@ def test_reduce_range_follows_the_cpu():
     assert Int8Settings(reduce_range=True).resolved().reduce_range is True
 
 
-def test_int8_supported_is_none_or_one_line_reason():
-    reason = int8_supported(OrtSettings(threads=1, repeats=10))
+def test_int8_verdict_names_the_speedup_and_instruction_set():
+    cpu = cpu_int8_path(frozenset({"avx2"}), "x86_64")
+    reason = int8_verdict(0.93, cpu)
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("INT8 is not faster here") and "0.93x" in reason and "AVX2 (no VNNI)" in reason
+    assert int8_verdict(1.05, cpu) is not None  # within noise of FP32 is not a fast path
+    assert int8_verdict(1.6, cpu) is None
+
+
+def test_int8_supported_measures_once_and_answers_in_one_line():
+    settings = OrtSettings(threads=1, repeats=10)
+    reason = int8_supported(settings)
     assert reason is None or (reason.startswith("INT8 is not faster here") and "\n" not in reason)
+    assert int8_supported(settings) is reason  # cached: the probe runs once per process and settings
 
 
 def test_int8_supported_refuses_other_providers():
