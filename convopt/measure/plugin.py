@@ -96,7 +96,9 @@ class TaskMetric:
         try:
             raw = self.fn(_readonly(outputs), labels, _readonly(inputs))
         except Exception as exc:  # noqa: BLE001 -- the user's code may raise anything; report it in one line
-            raise DataError(f"task metric '{self.name}' ({self.source}) raised {_exc_text(exc)}; fix the metric") from None
+            raise DataError(
+                f"task metric '{self.name}' ({self.source}) raised {_exc_text(exc)}; fix the metric"
+            ) from None
         return self._check(raw, n)
 
     def _check(self, raw: object, n: int) -> np.ndarray:
