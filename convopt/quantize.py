@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
+import onnxruntime
 from onnx import helper, numpy_helper, version_converter
 from onnx.onnx_cpp2py_export.version_converter import ConvertError as _ConvertError
 
@@ -302,12 +303,9 @@ def _count_qdq(model: onnx.ModelProto) -> tuple[int, int]:
     """(Q/DQ nodes, DequantizeLinear nodes of a Conv weight with a per-channel scale)."""
     inits = {t.name: t for t in model.graph.initializer}
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")}
-    qdq = sum(n.op_type in QDQ_OPS for n in model.graph.node)
-    per_channel = 0
-    for n in model.graph.node:
-        if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights and n.input[1] in inits:
-            per_channel += int(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1)
-    return qdq, per_channel
+    scales = [inits[n.input[1]].dims for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights and n.input[1] in inits]
+    return sum(n.op_type in QDQ_OPS for n in model.graph.node), sum(len(d) == 1 and d[0] > 1 for d in scales)
 
 
 def quantize_int8(model: onnx.ModelProto, calib: EvalData, settings: Int8Settings | None = None) -> QuantizedModel:
@@ -386,7 +384,7 @@ def int8_verdict(speedup: float, cpu: CpuInt8Path) -> str | None:
     if speedup >= PROBE_MIN_SPEEDUP:
         return None
     return (f"INT8 is not faster here: a probe conv stack ran {speedup:.2f}x against FP32 on this CPU "
-            f"({cpu.isa}, onnxruntime {_ort_version()}); keeping FP32")
+            f"({cpu.isa}, onnxruntime {onnxruntime.__version__}); keeping FP32")
 
 
 @functools.lru_cache(maxsize=4)
@@ -399,9 +397,3 @@ def int8_supported(settings: OrtSettings | None = None) -> str | None:
     if s.provider != "CPUExecutionProvider":
         return f"INT8 is only checked on ORT's CPU execution provider, not {s.provider}; keeping FP32"
     return int8_verdict(probe_int8_speedup(s), cpu_int8_path())
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
