@@ -15,7 +15,7 @@ from convopt.io import default_opset
 from convopt.measure.data import EvalData, load_eval_data
 from convopt.measure.ort import OrtSettings, make_session, run_model
 from convopt.passes import RankPolicy
-from convopt.pipeline import optimize
+from convopt.uniform import optimize_uniform as optimize
 from convopt.quantize import Int8Settings, cpu_int8_path, int8_supported, int8_verdict, quantize_int8
 from tests.helpers import NO_SHARED, SHARED, SHARED_MODELS, conv_model, op_types, rel_l2, run
 
