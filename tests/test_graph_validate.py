@@ -103,3 +103,13 @@ def test_an_output_inference_cannot_type_is_refused_in_one_line(tmp_path: Path) 
 def test_shared_models_load_without_warnings() -> None:
     for name in ("squeezenet1.1.onnx", "mnist-cntk.onnx", "candy-style.onnx", "ddddocr-ocr.onnx"):
         assert load_model_report(SHARED_MODELS / name).warnings == (), name
+
+
+def test_an_initializer_given_as_an_untyped_output_takes_its_own_type(tmp_path: Path) -> None:
+    m = conv_model(batch=1, hw=(9, 9))
+    m.graph.output.append(helper.make_empty_tensor_value_info("B"))  # the bias, 16 values, as a second output
+    loaded = load_model_report(_save(tmp_path, m))
+    assert loaded.warnings == ("graph output 'B' declared no type; filled in by shape inference as float [16] "
+                               "(onnx.checker requires one)",)
+    np.testing.assert_array_equal(run(loaded.model, {"x": np.ones((1, 8, 9, 9), np.float32)})[1],
+                                  onnx.numpy_helper.to_array(m.graph.initializer[1]))

@@ -158,17 +158,19 @@ def conv_issue(
 ) -> ConvIssue | None:
     """Why the Conv ``node`` (default domain) is not rewritten, fatal first (module docstring); None: it is a
     readable 2-D float32 Conv with constant weights. ``shapes``: known dims of tensors (None/str: unknown)."""
-    reason = _fatal_reason(node, consts, shapes)
+    if len(node.input) < 2 or not node.input[1]:
+        return ConvIssue("Conv has no weight input", True)
+    a = ConvAttrs.of(node)
+    reason = _fatal_reason(node, a, consts, shapes)
     if reason is not None:
         return ConvIssue(reason, True)
-    reason = _skip_reason(node, consts, ir_version)
+    reason = _skip_reason(node, a, consts, ir_version)
     return None if reason is None else ConvIssue(reason, False)
 
 
-def _fatal_reason(node: onnx.NodeProto, consts: ConstantTable, shapes: Mapping[str, Sequence[Dim]]) -> str | None:
-    if len(node.input) < 2 or not node.input[1]:
-        return "Conv has no weight input"
-    a = ConvAttrs.of(node)
+def _fatal_reason(
+    node: onnx.NodeProto, a: ConvAttrs, consts: ConstantTable, shapes: Mapping[str, Sequence[Dim]]
+) -> str | None:
     w = consts.shape(node.input[1])  # None: computed at run time
     x = known_sizes(shapes[node.input[0]]) if node.input[0] in shapes else None
     nsp = len(w) - 2 if w is not None else (len(x) - 2 if x is not None and len(x) >= 3 else None)
@@ -266,7 +268,7 @@ def _itemsize(dtype: int | None) -> int:
         return 1
 
 
-def _skip_reason(node: onnx.NodeProto, consts: ConstantTable, ir_version: int) -> str | None:
+def _skip_reason(node: onnx.NodeProto, a: ConvAttrs, consts: ConstantTable, ir_version: int) -> str | None:
     w_name = node.input[1]
     b_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if not consts.is_constant(w_name, ir_version):
@@ -283,7 +285,6 @@ def _skip_reason(node: onnx.NodeProto, consts: ConstantTable, ir_version: int) -
         return "bias value cannot be read"
     if len(w) != 4:
         return {3: "1-D conv", 5: "3-D conv"}.get(len(w), f"{len(w) - 2}-D conv")
-    a = ConvAttrs.of(node)
     for key, vals in (("pads", a.pads), ("strides", a.strides), ("dilations", a.dilations)):
         if vals and max(vals) > INT32_MAX:
             return (f"{key} {list(vals)} exceed 2^31-1: runtimes that take conv parameters as 32-bit ints "

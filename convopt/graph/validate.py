@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import onnx
+from onnx import helper
 
 from convopt.graph.infer import infer_skeleton, shape_skeleton
 from convopt.graph.read import ConstantTable, conv_issue, node_display_name
@@ -125,6 +126,8 @@ def fill_output_types(model: onnx.ModelProto) -> tuple[str, ...]:
         return ()
     g = inferred.graph
     found = {vi.name: vi.type for vi in [*g.value_info, *g.input, *g.output] if _is_typed(vi)}
+    found.update((t.name, helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+                 for t in model.graph.initializer if t.name in missing)  # an initializer given as an output
     warnings = []
     for o in model.graph.output:
         if o.name in missing and o.name in found:
