@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -14,7 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from convopt.errors import ModelLoadError, OutputError, UnsupportedModelError
-from convopt.graph import find_cycle, model_problem, shape_skeleton
+from convopt.graph import fill_output_types, find_cycle, inferred_dims, model_problem, shape_skeleton
 
 MIN_OPSET = 7
 # protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -80,8 +81,17 @@ def parse_model(data: bytes, source: str = "<bytes>") -> onnx.ModelProto:
     return model
 
 
-def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
-    """Run onnx.checker and the opset checks; raise ModelLoadError/UnsupportedModelError."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded, validated model and the warnings of its validation (one line each, for the user)."""
+
+    model: onnx.ModelProto
+    warnings: tuple[str, ...] = ()
+
+
+def validate_model(model: onnx.ModelProto, source: str = "model") -> tuple[str, ...]:
+    """Run onnx.checker and the opset checks; raise ModelLoadError/UnsupportedModelError. Graph outputs that
+    declare no type or shape are typed by shape inference (in place); returns one warning per output filled."""
     opset = default_opset(model)
     newest = onnx.defs.onnx_opset_version()
     if opset == 0:
@@ -105,6 +115,7 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
     if cycle is not None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {model_problem(model)}")
     try:
+        warnings = fill_output_types(model)  # the checker demands output shapes, ORT and the IR spec do not
         run_checker(model)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{source}: invalid ONNX model: {exc}") from exc
@@ -112,9 +123,10 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
     except Exception as exc:  # the checker raises C++ exceptions of several types
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
-    problem = model_problem(model, _inferred_shapes(model))
+    problem = model_problem(model, inferred_dims(model))
     if problem is not None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {problem}")
+    return warnings
 
 
 def run_checker(model: onnx.ModelProto) -> None:
@@ -192,22 +204,13 @@ def _check_tensor_sizes(model: onnx.ModelProto) -> None:
             raise ModelLoadError(f"tensor '{t.name}' stores {stored[0]} values but its shape {list(t.dims)} needs {n}")
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Tensor shapes by ONNX shape inference, best effort (an empty dict when inference fails)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), check_type=False, strict_mode=False)
-    except Exception:  # inference is only a help for the structural checks; the checker already passed
-        return {}
-    out: dict[str, tuple[int | None, ...]] = {}
-    for vi in inferred.graph.value_info:
-        tt = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            out[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return out
-
-
 def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> onnx.ModelProto:
     """Load and validate an ONNX model file; external data is read only from beside the model."""
+    return load_model_report(path, validate=validate).model
+
+
+def load_model_report(path: str | os.PathLike[str], *, validate: bool = True) -> LoadedModel:
+    """load_model, with the warnings of validation (e.g. a graph output typed by shape inference)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model file not found: {p}")
@@ -225,9 +228,8 @@ def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> onnx.M
             external_data_helper.load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{p}: cannot read external data: {_first_line(exc)}") from exc
-    if validate:
-        validate_model(model, str(p))
-    return model
+    warnings = validate_model(model, str(p)) if validate else ()
+    return LoadedModel(model, warnings)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

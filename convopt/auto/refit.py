@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
 from convopt.core.plan import Plan, apply_plan
 from convopt.graph import ConvSpec, attrs, used_names
+from convopt.graph.edit import with_outputs
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 
@@ -33,39 +34,6 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
         for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
             out |= used_names(g)
     return out
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A model whose graph outputs are exactly ``names`` (intermediate tensors), holding only the nodes and
-    initializers those tensors depend on: ONNX Runtime does not drop dead nodes, so without this pruning
-    reading an early layer's activation would still run (and load) the whole network."""
-    g = model.graph
-    nodes = list(g.node)
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    need, keep = list(names), set()
-    seen: set[str] = set()
-    while need:
-        t = need.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        i = producer.get(t)
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        need.extend(v for v in nodes[i].input if v)
-        need.extend(_subgraph_names(nodes[i]))
-    m = onnx.ModelProto()
-    m.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
-                               opset_import=model.opset_import, functions=model.functions))
-    m.graph.name = g.name
-    m.graph.node.extend(n for i, n in enumerate(nodes) if i in keep)
-    m.graph.initializer.extend(t for t in g.initializer if t.name in seen)
-    m.graph.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in seen)
-    m.graph.input.extend(i for i in g.input if i.name in seen or i.name in names)
-    m.graph.value_info.extend(v for v in g.value_info if v.name in seen)
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    return m
 
 
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
