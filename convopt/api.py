@@ -17,7 +17,8 @@ from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
 from convopt.passes import auto_passes, parse_passes
-from convopt.report import GateResult, Report
+from convopt.measure.roles import DataRoles
+from convopt.report import BudgetReport, GateResult, Report
 
 Say = Callable[[str], None]
 DEFAULT_UNIFORM_PASSES = ("split5x5", "factorize")
@@ -50,10 +51,14 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
                              "(auto picks ranks per layer)")
         if opts.no_eval or opts.data.data is None:
             raise InputError("--strategy auto needs --data (it calibrates and measures on it); use --strategy uniform")
+        if opts.no_budget:
+            raise InputError("--no-budget is for --strategy uniform: auto mode spends the budget it is given")
     elif opts.data.calib is not None:
         raise InputError("--calib is for --strategy auto")
     if opts.no_eval and opts.fail_under_speedup is not None:
         raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+    if opts.no_budget and not opts.budget.is_empty:
+        raise InputError("--no-budget and a budget option contradict each other; drop one")
     return strategy  # type: ignore[return-value]
 
 
@@ -81,34 +86,84 @@ def gate(final: Measurement | None, fail_under_speedup: float | None) -> GateRes
     return GateResult(fail_under_speedup, True, None)
 
 
-def load_data(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy) -> tuple[EvalData, EvalData | None]:
-    """(evaluation data, calibration data or None): auto without --calib splits --data in two halves."""
-    from convopt.auto import split_eval_data
+def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy) -> DataRoles:
+    """The fit, select and report data. --data alone is split three ways by a seeded permutation (two ways in
+    uniform mode, which fits nothing); --calib is split into fit and select and --data reports; without data,
+    two sets of seeded random inputs select and report."""
     from convopt.measure.data import load_eval_data
+    from convopt.measure.roles import fit_size, split_calib, split_data
 
     d = opts.data
-    data = load_eval_data(model, d.data, preprocess=d.preprocess, labels=d.labels, input_shapes=d.input_shapes,
-                          limit=d.limit, seed=opts.seed)
-    if strategy != "auto":
-        return data, None
+    def load(path: Path | None, labels: Path | None, seed: int) -> EvalData:
+        return load_eval_data(model, path, preprocess=d.preprocess, labels=labels, input_shapes=d.input_shapes,
+                              limit=d.limit, seed=seed, random_samples=opts.random_samples)
+
+    data = load(d.data, d.labels, opts.seed)
+    fits = strategy == "auto"
     if d.calib is not None:
-        calib = load_eval_data(model, d.calib, preprocess=d.preprocess, input_shapes=d.input_shapes, limit=d.limit,
-                               seed=opts.seed)
-        return data, calib
-    calib, data = split_eval_data(data, 0.5, seed=opts.seed)
-    return data, calib
+        calib = load(d.calib, None, opts.seed)
+        return split_calib(calib, data, fit_size(calib.n, opts.refit_samples) if fits else 0, opts.seed)
+    if d.data is None:
+        report = load(None, None, opts.seed + 1)
+        return DataRoles(None, data, report, f"seeded random inputs: {data.n} to select (seed {opts.seed}), "
+                                             f"{report.n} to report (seed {opts.seed + 1})")
+    try:
+        return split_data(data, fit_size(data.n, opts.refit_samples) if fits else 0, opts.seed)
+    except ValueError as exc:
+        raise InputError(f"{exc}; give more samples") from None
 
 
-def report_settings(opts: OptimizeOptions, strategy: Strategy, data: EvalData | None,
-                    calib: EvalData | None) -> dict[str, Any]:
+def report_settings(opts: OptimizeOptions, strategy: Strategy, roles: DataRoles | None) -> dict[str, Any]:
     """The run's settings as the report records them (the strategy adds its own)."""
     s: dict[str, Any] = {"strategy": strategy, "seed": opts.seed, "budget": {
-        **opts.budget.to_dict(), "fail_under_speedup": opts.fail_under_speedup}}
-    if data is not None:
-        s.update(ort=opts.ort.to_dict(), data=data.source, samples=data.n)
-    if calib is not None:
-        s.update(calib=calib.source, calib_samples=calib.n)
+        **opts.budget.to_dict(), "no_budget": opts.no_budget, "fail_under_speedup": opts.fail_under_speedup}}
+    if roles is not None:
+        s.update(ort=opts.ort.to_dict(), data=roles.to_dict())
     return s
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a measured run decides and reports with."""
+
+    roles: DataRoles
+    select: Evaluator
+    report: Evaluator
+    budget: Budget | None
+    message: str | None
+
+
+def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
+    """Data roles, one evaluator per decision and report role, the budget (the default unless --no-budget) and
+    whether the decision data can certify it at all."""
+    from convopt.measure.plugin import load_metric
+
+    roles = load_roles(model, opts, strategy)
+    if roles.select.warning:
+        warn(roles.select.warning)
+    metric = None if opts.metric is None else load_metric(opts.metric)
+    select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select")
+    report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report")
+    budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
+    if not opts.no_budget:
+        budget = opts.budget.defaulted(select.scored_index is not None)
+        budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
+        message = budget.feasibility(roles.select.n, roles.select.labels is not None)
+        if message:
+            warn(message)
+    return Setup(roles, select, report, budget, message)
+
+
+def budget_report(setup: Setup, result: OptimizeResult) -> BudgetReport:
+    """The claim the written model carries: certified when the decision that kept it bounded every limited
+    loss within the budget (the original is certified; nothing is, without a budget)."""
+    cert, b = result.certificate, setup.budget
+    kept = any(p.status == "kept" and p.rewritten and p.name != "fold_bn" for p in result.report.passes)
+    certified = b is not None and (not kept or (cert is not None and cert.ok))
+    return BudgetReport(limits={} if b is None else b.to_dict(), confidence=0.0 if b is None else b.confidence,
+                        certified=certified, decision_samples=setup.roles.select.n,
+                        report_samples=setup.roles.report.n, bound=None if cert is None else dict(cert.bounds),
+                        message=setup.message, data=setup.roles.to_dict())
 
 
 def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lambda _m: None,
@@ -118,31 +173,32 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
     passes = parse_passes(",".join(opts.passes)) if opts.passes else list(
         auto_passes() if strategy == "auto" else DEFAULT_UNIFORM_PASSES)
     policy = opts.rank.policy(opts.seed)
-    data = calib = evaluator = None
-    if not opts.no_eval:
-        data, calib = load_data(model, opts, strategy)
-        if data.warning:
-            warn(data.warning)
-        evaluator = Evaluator(model, data, opts.ort, measure_latency=True, progress=progress)
-    settings = report_settings(opts, strategy, data, calib)
     names = {"model_name": str(opts.model), "output_name": str(opts.output_path)}
+    if opts.no_eval:
+        from convopt.uniform import optimize_uniform
+
+        return optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
+                                settings=report_settings(opts, strategy, None), on_event=say, **names)
+    setup = set_up(model, opts, strategy, warn, progress)
+    settings = report_settings(opts, strategy, setup.roles)
     if strategy == "auto":
         from convopt.auto import AutoOptions, auto_optimize
 
-        assert evaluator is not None and calib is not None
-        result = auto_optimize(model, calib=calib, evaluator=evaluator, settings=opts.ort,
-                               budget=None if opts.budget.is_empty else opts.budget,
-                               options=AutoOptions(passes=tuple(passes), align=opts.rank.align, seed=opts.seed),
+        assert setup.roles.fit is not None and setup.budget is not None
+        result = auto_optimize(model, fit=setup.roles.fit, select=setup.select, report=setup.report,
+                               settings=opts.ort, budget=setup.budget, options=AutoOptions(
+                                   passes=tuple(passes), align=opts.rank.align, seed=opts.seed,
+                                   refit_samples=opts.refit_samples),
                                input_shapes=opts.data.input_shapes, latency_cache=opts.latency_cache,
                                on_event=say, **names)
         result.report = replace(result.report, settings={**result.report.settings, **settings})
-        return result
-    from convopt.uniform import optimize_uniform
+    else:
+        from convopt.uniform import optimize_uniform
 
-    budget: Budget | None = None if opts.budget.is_empty else opts.budget
-    result = optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
-                              evaluator=evaluator, budget=budget, require_faster=opts.require_faster and evaluator
-                              is not None, settings=settings, on_event=say, **names)
+        result = optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
+                                  select=setup.select, report=setup.report, budget=setup.budget,
+                                  require_faster=opts.require_faster, settings=settings, on_event=say, **names)
+    result.report = replace(result.report, budget=budget_report(setup, result))
     return result
 
 

@@ -76,6 +76,8 @@ class OptimizeOptions:
     rank: RankOptions = RankOptions()
     data: DataOptions = DataOptions()
     budget: Budget = Budget()
+    no_budget: bool = False
+    metric: str | None = None
     fail_under_speedup: float | None = None
     ort: OrtSettings = OrtSettings()
     require_faster: bool = True
@@ -83,6 +85,8 @@ class OptimizeOptions:
     fold_bn: bool = True
     seed: int = 0
     latency_cache: Path | None = None
+    random_samples: int = 8
+    refit_samples: int = 128
 
     @property
     def output_path(self) -> Path:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "2.0"
 
 
 class Serializable(Protocol):
@@ -57,7 +57,24 @@ class PassReport:
     params_after: int
     seconds: float
     rollback_reason: str | None = None
-    measurement: Serializable | None = None
+    measurement: Serializable | None = None  # the decision's measurement, on the select data
+    latency: Serializable | None = None  # from the report's one interleaved timing run (one baseline)
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    """The accuracy claim of the written model: its ``limits`` and ``confidence``; ``certified`` when every
+    limited loss's upper bound on the decision data (``bound``) is within them (the original is); how many
+    samples decided and how many the report was measured on; ``message``: why less could be certified."""
+
+    limits: dict[str, Any]
+    confidence: float
+    certified: bool
+    decision_samples: int
+    report_samples: int
+    bound: dict[str, float] | None
+    message: str | None
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,7 @@ class Report:
     params_after: int
     baseline: Serializable | None = None
     final: Serializable | None = None
+    budget: BudgetReport | None = None
     gate: GateResult | None = None
     schema_version: str = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from convopt import decompose
-from convopt.core.budget import Budget
+from convopt.core.budget import Budget, Certificate
 from convopt.core.driver import Driver, OptimizeResult, Say
 from convopt.core.instruments import BudgetGuard, Instrument, SpeedGuard, Step, Verdict
 from convopt.core.plan import Choice, Plan
@@ -58,20 +58,25 @@ def pass_plan(conv_pass: ConvPass, convs: Mapping[str, ConvSpec], policy: RankPo
     return Plan(choices), skipped
 
 
-def instruments_for(evaluator: Evaluator | None, budget: Budget | None, require_faster: bool) -> list[Instrument]:
-    if evaluator is None:
+def instruments_for(select: Evaluator | None, budget: Budget | None, require_faster: bool,
+                    looks: int) -> list[Instrument]:
+    """Measure every step on the select data; with a budget, keep it only when certified (the passes share
+    the confidence: Bonferroni over ``looks``); with ``require_faster``, only when it measures faster."""
+    if select is None:
         return []
-    out: list[Instrument] = [Probe(evaluator)]
-    if budget is not None and not budget.is_empty:
-        out.append(BudgetGuard(evaluator, budget))
+    out: list[Instrument] = [Probe(select)]
+    if budget is not None:
+        out.append(BudgetGuard(select, budget, looks))
     if require_faster:
-        out.append(SpeedGuard(evaluator))
+        out.append(SpeedGuard(select))
     return out
 
 
 def run_passes(driver: Driver, passes: Sequence[str], policy: RankPolicy, instruments: Sequence[Instrument],
-               evaluator: Evaluator | None) -> None:
-    """Each pass as one driver step: plan, apply, judge, keep or roll back, record."""
+               select: Evaluator | None) -> Certificate | None:
+    """Each pass as one driver step: plan, apply, judge, keep or roll back, record. Returns the certificate
+    of the last kept step (None when nothing was kept or nothing certified)."""
+    cert = None
     for i, name in enumerate(passes, 1):
         t0 = time.perf_counter()
         driver.say(f"[{i}/{len(passes)}] {name}: rewriting")
@@ -87,33 +92,39 @@ def run_passes(driver: Driver, passes: Sequence[str], policy: RankPolicy, instru
             driver.say(f"[{i}/{len(passes)}] {name}: measuring {len(step.records)} rewritten nodes")
         decision = driver.judge(step, instruments)
         kept = driver.decide(decision, instruments)
+        cert = next((v.certificate for v in decision.verdicts if v.certificate is not None), None) if kept else cert
         reason = None if kept else decision.reason
         driver.record(name, "kept" if kept else "rolled_back", step.records, skipped, macs, params,
-                      time.perf_counter() - t0, reason, None if evaluator is None else step.measurement(evaluator))
+                      time.perf_counter() - t0, reason, None if select is None else step.measurement(select),
+                      step.plan if select is not None else None)
         driver.say(f"[{i}/{len(passes)}] {name}: {'kept' if kept else 'rolled_back'}, {len(step.records)} "
                    f"rewritten, {len(skipped)} skipped" + (f" ({reason})" if reason else ""))
+    return cert
 
 
 def optimize_uniform(model: onnx.ModelProto, passes: Sequence[str], policy: RankPolicy = RankPolicy(), *,
                      fold_bn: bool = True, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                     evaluator: Evaluator | None = None, budget: Budget | None = None,
-                     require_faster: bool = False, model_name: str = "", output_name: str | None = None,
-                     settings: dict[str, Any] | None = None, on_event: Say | None = None) -> OptimizeResult:
-    """Run ``passes`` in order on a copy of ``model``; with an ``evaluator``, every pass is measured and rolled
-    back when it breaks ``budget`` or (``require_faster``) does not measure faster than the model before it."""
+                     select: Evaluator | None = None, report: Evaluator | None = None,
+                     budget: Budget | None = None, require_faster: bool = False, model_name: str = "",
+                     output_name: str | None = None, settings: dict[str, Any] | None = None,
+                     on_event: Say | None = None) -> OptimizeResult:
+    """Run ``passes`` in order on a copy of ``model``. With a ``select`` evaluator every pass is measured on
+    its data and rolled back unless ``budget`` (None: unchecked) is certified there, or (``require_faster``)
+    when it does not measure faster than the model before it. The ``report`` evaluator measures the final
+    model once, after every decision, and times every pass in one run."""
     for name in passes:
         get_pass(name)  # fail early on an unknown name
     driver = Driver(model, input_shapes, fold_bn=fold_bn, fit=policy.fit, say=on_event)
-    instruments = instruments_for(evaluator, budget, require_faster)
-    run_passes(driver, passes, policy, instruments, evaluator)
-    baseline = None if evaluator is None else evaluator.baseline()
-    last = next((p.measurement for p in reversed(driver.reports) if p.status == "kept" and p.measurement), None)
-    final = last or baseline
-    report = driver.report(model_name=model_name, output_name=output_name, settings={
+    instruments = instruments_for(select, budget, require_faster, looks=len(passes))
+    cert = run_passes(driver, passes, policy, instruments, select)
+    baseline = final = None
+    if report is not None:
+        baseline, final = driver.finish(report)
+    result = driver.report(model_name=model_name, output_name=output_name, settings={
         "strategy": "uniform", "passes": list(passes), "fold_bn": fold_bn, "rank": policy.to_dict(),
         "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()}, "require_faster": require_faster,
         **(settings or {})}, baseline=baseline, final=final)
-    return OptimizeResult(driver.model, report, final)  # type: ignore[arg-type]
+    return OptimizeResult(driver.model, result, final, cert)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from convopt.core.driver import conv_shapes
 from convopt.core.plan import Plan, apply_plan, conv_table
 from convopt.graph import ConvSpec, read_convs
 from convopt.measure.data import EvalData
+from convopt.measure.roles import fit_size, split_data
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Accuracy
 from convopt.measure.ort import OrtSettings, make_session
@@ -243,51 +244,62 @@ def test_budget_usage_is_the_largest_share_of_any_limit() -> None:
 # -- end to end -------------------------------------------------------------------------------------------
 
 
+def run_auto(model: onnx.ModelProto, d: EvalData, budget: Budget | None, options: AutoOptions = AutoOptions(),
+             **kw: object):
+    """auto_optimize on ``d`` split three ways (fit, select, report), as the CLI does with --data alone."""
+    roles = split_data(d, fit_size(d.n, 128), seed=0)
+    assert roles.fit is not None
+    select = Evaluator(model, roles.select, FAST, role="select")
+    report = Evaluator(model, roles.report, FAST, role="report")
+    res = auto_optimize(model, fit=roles.fit, select=select, report=report, budget=budget, settings=FAST,
+                        options=options, **kw)  # type: ignore[arg-type]
+    return res, roles, select, report
+
+
 def test_auto_optimize_keeps_budget_and_reports_per_layer_choices(tmp_path: Path) -> None:
     model = two_conv_model(c=32, hw=16)
-    d = data(48, seed=3, hw=16)
-    calib, held = split_eval_data(d)
-    assert calib.n + held.n == d.n
-    ev = Evaluator(model, held, FAST)
+    d = data(64, seed=3, hw=16)
     budget = Budget(max_rel_error=0.2)
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=budget, settings=FAST,
-                        options=AutoOptions(align=8, min_layer_speedup=0.0), latency_cache=tmp_path / "c.json")
+    res, roles, select, report = run_auto(model, d, budget, AutoOptions(align=8, min_layer_speedup=0.0),
+                                          latency_cache=tmp_path / "c.json")
+    assert roles.fit.n + roles.select.n + roles.report.n == d.n
     rep = res.report
     assert [p.name for p in rep.passes] == ["fold_bn", "auto"]
     auto = rep.extra["auto"]
     assert auto["candidates"] and all(c["layer"] in ("conv1", "conv2") for c in auto["candidates"])
-    final = ev.measure(res.model)
-    assert final.accuracy.rel_l2_error <= 0.2 + 1e-6  # the budget holds on held-out data
+    assert all(c["data"] == "select" for c in auto["checks"])
+    if rep.passes[1].rewritten:  # kept only when certified on the select data
+        assert res.certificate is not None and res.certificate.ok
+        assert res.certificate.bounds["max_rel_error"] <= 0.2
+        assert res.final.role == "report" and res.final.samples == roles.report.n
     assert rep.final is not None and rep.to_json()
     for p in rep.passes[1].rewritten:
         assert p.node in auto["chosen"]
 
 
-def test_every_step_checks_the_whole_sequence_and_takes_the_largest_passing_step() -> None:
+def test_auto_selects_by_fixed_sequence_on_the_select_data() -> None:
     model = two_conv_model(c=32, hw=16)
-    calib, held = split_eval_data(data(48, seed=3, hw=16))
     seen: list[tuple[int, float]] = []
-    res = auto_optimize(model, calib=calib, evaluator=Evaluator(model, held, FAST), budget=Budget(max_rel_error=0.2),
-                        settings=FAST, options=AutoOptions(min_layer_speedup=0.0, calib_margin=0.0, every_step=True),
-                        on_step=lambda k, m, meas: seen.append((k, meas.accuracy.rel_l2_error)))
+    res, *_ = run_auto(model, data(64, seed=3, hw=16), Budget(max_rel_error=0.2),
+                       AutoOptions(min_layer_speedup=0.0, every_step=True),
+                       on_step=lambda k, m, meas: seen.append((k, meas.accuracy.rel_l2_error)))
     auto = res.report.extra["auto"]
     n = len(auto["sequence"]) - 1
-    assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step, in order, no bisection
-    calib_checks = [c for c in auto["checks"] if c["data"] == "calibration"]
-    assert [c["rel_l2_error"] for c in calib_checks] == [e for _, e in seen]
-    from convopt.auto.select import largest_within
-
-    best = largest_within([k for k, _ in seen], [e / 0.2 for _, e in seen])
-    finals = [c for c in auto["checks"] if c["data"] == "evaluation"]
-    assert (finals[0]["step"] if finals else 0) == best
+    assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step measured, in order
+    checks = auto["checks"]
+    assert [c["rel_l2_error"] for c in checks] == [e for _, e in seen]
+    first_fail = next((c["step"] for c in checks if not c["ok"]), n + 1)
+    certified = [c["step"] for c in checks if c["ok"] and c["step"] < first_fail]
+    kept = len(res.report.passes[1].rewritten) > 0
+    chosen_step = max((c["step"] for c in checks if c["ok"] and c["step"] < first_fail and c["speedup"] > 1),
+                      default=0)
+    assert (chosen_step > 0) == kept
+    assert all(c["bound"]["max_rel_error"] <= 0.2 for c in checks if c["step"] in certified)
 
 
 def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:
     model = two_conv_model()
-    calib, held = split_eval_data(data(16))
-    ev = Evaluator(model, held, FAST)
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_rel_error=1.0), settings=FAST,
-                        options=AutoOptions(min_layer_speedup=1e9))  # no rewrite can be that much faster
+    res, *_ = run_auto(model, data(24), Budget(max_rel_error=1.0), AutoOptions(min_layer_speedup=1e9))
     auto = res.report.passes[1]
     assert auto.status == "no_change" and not auto.rewritten
     assert {s.node for s in auto.skipped} == {"conv1", "conv2"}
@@ -298,37 +310,25 @@ def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:
 
 def test_auto_optimize_rolls_back_when_nothing_meets_a_zero_budget() -> None:
     model = two_conv_model()
-    calib, held = split_eval_data(data(16))
-    ev = Evaluator(model, held, FAST)
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_rel_error=0.0), settings=FAST,
-                        options=AutoOptions(min_layer_speedup=0.0))
+    res, roles, _, report = run_auto(model, data(24), Budget(max_rel_error=0.0), AutoOptions(min_layer_speedup=0.0))
     assert not res.report.passes[1].rewritten
     assert [n.op_type for n in res.model.graph.node].count("Conv") == 2
-    out = make_session(res.model, FAST).run(None, {"x": held.inputs["x"][:4]})[0]
-    np.testing.assert_allclose(out, ev.reference[0][:4], rtol=1e-5, atol=1e-6)
+    out = make_session(res.model, FAST).run(None, {"x": roles.report.inputs["x"][:4]})[0]
+    np.testing.assert_allclose(out, report.reference[0][:4], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not (SHARED / "models" / "mnist-cntk.onnx").is_file(), reason=f"shared models not found at {SHARED}")
-def test_auto_on_mnist_meets_one_point_on_held_out_digits() -> None:
+def test_auto_on_mnist_certifies_two_points_on_select_digits() -> None:
     from convopt.measure.data import load_eval_data
 
     model = onnx.load(SHARED / "models" / "mnist-cntk.onnx")
-    d = load_eval_data(model, SHARED / "data" / "digits28.npz", limit=600)
-    calib, held = split_eval_data(d, calib_fraction=0.4)
-    ev = Evaluator(model, held, OrtSettings(threads=1, warmup=2, repeats=10))
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_accuracy_drop=1.0),
-                        settings=OrtSettings(threads=1, warmup=2, repeats=10))
+    d = load_eval_data(model, SHARED / "data" / "digits28.npz", limit=900)
+    res, roles, *_ = run_auto(model, d, Budget(max_accuracy_drop=2.0))
     final = res.report.final
-    assert final is not None and final.accuracy.top1_drop <= 1.0 + 1e-9
-    if res.report.passes[1].rewritten:  # kept only when measured faster end to end
-        assert final.speedup > 1.0
-
-
-def test_calibration_budget_holds_back_a_margin() -> None:
-    b = Budget(max_accuracy_drop=1.0, min_agreement=98.0, max_rel_error=0.1).held_back(0.5)
-    assert b.max_accuracy_drop == 0.5 and b.min_agreement == 99.0 and b.max_rel_error == pytest.approx(0.08)
-    assert Budget(max_rel_error=0.1).held_back(0.0).max_rel_error == pytest.approx(0.1)
-    assert "--max-accuracy-drop 0.5: given, 50% held back" in b.check(Accuracy(top1_drop=0.7, labelled_top1=50.0))
+    assert final is not None and final.samples == roles.report.n
+    if res.report.passes[1].rewritten:  # kept only when certified and measured faster
+        assert res.certificate is not None and res.certificate.bounds["max_accuracy_drop"] <= 2.0
+        assert res.report.passes[1].measurement.speedup > 1.0
 
 
 def test_pareto_spread_drops_dominated_candidates_and_keeps_both_ends() -> None:
@@ -352,13 +352,11 @@ def test_default_budget_is_relative_error_without_class_scores() -> None:
     model.graph.node[-1].CopyFrom(helper.make_node("Identity", ["r2"], ["out"], name="flat"))
     del model.graph.node[-2]
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None))
-    calib, held = split_eval_data(data(8))
-    ev = Evaluator(model, held, FAST)
-    assert ev.scored_index is None
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=None, settings=FAST,
-                        options=AutoOptions(min_layer_speedup=1e9))
+    res, _, select, _ = run_auto(model, data(12), None, AutoOptions(min_layer_speedup=1e9))
+    assert select.scored_index is None
     assert res.report.extra["auto"]["budget"] == {"max_accuracy_drop": None, "min_agreement": None,
-                                                  "max_rel_error": 0.05, "source": "default"}
+                                                  "max_rel_error": 0.05, "max_metric_drop": None,
+                                                  "confidence": 0.95, "source": "default"}
 
 
 def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:

@@ -48,7 +48,7 @@ def test_optimize_no_eval_full_rank_writes_exact_model_and_report(model_file: Pa
     feeds = random_feeds(m0)
     assert rel_l2(run(m0, feeds)[0], run(m1, feeds)[0]) <= FULL_RANK_RTOL
     d = json.loads(rep.read_text())
-    assert d["schema_version"] == "1.1"
+    assert d["schema_version"] == "2.0"
     names = [p["name"] for p in d["passes"]]
     assert names == ["fold_bn", "split5x5", "factorize"]
     split = d["passes"][1]

@@ -9,18 +9,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from convopt.auto import AutoOptions, auto_optimize, split_eval_data
+from convopt.auto import AutoOptions
 from convopt.cli import app
 from convopt.core.budget import Budget
 from convopt.graph import Builder, ConvSpec
 from convopt.inspect import inspect_model
-from convopt.measure.evaluator import Evaluator
-from convopt.measure.ort import OrtSettings
 from convopt.passes import REGISTRY, ConvPass, Factors, FitContext, RankPolicy, Ranks
 from convopt.passes.base import Geometry, aligned
 from convopt.uniform import optimize_uniform
 from tests.helpers import FULL_RANK_RTOL, conv_model, random_feeds, rel_l2, run
-from tests.test_auto import data, two_conv_model
+from tests.test_auto import data, run_auto, two_conv_model
 
 
 def _define_toy() -> type[ConvPass]:
@@ -108,10 +106,8 @@ def test_toy_pass_in_inspect_and_uniform_mode(toy: type[ConvPass], tmp_path: Pat
 
 def test_toy_pass_in_auto_mode(toy: type[ConvPass]) -> None:
     model = two_conv_model(c=32, hw=16)
-    calib, held = split_eval_data(data(24, seed=3, hw=16))
-    fast = OrtSettings(threads=1, warmup=1, repeats=5, batch_size=8)
-    res = auto_optimize(model, calib=calib, evaluator=Evaluator(model, held, fast), budget=Budget(max_rel_error=0.5),
-                        settings=fast, options=AutoOptions(passes=("toy",), min_layer_speedup=0.0))
+    res, *_ = run_auto(model, data(32, seed=3, hw=16), Budget(max_rel_error=0.5),
+                       AutoOptions(passes=("toy",), min_layer_speedup=0.0))
     keys = [c["candidate"] for c in res.report.extra["auto"]["candidates"]]
     assert keys and all(k.startswith("toy[rank=") for k in keys)
     for rec in res.report.passes[-1].rewritten:

@@ -24,8 +24,9 @@ Say = Callable[[str], None]
 def auto_optimize(
     model: onnx.ModelProto,
     *,
-    calib: EvalData,
-    evaluator: Evaluator,
+    fit: EvalData,
+    select: Evaluator,
+    report: Evaluator | None,
     settings: OrtSettings,
     budget: Budget | None = None,
     options: AutoOptions = AutoOptions(),
@@ -38,42 +39,44 @@ def auto_optimize(
 ) -> OptimizeResult:
     """Optimize ``model`` in auto mode (see convopt.auto.search) and return the model and its report.
 
-    ``calib`` (refits, candidate costs, the end-to-end checks) must be disjoint from the ``evaluator``'s data
-    (the final, reported measurement). ``budget`` None or empty: Budget.default (1 point of top-1, or 0.05
-    relative output error for a model without class scores). ``on_step(k, model, calibration measurement)``
-    is called for each checked step (with ``options.every_step``, the whole speed/accuracy frontier).
+    Three disjoint data roles: ``fit`` (refits, and the candidate costs that order the search), ``select``
+    (every decision, on confidence bounds) and ``report`` (the final model, measured once at the end).
+    ``budget`` None: Budget.default (1 point of top-1, or 0.05 relative output error for a model without class
+    scores). ``on_step(k, model, select measurement)`` is called for each tested step.
     """
     t_start = time.perf_counter()
     say = on_event or (lambda _m: None)
     passes = list(options.passes or auto_passes())
     for p in passes:
         get_pass(p)
-    if budget is None or budget.is_empty:
-        budget = Budget.default(evaluator.scored_index is not None)
-    budget.validate(evaluator.scored_index is not None, evaluator.data.labels is not None)
+    budget = (budget or Budget()).defaulted(select.scored_index is not None)
+    budget.validate(select.scored_index is not None, select.data.labels is not None, select.metric is not None)
     cache = latency_cache if isinstance(latency_cache, LayerLatencyCache) else LayerLatencyCache(latency_cache)
     driver = Driver(model, input_shapes, fold_bn=True, fit=FitContext(seed=options.seed), say=say)
-    search = AutoSearch(driver, calib, evaluator, budget, settings, options, passes, cache, say, on_step)
+    search = AutoSearch(driver, fit, select, budget, settings, options, passes, cache, say, on_step)
     configs, k, decision, rolled = search.run()
     macs_before, params_before = driver.macs, driver.params
-    final = evaluator.baseline()
     if decision is not None:
         driver.decide(decision, [])
-        final = decision.step.measure(evaluator)
     chosen = configs[k] if k > 0 else {}
     status = "kept" if chosen else ("rolled_back" if rolled else "no_change")
     driver.record("auto", status, driver.kept_records, _skips(search, chosen), macs_before, params_before,
-                  time.perf_counter() - t_start, None if chosen else rolled, final)
+                  time.perf_counter() - t_start, None if chosen else rolled,
+                  None if decision is None else decision.step.measure(select), driver.kept if chosen else None)
+    baseline = final = None
+    if report is not None:
+        baseline, final = driver.finish(report)
     extra = _extra(search, passes, budget, configs, k, cache, time.perf_counter() - t_start)
-    report = driver.report(model_name=model_name, output_name=output_name, settings={
+    result = driver.report(model_name=model_name, output_name=output_name, settings={
         "strategy": "auto", "passes": passes, "fold_bn": True, "align": options.align, "seed": options.seed,
         "input_shapes": {k2: list(v) for k2, v in (input_shapes or {}).items()}, "ort": settings.to_dict()},
-        baseline=evaluator.baseline(), final=final, extra={"auto": extra})
-    sp = final.speedup
+        baseline=baseline, final=final, extra={"auto": extra})
+    sp = None if final is None else final.speedup
     say(f"auto: done in {time.perf_counter() - t_start:.1f}s: {len(chosen)} layer(s) rewritten, MACs "
         f"{'unknown' if driver.macs is None or not driver.macs0 else f'{driver.macs / driver.macs0:.3f}x'}, "
         f"speedup {'n/a' if sp is None else f'{sp:.3f}'}x")
-    return OptimizeResult(driver.model, report, final)
+    cert = None if decision is None else decision.verdicts[0].certificate
+    return OptimizeResult(driver.model, result, final, cert)
 
 
 def _skips(search: AutoSearch, chosen: dict) -> list[NodeSkip]:
@@ -94,11 +97,10 @@ def _extra(search: AutoSearch, passes: list[str], budget: Budget, configs: list[
     return {
         "passes": passes,
         "budget": budget.to_dict(),
-        "calibration": {"source": search.calib.source, "samples": search.calib.n,
-                        "refit_samples": search.fit_data.n, "baseline": search.calib_ev.baseline().accuracy},
+        "fit": {"source": search.fit_data.source, "samples": search.fit_data.n},
+        "select": {"source": search.select_ev.data.source, "samples": search.select_ev.data.n},
         "latency_batch": search.batch,
         "min_layer_speedup": search.options.min_layer_speedup,
-        "calibration_budget": search.strict.to_dict() if search.cands else None,
         "refit": search.options.refit,
         "chosen": {n: {"candidate": c.key, "form": c.form, "ranks": dict(c.choice.ranks),
                        "layer_speedup": c.speedup, "refit_layer_error": refits.get(n)}

@@ -4,13 +4,15 @@
 2. candidates per Conv: the applicable passes × their rank grids, each timed as a single-layer ORT model
    interleaved with the dense layer (cached by shape, provider, threads); only candidates that measure at
    least ``min_layer_speedup`` faster than the dense layer are kept — a slower rewrite is never used;
-3. price each candidate alone: its last factor refit on calibration data, the model measured end to end on
+3. price each candidate alone: its last factor refit on the fit data, the model measured end to end on
    the refit samples (relative L2 error of the outputs vs the original); candidates that alone break the
    budget (with a little slack) are dropped;
-4. a greedy sequence by latency saved per unit of cost; a grid of its steps is built with sequential refits
-   and checked end to end on the calibration data; a non-decreasing curve is fitted to their budget usage
-   (isotonic regression) and the largest step within budget on it is taken; it is then measured by the
-   caller's evaluator, backing off while the budget fails or the model measures no faster than the original.
+4. a greedy sequence by latency saved per unit of cost (built from fit data only, so its order is fixed before
+   any decision); a grid of its steps is built with sequential refits and tested on the select data in
+   increasing order, each kept only when the upper confidence bound of its loss is within the budget, stopping
+   at the first that is not (fixed-sequence testing: every step claimed holds at the full confidence, with no
+   correction for the number of looks); of the certified steps the largest that measures faster than the
+   original end to end is taken. The report data are measured once, afterwards, by the driver.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from convopt.auto.refit import Targets, collect_targets, fit_plan, iter_batches,
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps, largest_within
 from convopt.core.budget import Budget
 from convopt.core.driver import Decision, Driver
-from convopt.core.instruments import BudgetGuard, SpeedGuard
+from convopt.core.instruments import BudgetGuard, SpeedGuard, Step, Verdict
 from convopt.core.plan import Plan
 from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
@@ -43,11 +45,9 @@ ALONE_INPUT_BYTES = 256 << 20  # cap on one layer's input activations held to re
 
 @dataclass(frozen=True)
 class AutoOptions:
-    """Auto mode's knobs. ``calib_margin``: share of the accuracy budget held back in the calibration checks
-    (the largest step that passes on a finite calibration set is partly a lucky one: measured on SqueezeNet,
-    500 + 500 images, the halves agreed within 1 point up to 8 rewritten layers with 128-sample refits).
-    ``max_checks``: steps of the greedy sequence checked end to end (spread evenly); ``every_step`` checks
-    them all. ``passes`` None: every registered pass that auto mode tries by default."""
+    """Auto mode's knobs. ``max_checks``: steps of the greedy sequence tested on the select data (spread
+    evenly); ``every_step`` measures them all (the selection still stops at the first uncertified step).
+    ``passes`` None: every registered pass that auto mode tries by default."""
 
     passes: tuple[str, ...] | None = None
     align: int = 8
@@ -56,14 +56,14 @@ class AutoOptions:
     max_candidates_per_layer: int = 5
     refit: bool = True
     refit_samples: int = 128
-    calib_margin: float = 0.25
     max_checks: int = 12
     every_step: bool = False
 
 
 @dataclass(frozen=True)
 class Check:
-    """One end-to-end check of a step of the greedy sequence."""
+    """One step of the greedy sequence tested on the select data: its point estimates, the bounds the
+    decision used, whether it was certified, and its speedup (timed interleaved with the original)."""
 
     step: int
     layers: int
@@ -73,6 +73,7 @@ class Check:
     ok: bool
     reason: str | None
     speedup: float | None = None
+    bound: dict[str, float] | None = None
 
 
 def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) -> tuple[EvalData, EvalData]:
@@ -108,10 +109,10 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
 class AutoSearch:
     """One auto run's state: the driver, the data roles, the candidates and the checks."""
 
-    def __init__(self, driver: Driver, calib: EvalData, evaluator: Evaluator, budget: Budget,
+    def __init__(self, driver: Driver, fit: EvalData, select: Evaluator, budget: Budget,
                  settings: OrtSettings, options: AutoOptions, passes: list[str], cache: LayerLatencyCache,
                  say: Say, on_step: OnStep | None = None) -> None:
-        self.driver, self.calib, self.evaluator, self.budget = driver, calib, evaluator, budget
+        self.driver, self.select_ev, self.budget = driver, select, budget
         self.settings, self.options, self.passes, self.cache = settings, options, passes, cache
         self.say, self.on_step = say, on_step
         self.timings: dict[str, float] = {}
@@ -121,13 +122,10 @@ class AutoSearch:
         self.checks: list[Check] = []
         self.plans: dict[int, Plan] = {}  # step → its plan with refit factors (small: factors, not models)
         self.refits: dict[int, dict[str, list[float]]] = {}  # step → layer → refit error [before, after]
-        self.strict = budget.held_back(options.calib_margin)
-        n = options.refit_samples
-        self.fit_data = calib if calib.n <= n else calib.subset(np.arange(n), f"first {n}")
-        self.calib_ev = Evaluator(driver.original, calib, settings, measure_latency=False)
-        self.cost_ev = self.calib_ev if self.fit_data is calib else Evaluator(
-            driver.original, self.fit_data, settings, measure_latency=False)
+        self.fit_data = fit
+        self.cost_ev = Evaluator(driver.original, fit, settings, measure_latency=False, role="fit")
         self.targets: Targets | None = None
+        self.decisions: dict[int, Decision] = {}
 
     # -- 1, 2: layers and candidates -------------------------------------------------------------------------
 
@@ -178,7 +176,7 @@ class AutoSearch:
 
     def collect(self) -> None:
         if self.options.refit and self.cands:
-            self.say(f"auto: collecting original layer outputs on {self.fit_data.n} calibration samples")
+            self.say(f"auto: collecting original layer outputs on {self.fit_data.n} fit samples")
             layers = {n: self.driver.convs[n].y for n in self.cands}
             self.targets = collect_targets(self.driver.base, layers, self.fit_data, self.settings,
                                            rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed)
@@ -209,10 +207,11 @@ class AutoSearch:
         return Plan({name: k.choice.with_factors(k.choice.factors.with_last(info.weight, info.bias))})
 
     def price(self) -> list[Pick]:
-        # alone, a candidate is dropped only when it misses the budget by more than two samples' worth (the
-        # refit set is small; the real budget is checked end to end on all calibration data below)
+        """Each candidate alone, on the fit data: its output error orders the greedy sequence; one that misses
+        the budget's point estimate by more than two samples' worth is not used (a ranking, not a decision on
+        the claim: every step is certified on the select data)."""
         loose = self.budget.loosened(200.0 / max(self.fit_data.n, 1))
-        guard = BudgetGuard(self.cost_ev, loose, name="alone")
+        guard = _PointGuard(self.cost_ev, loose)
         total, done, picks = sum(len(v) for v in self.cands.values()), 0, []
         for name in self.driver.convs:
             x = self.layer_input(name) if self.cands.get(name) else None
@@ -222,7 +221,7 @@ class AutoSearch:
                 verdict = guard.after_step(step)
                 acc = step.measure(self.cost_ev).accuracy
                 k.calib, k.cost = acc, float(acc.rel_l2_error or 0.0)
-                k.status = "eligible" if verdict.ok else f"alone breaks the budget on calibration data ({verdict.reason})"
+                k.status = "eligible" if verdict.ok else f"alone breaks the budget on the fit data ({verdict.reason})"
                 if verdict.ok:  # output errors of independent layers add roughly in quadrature: spend cost²
                     picks.append(Pick(name, k.key, k.saved_ms, k.cost ** 2))
                 self.say(f"auto: cost [{done}/{total}] {name} {k.key}: rel err {fmt(k.cost, '.4f')}, top-1 drop "
@@ -242,48 +241,44 @@ class AutoSearch:
             self.refits[k] = {i.layer: [i.rel_error_before, i.rel_error_after] for i in infos}
         return self.plans[k]
 
-    def check(self, k: int, config: dict[str, Candidate], n_steps: int) -> float:
-        """Step ``k`` checked end to end on the calibration data: its share of the held-back budget."""
+    def check(self, k: int, config: dict[str, Candidate], n_steps: int) -> Decision:
+        """Step ``k`` tested on the select data: certified when every bound is within the budget."""
         step = self.driver.apply(f"auto step {k}", self.build(k, config))
-        verdict = BudgetGuard(self.calib_ev, self.strict).after_step(step)
-        meas = step.measure(self.calib_ev)
+        decision = self.driver.judge(step, [BudgetGuard(self.select_ev, self.budget)])
+        meas = step.measure(self.select_ev)
         if self.on_step is not None:
             self.on_step(k, step.model, meas)
-        acc = meas.accuracy
-        self.checks.append(Check(k, len(config), "calibration", acc.top1_drop, acc.rel_l2_error, verdict.ok,
-                                 verdict.reason))
-        self.say(f"auto: check step {k}/{n_steps} ({len(config)} layers) on calibration data: top-1 drop "
-                 f"{fmt(acc.top1_drop, '.2f')}, rel err {fmt(acc.rel_l2_error, '.4f')} -> "
-                 f"{'ok' if verdict.ok else 'over budget: ' + str(verdict.reason)}")
-        return self.strict.usage(acc)
-
-    def confirm(self, configs: list[dict[str, Candidate]], k: int) -> tuple[int, Decision | None, str | None]:
-        """Measure step ``k`` with the caller's evaluator; back off (one step, twice, then halving) while it
-        breaks the budget or is no faster than the original. Returns (step, its decision, last rejection)."""
-        rolled, tried = None, 0
-        while k > 0:
-            step = self.driver.apply(f"auto ({len(configs[k])} layers rewritten)", self.build(k, configs[k]))
-            decision = self.driver.judge(step, [BudgetGuard(self.evaluator, self.budget),
-                                                SpeedGuard(self.evaluator, what="the original end to end")])
-            acc, sp = step.measure(self.evaluator).accuracy, step.measure(self.evaluator).speedup
-            self.checks.append(Check(k, len(configs[k]), "evaluation", acc.top1_drop, acc.rel_l2_error,
-                                     decision.kept, decision.reason, sp))
-            self.say(f"auto: final check step {k} on {self.evaluator.data.n} evaluation samples: top-1 drop "
-                     f"{fmt(acc.top1_drop, '.2f')}, speedup {fmt(sp)}x -> {decision.reason or 'kept'}")
-            if decision.kept:
-                return k, decision, None
-            rolled, tried = decision.reason, tried + 1
-            k = k - 1 if tried < 3 else k // 2
-        return 0, None, rolled
+        acc, cert = meas.accuracy, decision.verdicts[0].certificate
+        self.checks.append(Check(k, len(config), "select", acc.top1_drop, acc.rel_l2_error, decision.kept,
+                                 decision.reason, meas.speedup, None if cert is None else cert.bounds))
+        self.say(f"auto: step {k}/{n_steps} ({len(config)} layers) on {meas.samples} select samples: top-1 drop "
+                 f"{fmt(acc.top1_drop, '.2f')}, rel err {fmt(acc.rel_l2_error, '.4f')}, speedup "
+                 f"{fmt(meas.speedup)}x -> {'certified' if decision.kept else 'not certified: ' + str(decision.reason)}")
+        self.decisions[k] = decision
+        return decision
 
     def select(self, picks: list[Pick]) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
+        """Fixed-sequence testing along the grid (increasing steps, stop at the first uncertified one), then the
+        largest certified step that measures faster than the original end to end."""
         by_key = {(k.layer, k.key): k for v in self.cands.values() for k in v}
         configs = [{n: by_key[(p.layer, p.key)] for n, p in cfg.items()} for cfg in greedy_sequence(picks)]
         n_steps = len(configs) - 1
-        steps = grid_steps(n_steps, n_steps if self.options.every_step else self.options.max_checks)
-        best = largest_within(steps, [self.check(k, configs[k], n_steps) for k in steps])
-        k, decision, rolled = self.confirm(configs, best)
-        return configs, k, decision, rolled
+        certified, rejected = [], None
+        for k in grid_steps(n_steps, n_steps if self.options.every_step else self.options.max_checks):
+            decision = self.check(k, configs[k], n_steps)
+            if decision.kept and rejected is None:
+                certified.append(k)
+            elif rejected is None:
+                rejected = decision.reason
+                if not self.options.every_step:
+                    break
+        guard = SpeedGuard(self.select_ev, what="the original end to end")
+        for k in reversed(certified):
+            speed = guard.after_step(self.decisions[k].step)
+            if speed.ok:
+                return configs, k, self.decisions[k], rejected
+            rejected = speed.reason
+        return configs, 0, None, rejected
 
     def run(self) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
         """Phases 1–4; returns the greedy sequence, the step taken (0: none), its decision, the last rejection."""
@@ -304,3 +299,19 @@ class AutoSearch:
 
 
 __all__ = ["AutoOptions", "AutoSearch", "Check", "pareto_spread", "split_eval_data"]
+
+
+@dataclass
+class _PointGuard:
+    """The fit-data ranking rule: a candidate alone within the (loosened) budget's point estimates."""
+
+    evaluator: Evaluator
+    budget: Budget
+    name: str = "alone"
+
+    def after_step(self, step: Step) -> Verdict:
+        reason = self.budget.check(step.measure(self.evaluator).accuracy)
+        return Verdict(self.name, reason is None, reason)
+
+    def after_decision(self, step: Step, kept: bool) -> None:
+        return None

@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import onnx
 
 import convopt
 from convopt.decompose import one_blas_thread
+from convopt.core.budget import Certificate
 from convopt.core.instruments import Instrument, Step, Verdict, rejection
 from convopt.core.plan import Plan, apply_plan, conv_table
 from convopt.errors import RewriteError
@@ -26,7 +27,8 @@ from convopt.graph import ConvSkip, ConvSpec, infer_tensor_shapes, read_convs
 from convopt.measure.measurement import Measurement
 from convopt.passes import FitContext
 from convopt.passes.fold_bn import NAME as FOLD_BN, fold_batchnorm
-from convopt.report import NodeRewrite, NodeSkip, PassReport, Report, Serializable
+from convopt.measure.evaluator import Evaluator
+from convopt.report import BudgetReport, NodeRewrite, NodeSkip, PassReport, Report, Serializable
 
 Say = Callable[[str], None]
 Shapes = dict[str, tuple[int, ...]]
@@ -105,6 +107,7 @@ class Driver:
         self.kept = Plan()
         self.kept_records: list[NodeRewrite] = []
         self.model = self.base
+        self.timed: list[tuple[int, Plan]] = []  # report rows whose step the report phase times: (row, plan)
 
     # -- steps --------------------------------------------------------------------------------------------
 
@@ -147,24 +150,41 @@ class Driver:
 
     def record(self, name: str, status: str, records: Sequence[NodeRewrite], skipped: Sequence[NodeSkip],
                macs_before: int | None, params_before: int, seconds: float, reason: str | None = None,
-               measurement: Serializable | None = None) -> None:
-        """One step's row of the report (MACs and params after = the model as it stands after the step)."""
+               measurement: Serializable | None = None, plan: Plan | None = None) -> None:
+        """One step's row of the report (MACs and params after = the model as it stands after the step);
+        with ``plan``, the report phase times the step's model in its one interleaved run."""
+        if plan is not None:
+            self.timed.append((len(self.reports), plan))
         self.reports.append(PassReport(name, status, tuple(records), tuple(skipped), macs_before, self.macs,
                                        params_before, self.params, round(seconds, 4), reason, measurement))
 
+    def finish(self, report: Evaluator) -> tuple[Measurement, Measurement]:
+        """The report phase, after every decision: the final model measured once on the report data, and the
+        original, every timed step and the final model timed in ONE interleaved run (one baseline for the
+        whole table). Returns (baseline, final) on the report data."""
+        self.say(f"report: measuring the final model on {report.data.n} report samples (never used to decide)")
+        models = [self.apply(self.reports[i].name, plan).model for i, plan in self.timed] + [self.model]
+        base_latency, latencies = report.time_models(models)
+        for (i, _), lat in zip(self.timed, latencies):
+            self.reports[i] = replace(self.reports[i], latency=lat)
+        final = replace(report.measure(self.model, "final", timed=False), latency=latencies[-1])
+        return replace(report.baseline(), latency=base_latency), final
+
     def report(self, *, model_name: str, output_name: str | None, settings: dict[str, Any],
                baseline: Serializable | None, final: Serializable | None, extra: dict[str, Any] | None = None,
-               ) -> Report:
+               budget: BudgetReport | None = None) -> Report:
         return Report(model=model_name, output=output_name, passes=tuple(self.reports), settings=settings,
                       environment=environment(), macs_before=self.macs0, macs_after=self.macs,
                       params_before=self.params0, params_after=self.params, baseline=baseline, final=final,
-                      extra=extra or {})
+                      budget=budget, extra=extra or {})
 
 
 @dataclass
 class OptimizeResult:
-    """What a strategy returns: the optimized model, its report, and the final measurement (typed, for the gate)."""
+    """What a strategy returns: the optimized model, its report, the final measurement on the report data
+    (typed, for the gate), and the certificate of the decision that kept it (None: nothing was kept)."""
 
     model: onnx.ModelProto
     report: Report
     final: Measurement | None = None
+    certificate: Certificate | None = None

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import onnx
 
-from convopt.core.budget import Budget
+from convopt.core.budget import Budget, Certificate
 from convopt.core.plan import Plan
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Measurement
@@ -40,9 +40,12 @@ class Step:
 
 @dataclass(frozen=True)
 class Verdict:
+    """An instrument's answer on one step; a budget verdict carries its certificate (the bounds)."""
+
     instrument: str
     ok: bool
     reason: str | None = None
+    certificate: Certificate | None = None
 
 
 class Instrument(Protocol):
@@ -55,15 +58,17 @@ class Instrument(Protocol):
 
 @dataclass
 class BudgetGuard:
-    """Keeps a step only if its accuracy on ``evaluator``'s data stays within ``budget``."""
+    """Keeps a step only if the upper confidence bound of each loss ``budget`` limits, on ``evaluator``'s
+    (decision) data, is within it; ``looks``: how many such decisions share the confidence (Bonferroni)."""
 
     evaluator: Evaluator
     budget: Budget
+    looks: int = 1
     name: str = "budget"
 
     def after_step(self, step: Step) -> Verdict:
-        reason = self.budget.check(step.measure(self.evaluator).accuracy)
-        return Verdict(self.name, reason is None, reason)
+        cert = self.budget.certify(step.measure(self.evaluator).outcomes, self.looks)
+        return Verdict(self.name, cert.ok, cert.reason, cert)
 
     def after_decision(self, step: Step, kept: bool) -> None:
         return None

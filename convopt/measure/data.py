@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class EvalData:
     labels: np.ndarray | None
     source: str
     warning: str | None = None
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sample ids (default 0..n-1)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -42,6 +43,10 @@ class EvalData:
                 f"evaluation data from {self.source}: every input needs the same number of samples on axis 0, "
                 f"got {counts}"
             )
+        if self.index.size == 0:
+            object.__setattr__(self, "index", np.arange(self.n))
+        if self.index.shape != (self.n,):
+            raise DataError(f"evaluation data from {self.source}: {self.n} samples but {self.index.size} ids")
         if self.labels is not None and self.labels.shape != (self.n,):
             raise DataError(
                 f"evaluation data from {self.source}: {self.n} samples but labels have shape "
@@ -56,7 +61,8 @@ class EvalData:
     def subset(self, index: np.ndarray, note: str) -> "EvalData":
         """The samples at ``index`` (labels too), described as this source with ``note``."""
         return EvalData({k: a[index] for k, a in self.inputs.items()},
-                        None if self.labels is None else self.labels[index], f"{self.source} [{note}]", self.warning)
+                        None if self.labels is None else self.labels[index], f"{self.source} [{note}]", self.warning,
+                        self.index[index])
 
 
 # ---------------------------------------------------------------------------------------------------------

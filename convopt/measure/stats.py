@@ -126,3 +126,20 @@ def samples_for_zero_flips(limit: float, confidence: float) -> int:
     while n > 1 and paired_drop_upper(0, 0, n - 1, confidence) <= limit:
         n -= 1
     return n
+
+
+def mean_upper(d: np.ndarray, confidence: float) -> float:
+    """Upper bound of the mean of paired differences ``d`` (Student's t on n − 1 degrees of freedom)."""
+    x = np.asarray(d, np.float64)
+    if x.size < 2:
+        return math.inf if x.size == 0 or x.any() else 0.0
+    se = float(x.std(ddof=1)) / math.sqrt(x.size)
+    return float(x.mean()) + (float(_st.t.ppf(confidence, x.size - 1)) * se if se > 0 else 0.0)
+
+
+def mean_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    x = np.asarray(d, np.float64)
+    if x.size < 2:
+        return -math.inf, math.inf
+    half = float(_st.t.ppf(1.0 - (1.0 - level) / 2.0, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return float(x.mean()) - half, float(x.mean()) + half
