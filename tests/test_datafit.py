@@ -404,3 +404,11 @@ def test_split5x5_activation_als_beats_whitening_and_weight_only(data5) -> None:
         assert df.split5x5_method(6, r) == "activations"
         assert ew < CLEAR * e0
         assert ea < CLEAR * ew
+
+
+def test_split5x5_monotone_in_rank(data5) -> None:
+    W, S = data5
+    for refine in (False, True):
+        errs = [df.weighted_error(W, dc.compose_split5x5(*df.split5x5_datafit(W, S, r, refine=refine)), S)
+                for r in (1, 2, 3, 4, 6, 8, 12)]
+        assert all(b <= a * (1 + MONO_SLACK) for a, b in zip(errs, errs[1:]))
