@@ -412,3 +412,18 @@ def test_split5x5_monotone_in_rank(data5) -> None:
         errs = [df.weighted_error(W, dc.compose_split5x5(*df.split5x5_datafit(W, S, r, refine=refine)), S)
                 for r in (1, 2, 3, 4, 6, 8, 12)]
         assert all(b <= a * (1 + MONO_SLACK) for a, b in zip(errs, errs[1:]))
+
+
+def test_bottleneck_output_side_with_bias_is_zhang(data3) -> None:
+    """Output side fitted under the covariance, then the bias correction: ŷ = U Uᵀ (y − μ_y) + μ_y exactly."""
+    x, _ = data3
+    X = patches(x, 3, 1)
+    m = moments(X)
+    W, b = weights(12, 8, 3), np.linspace(-1.0, 2.0, 12)
+    Y = X @ W.reshape(12, -1).T + b
+    _, core, last = df.tucker2_datafit(W, m.covariance, None, 5)
+    W_hat = dc.compose_tucker2(None, core, last).astype(np.float64)
+    b_hat = df.bias_correction(W, W_hat, b, m.mean)
+    U = last[:, :, 0, 0].astype(np.float64)
+    zhang = (Y - Y.mean(axis=0)) @ U @ U.T + Y.mean(axis=0)
+    np.testing.assert_allclose(X @ W_hat.reshape(12, -1).T + b_hat, zhang, rtol=1e-5, atol=1e-5 * np.abs(Y).max())
