@@ -7,7 +7,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from convopt.auto.context import FUSED, FUSED_ADD, ContextPricer, GraphDelta, ort_ops, paired_rounds, summarize
+from convopt.auto.context import (
+    FUSED,
+    FUSED_ADD,
+    ContextPricer,
+    GraphDelta,
+    nchwc_block,
+    ort_ops,
+    paired_rounds,
+    summarize,
+)
 from convopt.auto.latency import LayerLatencyCache
 from convopt.auto.window import GraphIndex, context_window, whole
 from convopt.core.driver import conv_shapes
@@ -210,6 +219,18 @@ def test_residual_add_stays_fused_into_the_last_factor() -> None:
     assert dense[FUSED_ADD] == 1 and dense["Add"] == 0  # and in b's window
     (p,) = pricer.price("b", [Choice("bottleneck", {"rank_in": 16})]).prices
     assert p.graph == GraphDelta(nodes=1, reorders=0, fused_activations=0, fused_adds=0)
+
+
+def test_ranks_below_the_nchwc_block_add_a_reorder_aligned_ranks_do_not() -> None:
+    block = nchwc_block(QUICK)
+    if block is None:
+        pytest.skip("ONNX Runtime uses no NCHWc kernels on this CPU")
+    m = fire_model()
+    pricer = ContextPricer(m, conv_table(m, conv_shapes(m, None)), QUICK, repeats=2, warmup=1)
+    below, aligned = pricer.price("fire2/expand3x3", [Choice("factorize", {"rank": block // 2}),
+                                                      Choice("factorize", {"rank": block})]).prices
+    assert (below.graph.reorders, aligned.graph.reorders) == (1, 0)
+    assert below.graph.fused_activations == aligned.graph.fused_activations == 0
 
 
 @pytest.mark.skipif(not SHARED_MODELS.is_dir(), reason=NO_SHARED)

@@ -20,9 +20,9 @@ import time
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -35,6 +35,9 @@ from convopt.graph import ConvSpec, infer_tensor_shapes
 from convopt.measure.ort import OPT_LEVELS, ORT_ERRORS, OrtSettings, make_session
 
 Scope = Literal["window", "model"]
+Rounds = Callable[[Sequence[Any], Mapping[str, np.ndarray], int, int], np.ndarray]
+"""(sessions, feeds, warmup, repeats) → seconds per run, shape (repeats, sessions): ``paired_rounds`` or a
+replacement (a benchmark's gate that keeps only rounds timed while the machine was quiet)."""
 FUSED, FUSED_ADD = "fused activations", "fused adds"  # counted apart from op types in ``ort_ops``
 PARTS = ("saved", "ci", "ms", "nodes", "reorders", "fused", "fused_add")  # what the cache holds per candidate
 NOTCH = 1.57  # McGill et al.: median ± 1.57·IQR/√n is a ~95 % interval for the median
@@ -100,14 +103,14 @@ class LayerPrices:
         return {p.key: p for p in self.prices}
 
 
-def paired_rounds(sessions: Sequence[object], feeds: Mapping[str, np.ndarray], warmup: int,
+def paired_rounds(sessions: Sequence[Any], feeds: Mapping[str, np.ndarray], warmup: int,
                   repeats: int) -> np.ndarray:
     """Seconds per run, shape (repeats, len(sessions)): each round runs every session once, starting at a
     rotating position (no session always runs right after the same one). GC paused while timing."""
     feeds = dict(feeds)
     for s in sessions:
         for _ in range(warmup):
-            s.run(None, feeds)  # type: ignore[attr-defined]
+            s.run(None, feeds)
     n = len(sessions)
     t = np.zeros((repeats, n))
     was = gc.isenabled()
@@ -118,7 +121,7 @@ def paired_rounds(sessions: Sequence[object], feeds: Mapping[str, np.ndarray], w
             for j in range(n):
                 k = (r + j) % n
                 t0 = time.perf_counter()
-                sessions[k].run(None, feeds)  # type: ignore[attr-defined]
+                sessions[k].run(None, feeds)
                 t[r, k] = time.perf_counter() - t0
     finally:
         if was:
@@ -154,6 +157,26 @@ def ort_ops(model: onnx.ModelProto, settings: OrtSettings) -> Counter[str]:
     return c
 
 
+def nchwc_block(settings: OrtSettings) -> int | None:
+    """The channel block of ORT's NCHWc Conv kernels on this CPU (MLAS: 16 with AVX-512, 8 with AVX2), read
+    from how ORT lays out probe convs: a Conv with fewer input channels than the block reads NCHW directly,
+    one with as many gets a ReorderInput. None when ORT does not use NCHWc here. Factor ranks below it add a
+    reorder; ranks between multiples of it are padded up (rank 24 costs what 32 costs when it is 16)."""
+    for c in (4, 8, 16, 32):
+        w = onnx.numpy_helper.from_array(np.ones((32, c, 1, 1), np.float32), "w")
+        g = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, 8, 8])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32, 8, 8])], [w])
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        ops = ort_ops(m, settings)
+        if ops["ReorderOutput"] == 0:
+            return None
+        if ops["ReorderInput"]:
+            return c
+    return None
+
+
 def random_feeds(shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
@@ -163,13 +186,15 @@ class ContextPricer:
     """Prices candidates of the Convs of one (BN-folded) model in context, at ``settings``' threads.
 
     ``convs``: the model's ConvSpecs by node name (``conv_table``); ``input_shapes``: hints for dynamic graph
-    inputs (as for the driver); ``cache``: shared with auto mode's layer cache (its JSON file) if given."""
+    inputs (as for the driver); ``cache``: shared with auto mode's layer cache (its JSON file) if given;
+    ``rounds``: how sessions are timed (``paired_rounds``)."""
 
     def __init__(self, model: onnx.ModelProto, convs: Mapping[str, ConvSpec], settings: OrtSettings, *,
                  scope: Scope = "window", input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                 cache: LayerLatencyCache | None = None, repeats: int = 100, warmup: int = 5) -> None:
+                 cache: LayerLatencyCache | None = None, repeats: int = 100, warmup: int = 5,
+                 rounds: Rounds | None = None) -> None:
         self.model, self.convs, self.settings, self.scope = model, convs, settings, scope
-        self.repeats, self.warmup = repeats, warmup
+        self.repeats, self.warmup, self.rounds = repeats, warmup, rounds or paired_rounds
         self.cache = cache if cache is not None else LayerLatencyCache()
         self.index = GraphIndex(model)
         self.shapes = infer_tensor_shapes(model, dict(input_shapes) if input_shapes else None)
@@ -230,7 +255,7 @@ class ContextPricer:
              ) -> tuple[float, list[tuple[float, float, float]]]:
         """Time ``models`` (the first is the reference) in paired rounds on one random input."""
         sessions = [make_session(m, self.settings) for m in models]
-        return summarize(paired_rounds(sessions, random_feeds(shapes), self.warmup, self.repeats))
+        return summarize(self.rounds(sessions, random_feeds(shapes), self.warmup, self.repeats))
 
 
 def _window_of(ix: GraphIndex, conv: ConvSpec, shapes: Mapping[str, tuple[int, ...]]
@@ -256,4 +281,5 @@ def price_in_context(model: onnx.ModelProto, convs: Mapping[str, ConvSpec], laye
     return ContextPricer(model, convs, settings, scope=scope, repeats=repeats).price(layer, choices)
 
 
-__all__ = ["ContextPricer", "LayerPrices", "Price", "paired_rounds", "price_in_context", "summarize"]
+__all__ = ["ContextPricer", "GraphDelta", "LayerPrices", "Price", "nchwc_block", "ort_ops", "paired_rounds",
+           "price_in_context", "summarize"]
