@@ -63,6 +63,28 @@ class Busy:
         return r.ru_utime + r.ru_stime
 
 
+class Waiting:
+    """Share of wall time this process's threads spent runnable but waiting for a CPU (the kernel's per-task
+    run_delay, /proc/self/task/*/schedstat), between start() and stop(): the contention a timing suffered.
+    Other processes' CPU use alone would not show it: while we hold both cores they barely run."""
+
+    def start(self) -> None:
+        self.d0, self.w0 = self._delay(), time.perf_counter()
+
+    def stop(self) -> float:
+        return (self._delay() - self.d0) / max(time.perf_counter() - self.w0, 1e-9)
+
+    @staticmethod
+    def _delay() -> float:
+        total = 0
+        for t in os.listdir("/proc/self/task"):
+            try:
+                total += int(open(f"/proc/self/task/{t}/schedstat").read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / 1e9
+
+
 def wait_quiet(max_foreign: float, deadline: float, probe: float = 0.3) -> float:
     """Sleep until other processes used at most ``max_foreign`` of the machine over ``probe`` s (or the
     deadline passes); returns the last reading."""
@@ -75,13 +97,19 @@ def wait_quiet(max_foreign: float, deadline: float, probe: float = 0.3) -> float
             return f
 
 
+MAX_WAITING = 0.03  # a block is kept when our threads waited for a CPU at most 3 % of its wall time
+
+
 def quiet_rounds(sessions: list, feeds: dict[str, np.ndarray], rounds: int, max_foreign: float,
-                 timeout: float, block: int = 10, warmup: int = 5) -> tuple[np.ndarray, dict[str, float]]:
-    """``paired_rounds`` in blocks of ``block`` rounds, each started when the machine is quiet and kept only
-    when other processes used at most ``max_foreign`` of it meanwhile (1.0: keep everything); stops at
-    ``rounds`` kept rounds or after ``timeout`` s. Returns (kept seconds (n, sessions), gate stats)."""
-    paired_rounds(sessions, feeds, warmup, 1)
-    kept, seen, busy = [], 0, Busy()
+                 timeout: float, block_s: float = 0.05, warmup: int = 5) -> tuple[np.ndarray, dict[str, float]]:
+    """``paired_rounds`` in blocks of ``block`` rounds, each started when other processes use at most
+    ``max_foreign`` of the machine and kept only when our threads then waited for a CPU at most
+    ``MAX_WAITING`` of the time (``max_foreign`` 1.0: keep everything); stops at ``rounds`` kept rounds or
+    after ``timeout`` s. Blocks last about ``block_s`` (short blocks find quiet more often). Returns (kept
+    seconds (n, sessions), gate stats)."""
+    first = paired_rounds(sessions, feeds, warmup, 1)
+    block = int(np.clip(block_s / max(float(first.sum()), 1e-6), 1, 10))
+    kept, seen, busy, waits = [], 0, Waiting(), []
     deadline = time.perf_counter() + timeout
     while sum(len(k) for k in kept) < rounds and time.perf_counter() < deadline:
         if max_foreign < 1.0:
@@ -89,12 +117,14 @@ def quiet_rounds(sessions: list, feeds: dict[str, np.ndarray], rounds: int, max_
         busy.start()
         t = paired_rounds(sessions, feeds, 0, block)
         seen += block
-        if busy.stop() <= max_foreign:
+        w = busy.stop()
+        if max_foreign >= 1.0 or w <= MAX_WAITING:
             kept.append(t)
-    if not kept:  # never quiet: keep the last block, flagged by kept_share 0
-        kept, seen = [t], seen
-    out = np.concatenate(kept)
-    return out, {"kept_rounds": float(len(out)), "kept_share": float(len(out) / max(seen, 1))}
+            waits.append(w)
+    share = sum(len(k) for k in kept) / max(seen, 1)
+    if not kept:  # never quiet: keep the last block (kept_share 0 flags it)
+        kept, waits = [t], [w]
+    return np.concatenate(kept), {"kept_share": float(share), "waiting": float(np.mean(waits))}
 
 
 @dataclass
@@ -162,18 +192,22 @@ def profile(models: list[onnx.ModelProto], threads: int, runs: int, feeds: dict[
     for s in ss:
         for _ in range(5):
             s.run(None, feeds)
-    deadline, busy, keep, done = time.perf_counter() + timeout, Busy(), set(), 0
-    while len(keep) < runs and (time.perf_counter() < deadline or not keep):
+    deadline, busy, keep, done = time.perf_counter() + timeout, Waiting(), set(), 0
+    while len(keep) < runs and time.perf_counter() < deadline:
         if max_foreign < 1.0:
             wait_quiet(max_foreign, deadline)
         busy.start()
         for _ in range(burst):
             for s in ss:
                 s.run(None, feeds)
-        if busy.stop() <= max_foreign or max_foreign >= 1.0 or time.perf_counter() > deadline:
+        if max_foreign >= 1.0 or busy.stop() <= MAX_WAITING:
             keep.update(range(done, done + burst))
         done += burst
-    return [_parse(s.end_profiling(), 5, keep) for s in ss]
+    kept = len(keep)
+    out = [_parse(s.end_profiling(), 5, keep or None) for s in ss]  # nothing quiet: every run, flagged below
+    for p in out:
+        p.extra["kept_runs"] = float(kept)
+    return out
 
 
 def optimized_ops(model: onnx.ModelProto, threads: int = 1) -> Counter:
@@ -218,17 +252,22 @@ def slope(ks: list[int], seconds: list[float]) -> float:
     return float(np.polyfit(np.asarray(ks, float), np.asarray(seconds, float) * 1e6, 1)[0])
 
 
+SIZES = [("tiny 16ch 4x4", 16, 4)] + [(f"64ch {h}x{h}", 64, h) for h in (13, 20, 27, 41, 55)]
+
+
 def node_cost(threads: int, repeats: int, max_foreign: float = 1.0, timeout: float = 600.0) -> dict[str, float]:
-    """µs each extra 1×1 Conv+Relu node adds, at SqueezeNet's late (13×13) and early (55×55) sizes, and for a
-    near-empty node (4×4): the fixed cost of a node at this thread count."""
+    """µs each extra 1×1 Conv+Relu node adds (the slope over chains of 1, 2, 4, 8), for a near-empty node
+    (16 channels, 4×4: the fixed cost of a node at this thread count) and for 64 channels from SqueezeNet's
+    late 13×13 to its early 55×55 (where a second thread starts to pay)."""
     out = {}
-    for label, c, hw in (("tiny 16ch 4x4", 16, 4), ("64ch 13x13", 64, 13), ("64ch 55x55", 64, 55)):
+    for label, c, hw in SIZES:
         ks = [1, 2, 4, 8]
         models = [chain_model(k, c, hw) for k in ks]
         sess = [make_session(m, OrtSettings(threads=threads)) for m in models]
         x = np.random.default_rng(0).standard_normal((1, c, hw, hw)).astype(np.float32)
-        t, _ = quiet_rounds(sess, {"x": x}, repeats, max_foreign, timeout)
+        t, st = quiet_rounds(sess, {"x": x}, repeats, max_foreign, timeout)
         out[label] = slope(ks, list(np.median(t, axis=0)))
+        out[label + " waiting"], out[label + " kept"] = st["waiting"], st["kept_share"]
     return out
 
 
@@ -265,11 +304,11 @@ def profile_part(d: Driver, models: dict[str, onnx.ModelProto], threads: int, ru
     out: dict[str, object] = {"original": {"wall_us": base.wall_us, "nodes": len(base.node_us),
                                            "sum_nodes_us": sum(base.node_us.values()), "by_op": dict(base.by_op()),
                                            "worker_share": base.worker_share, "node_us": base.node_us,
-                                           "runs": base.extra["runs"]}}
+                                           "runs": base.extra["runs"], "kept_runs": base.extra["kept_runs"]}}
     for n, p in zip(names, profs[1:]):
         out[n] = {"wall_us": p.wall_us, "nodes": len(p.node_us), "sum_nodes_us": sum(p.node_us.values()),
                   "by_op": dict(p.by_op()), "worker_share": p.worker_share, "node_us": p.node_us,
-                  "runs": p.extra["runs"]}
+                  "runs": p.extra["runs"], "kept_runs": p.extra["kept_runs"]}
     return out
 
 
@@ -282,6 +321,7 @@ def main(argv: list[str]) -> int:
                     "share of the machine (1: always)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds each part may wait for quiet")
     ap.add_argument("--configs", nargs="*", help="names of the rewritten variants to profile (default: all)")
+    ap.add_argument("--only-nodes", action="store_true", help="only the per-node cost chains")
     ap.add_argument("--out", type=Path, default=RESULTS / "thread_pricing_costs.json")
     args = ap.parse_args(argv)
     d = Driver(onnx.load(str(SHARED / "squeezenet1.1.onnx")))
@@ -295,7 +335,8 @@ def main(argv: list[str]) -> int:
         for t in args.threads:
             busy.start()
             gate = args.quiet if t > 1 else 1.0  # one thread: preemption only stretches a few runs
-            row[f"profile_t{t}"] = profile_part(d, models, t, args.runs, gate, args.timeout)
+            if not args.only_nodes:
+                row[f"profile_t{t}"] = profile_part(d, models, t, args.runs, gate, args.timeout)
             row[f"node_cost_t{t}"] = node_cost(t, args.runs, gate, args.timeout)
             row[f"foreign_busy_t{t}"] = busy.stop()
             print(f"pass {p + 1} threads {t}: foreign busy {row[f'foreign_busy_t{t}']:.2f}", flush=True)
