@@ -38,6 +38,9 @@ GEOMETRIES = [
     ("k7", dict(k=(7, 7), pads=(3, 3, 3, 3))),
     ("k7_stride2", dict(k=(7, 7), pads=(3, 3, 3, 3), stride=(2, 2), hw=(19, 16))),
     ("k3x5_rect", dict(k=(3, 5), pads=(1, 2, 1, 2))),
+    ("k1", dict(cin=24, cout=16, k=(1, 1))),
+    ("k1_stride2_pads", dict(cin=24, cout=16, k=(1, 1), stride=(2, 2), pads=(1, 0, 1, 1))),
+    ("k1_nobias_batch1", dict(cin=16, cout=32, k=(1, 1), bias=False, batch=1)),
 ]
 
 
@@ -45,7 +48,9 @@ def _applies(pass_name: str, kw: dict) -> bool:
     k = kw["k"]
     if pass_name == "split5x5":
         return k == (5, 5)
-    return True
+    if pass_name == "lowrank":
+        return k == (1, 1)
+    return k != (1, 1)
 
 
 CASES = [(p, gid, kw) for p in PASSES for gid, kw in GEOMETRIES if _applies(p, kw)]
@@ -76,12 +81,13 @@ RANK_GRIDS = {
     "split5x5": ("rank", [4, 8, 16, 32, 48, 72]),
     "depthwise": ("multiplier", [1, 2, 3, 5, 7, 9]),
     "bottleneck": ("rank_in", [1, 2, 4, 6, 8]),
+    "lowrank": ("rank", [1, 2, 4, 6, 8]),
 }
 
 
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_error_does_not_grow_with_rank(pass_name: str) -> None:
-    k = (5, 5) if pass_name == "split5x5" else (3, 3)
+    k = {"split5x5": (5, 5), "lowrank": (1, 1)}.get(pass_name, (3, 3))
     model = conv_model(cin=8, cout=16, k=k, pads=(k[0] // 2,) * 4, batch=2, hw=(12, 10))
     feeds = random_feeds(model)
     (ref,) = run(model, feeds)
@@ -161,9 +167,17 @@ def test_bottleneck_1x1_kernel_no_rewrite() -> None:
     _assert_unchanged(conv_model(k=(1, 1)), "bottleneck", "1x1 kernel")
 
 
+def test_lowrank_kxk_kernel_no_rewrite() -> None:
+    _assert_unchanged(conv_model(k=(3, 3), pads=(1, 1, 1, 1)), "lowrank", "lowrank rewrites 1x1 convs")
+
+
+def test_lowrank_grouped_no_rewrite() -> None:
+    _assert_unchanged(conv_model(cin=8, cout=8, k=(1, 1), group=2), "lowrank", "group 2 1x1 conv")
+
+
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_pass_no_mac_saving_no_rewrite(pass_name: str) -> None:
-    k = (5, 5) if pass_name == "split5x5" else (3, 3)
+    k = {"split5x5": (5, 5), "lowrank": (1, 1)}.get(pass_name, (3, 3))
     policy = RankPolicy(mode="fraction", value=1.0, align=1)
     _assert_unchanged(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), pass_name, "", policy)
     out = run_pass(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), pass_name, policy)
@@ -255,7 +269,7 @@ def test_nhwc_input_transposed_to_nchw_is_rewritten_exactly() -> None:
     shapes = conv_shapes(model, None)
     assert shapes["x"] == (1, 8, 12, 10)
     for name in PASSES:
-        if name == "split5x5":
+        if name in ("split5x5", "lowrank"):  # a 3×3 conv
             continue
         out = run_pass(model, name, FULL)
         assert len(out.rewritten) == 1, (name, out.skipped)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
+from convopt.datafit import Moments
 from convopt.graph import Builder, ConvSpec, conv_macs, conv_out_size
 
 RankMode = Literal["full", "fraction", "energy"]
@@ -77,22 +79,32 @@ class RankPolicy:
 
 @dataclass(frozen=True)
 class FitContext:
-    """Options of a decomposition: the seed and sweeps of the iterative fits (split5x5's ALS)."""
+    """Options of a decomposition: the seed and sweeps of the iterative fits (split5x5's ALS), and, for
+    data-aware factors, each layer's input-patch moments on the fit data (node name → Moments, im2col order
+    (c, a, b) as convopt.auto.lstsq.im2col_at gives it). Without moments a pass fits the kernel alone."""
 
     seed: int = 0
     als_iters: int = 30
+    moments: Mapping[str, Moments] = field(default_factory=dict)
+
+    def moments_for(self, conv: ConvSpec) -> Moments | None:
+        """The layer's moments when its factors can use them (dense convs: one group)."""
+        m = self.moments.get(conv.name)
+        return m if m is not None and conv.group == 1 and m.dim == int(np.prod(conv.W.shape[1:])) else None
 
 
 @dataclass(frozen=True)
 class Factors:
     """A pass's factors for one Conv, pure numpy: ``arrays`` holds each conv's weight of the chain in order
     (the last one is the chain's last conv, which also carries ``bias``); ``ranks`` the ranks they have;
-    ``weight_rel_error`` = ‖W − compose(factors)‖ / ‖W‖."""
+    ``weight_rel_error`` = ‖W − compose(factors)‖ / ‖W‖; ``output_error``: for data-aware factors, the layer's
+    relative output error on the fit data (‖Δy‖/‖y‖ from the moments, bias corrected), else None."""
 
     ranks: Ranks
     arrays: dict[str, np.ndarray]
     bias: np.ndarray | None
     weight_rel_error: float
+    output_error: float | None = None
 
     @property
     def last(self) -> str:
@@ -102,7 +114,26 @@ class Factors:
         """These factors with the last conv's weight and bias replaced (a least-squares refit)."""
         arrays = dict(self.arrays)
         arrays[self.last] = np.ascontiguousarray(weight.reshape(arrays[self.last].shape), np.float32)
-        return Factors(self.ranks, arrays, np.ascontiguousarray(bias, np.float32), self.weight_rel_error)
+        return Factors(self.ranks, arrays, np.ascontiguousarray(bias, np.float32), self.weight_rel_error,
+                       self.output_error)
+
+
+def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_hat: np.ndarray,
+                 moments: Moments | None) -> Factors:
+    """Factors with their errors; with ``moments`` the last bias is corrected for the mean shift of the output
+    (b + (W − Ŵ)μ) and the output error on the fit data is recorded."""
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+    err = decompose.relative_error(conv.W, W_hat)
+    if moments is None:
+        return Factors(dict(ranks), arrays, conv.B, err)
+    W, Wh = conv.W.reshape(conv.W.shape[0], -1).astype(np.float64), W_hat.reshape(conv.W.shape[0], -1)
+    bias = datafit.bias_correction(W, Wh, conv.B, moments.mean)
+    D = W - Wh
+    num = float(np.sum((D @ moments.covariance) * D))
+    b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
+    den = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    out_err = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+    return Factors(dict(ranks), arrays, bias.astype(np.float32), err, out_err)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
 from convopt.graph import Builder, ConvSpec
 from convopt.passes.base import (
-    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, split_groups, unique,
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, make_factors, split_groups, unique,
 )
 
 FRACTIONS = (0.25, 0.5, 0.75)  # auto mode's rank grid, × the exact rank of each side
@@ -72,7 +72,11 @@ class Bottleneck(ConvPass):
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         r_in, r_out = ranks.get("rank_in"), ranks.get("rank_out")
-        factors = [decompose.tucker2(bk, r_in, r_out) for bk in split_groups(conv.W, conv.group)]
+        m = fit.moments_for(conv)
+        if m is not None:  # output PCA of the responses, whitened input side, then refit under the covariance
+            factors = [datafit.tucker2_datafit(conv.W, m.covariance, r_in, r_out)]
+        else:
+            factors = [decompose.tucker2(bk, r_in, r_out) for bk in split_groups(conv.W, conv.group)]
         W_hat = np.concatenate([decompose.compose_tucker2(*f) for f in factors], axis=0)
         arrays: dict[str, np.ndarray] = {}
         if r_in is not None:
@@ -80,7 +84,7 @@ class Bottleneck(ConvPass):
         arrays["core"] = np.concatenate([f[1] for f in factors], axis=0)  # (g·co, ci, kh, kw)
         if r_out is not None:
             arrays["expand"] = np.concatenate([f[2] for f in factors], axis=0)  # (O, r_out, 1, 1)
-        return Factors(dict(ranks), arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, ranks, arrays, W_hat, m)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         a, g = factors.arrays, conv.group

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
 from convopt.graph import Builder, ConvSpec
-from convopt.passes.base import ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, split_groups
+from convopt.passes.base import (
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, make_factors, split_groups,
+)
 
 MULTIPLIERS = (1, 2, 3, 4)  # auto mode's grid
 
@@ -51,7 +53,11 @@ class Depthwise(ConvPass):
         m = ranks["multiplier"]
         O, Ig, kh, kw = conv.W.shape
         I = Ig * conv.group
-        factors = [decompose.depthwise_svd(bk, m) for bk in split_groups(conv.W, conv.group)]
+        moments = fit.moments_for(conv)
+        if moments is not None:  # per input channel, whitened by its k×k patch moment; P refit under the covariance
+            factors = [datafit.depthwise_datafit(conv.W, moments.covariance, m)]
+        else:
+            factors = [decompose.depthwise_svd(bk, m) for bk in split_groups(conv.W, conv.group)]
         W_hat = np.concatenate([decompose.compose_depthwise(D, P) for D, P in factors], axis=0)
         D = np.concatenate([f[0] for f in factors], axis=0)  # (I, m, kh, kw)
         P = np.concatenate([f[1] for f in factors], axis=0)  # (O, Ig, m)
@@ -60,7 +66,7 @@ class Depthwise(ConvPass):
                       "pw": P.transpose(0, 2, 1).reshape(O, m * I, 1, 1)}
         else:  # native multiplier: channel i·m + j
             arrays = {"dw": D.reshape(I * m, 1, kh, kw), "pw": P.reshape(O, Ig * m, 1, 1)}
-        return Factors(dict(ranks), arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, ranks, arrays, W_hat, moments)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         m = factors.ranks["multiplier"]

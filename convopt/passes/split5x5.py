@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
+from convopt.datafit import Moments
 from convopt.graph import Builder, ConvSpec
 from convopt.passes.base import (
-    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, split_groups, unique,
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, make_factors, split_groups, unique,
 )
 
 FRACTIONS = (0.5, 1.0, 1.5, 2.0, 3.0)  # auto mode's rank grid, × min(I, O)
@@ -70,17 +71,21 @@ class Split5x5(ConvPass):
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         R = ranks["rank"]
         blocks = split_groups(conv.W, conv.group)
+        m = fit.moments_for(conv)
         if R >= self.full_ranks(conv)["rank"]:
             fits = [decompose.split5x5_shift(bk) for bk in blocks]
+        elif m is not None:  # ALS on activations (or the input-channel whitening on wide layers)
+            fits = [datafit.split5x5_datafit(conv.W, m.covariance, R, n_iter=fit.als_iters, rng=fit.seed)]
         else:
             fits = [decompose.split5x5_als(bk, R, n_iter=fit.als_iters, rng=fit.seed) for bk in blocks]
-        return self._factors(conv, {"rank": int(fits[0][0].shape[0])}, fits)
+        return self._factors(conv, {"rank": int(fits[0][0].shape[0])}, fits, m)
 
-    def _factors(self, conv: ConvSpec, ranks: Ranks, fits: list[tuple[np.ndarray, np.ndarray]]) -> Factors:
+    def _factors(self, conv: ConvSpec, ranks: Ranks, fits: list[tuple[np.ndarray, np.ndarray]],
+                 moments: Moments | None = None) -> Factors:
         W_hat = np.concatenate([decompose.compose_split5x5(A, B) for A, B in fits], axis=0)
         arrays = {"3x3a": np.concatenate([f[0] for f in fits], axis=0),  # (g·R, Ig, 3, 3)
                   "3x3b": np.concatenate([f[1] for f in fits], axis=0)}  # (O, R, 3, 3)
-        return Factors(ranks, arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, ranks, arrays, W_hat, moments)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         assert conv.pads is not None
