@@ -38,6 +38,13 @@ class Candidate:
         return self.choice.factors.weight_rel_error
 
     @property
+    def error(self) -> float:
+        """The layer's relative output error on the fit data (data-aware factors), else its weight error."""
+        assert self.choice.factors is not None
+        f = self.choice.factors
+        return f.weight_rel_error if f.output_error is None else f.output_error
+
+    @property
     def speedup(self) -> float:
         return self.dense_ms / self.ms if self.ms > 0 else float("nan")
 
@@ -50,7 +57,8 @@ class Candidate:
                                                  if k in ("rel_l2_error", "top1_drop", "top1_agreement")}
         return {"layer": self.layer, "candidate": self.key, "form": self.form, "ranks": dict(self.choice.ranks),
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "weight_rel_error":
-                self.weight_rel_error, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
+                self.weight_rel_error, "output_error": self.choice.factors.output_error  # type: ignore[union-attr]
+                if self.choice.factors else None, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
                 "cost": self.cost, "calib": calib, "status": self.status}
 
 

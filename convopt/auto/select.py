@@ -1,5 +1,5 @@
-"""Global choice of one candidate (or none) per layer: greedy by latency saved per unit of accuracy cost,
-then an end-to-end check along the greedy sequence that backs off until the budget holds.
+"""Global choice of one candidate (or none) per layer: greedy by latency saved per unit of accuracy cost, and
+the grid of its steps that are tested (in order) on the decision data.
 
 Pure Python: candidates are (layer, key, saved_ms, cost) records; verification is a callback.
 """
@@ -57,34 +57,12 @@ def greedy_sequence(choices: list[Choice], eps: float = EPS_COST) -> list[Config
 
 
 def grid_steps(n: int, max_checks: int) -> list[int]:
-    """The steps 1..n to check: all of them when n <= max_checks, else ``max_checks`` spread evenly
-    (1 and n included)."""
+    """The steps 1..n to test, fixed before any test: all of them when n <= max_checks, else at most
+    ``max_checks`` spaced geometrically from 1 to n (dense where a tight budget binds, each a similar share
+    of the sequence's remaining rewrites further on)."""
     if n <= 0:
         return []
     if n <= max_checks:
         return list(range(1, n + 1))
-    return sorted({1 + round(i * (n - 1) / (max_checks - 1)) for i in range(max_checks)})
-
-
-def monotone_fit(values: list[float]) -> list[float]:
-    """The non-decreasing sequence closest to ``values`` in least squares (isotonic regression, pool adjacent
-    violators). A step of the greedy sequence only adds rewrites, so its true accuracy cost does not fall as
-    the step grows; the measured one does, by sampling noise. Fitting a monotone curve pools neighbouring
-    steps instead of trusting one lucky (or unlucky) measurement."""
-    blocks: list[list[float]] = []  # [mean, weight]
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2 = blocks.pop()
-            m1, w1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
-    out: list[float] = []
-    for m, w in blocks:
-        out.extend([m] * int(w))
-    return out
-
-
-def largest_within(steps: list[int], usage: list[float], limit: float = 1.0) -> int:
-    """The largest step whose monotone-fitted budget usage is at most ``limit`` (0 when none is)."""
-    fitted = monotone_fit(usage)
-    return max((k for k, u in zip(steps, fitted) if u <= limit + 1e-9), default=0)
+    ratio = n ** (1.0 / (max_checks - 1))
+    return sorted({min(n, max(1, round(ratio ** i))) for i in range(max_checks)} | {n})
