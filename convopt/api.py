@@ -57,6 +57,8 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
         raise InputError("--calib is for --strategy auto")
     if opts.no_eval and opts.fail_under_speedup is not None:
         raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+    if opts.time_budget is not None and strategy != "auto":
+        raise InputError("--time-budget is for --strategy auto")
     if opts.no_budget and not opts.budget.is_empty:
         raise InputError("--no-budget and a budget option contradict each other; drop one")
     return strategy  # type: ignore[return-value]
@@ -188,7 +190,7 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
         result = auto_optimize(model, fit=setup.roles.fit, select=setup.select, report=setup.report,
                                settings=opts.ort, budget=setup.budget, options=AutoOptions(
                                    passes=tuple(passes), align=opts.rank.align, seed=opts.seed,
-                                   refit_samples=opts.refit_samples),
+                                   refit_samples=opts.refit_samples, time_budget=opts.time_budget),
                                input_shapes=opts.data.input_shapes, latency_cache=opts.latency_cache,
                                on_event=say, **names)
         result.report = replace(result.report, settings={**result.report.settings, **settings})

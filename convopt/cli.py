@@ -208,6 +208,9 @@ def optimize(
                                              rich_help_panel=STRATEGY)] = False,
     latency_cache: Annotated[Optional[Path], typer.Option(
         help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
+    time_budget: Annotated[Optional[float], typer.Option(
+        metavar="SECONDS", help="auto: stop early with the best plan found so far.", min=0.0,
+        rich_help_panel=STRATEGY)] = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs, data splits and ALS.", min=0, metavar="N",
                                       rich_help_panel=STRATEGY)] = 0,
     full_rank: Annotated[bool, typer.Option("--full-rank", metavar="", help="Exact rewrites (verification: MACs usually grow).",
@@ -291,7 +294,7 @@ def optimize(
         ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
                         latency_batch=latency_batch),
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
-        latency_cache=latency_cache)
+        latency_cache=latency_cache, time_budget=time_budget)
     raise typer.Exit(_run_optimize(opts, quiet))
 
 

@@ -87,6 +87,7 @@ class OptimizeOptions:
     latency_cache: Path | None = None
     random_samples: int = 8
     refit_samples: int = 128
+    time_budget: float | None = None
 
     @property
     def output_path(self) -> Path:

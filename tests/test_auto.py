@@ -373,3 +373,31 @@ def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:
     got = make_session(both, FAST).run(["y2"], {"x": x})[0]
     np.testing.assert_array_equal(got, want)
     assert len(m.graph.node) == 6 and full is not None  # the input model is untouched
+
+
+def test_fit_plan_reuses_the_refits_of_a_shared_prefix() -> None:
+    model = two_conv_model()
+    calib = data(16, seed=1)
+    specs = conv_table(model, conv_shapes(model, None))
+    targets = collect_targets(model, {"conv1": "y1", "conv2": "y2"}, calib, FAST, rows=2000)
+    c1 = build_candidates(specs["conv1"], ["factorize"])[0][0].choice
+    c2a, c2b = [k.choice for k in build_candidates(specs["conv2"], ["factorize"])[0][:2]]
+    cache: dict = {}
+    first, infos = fit_plan(model, Plan({"conv1": c1, "conv2": c2a}), specs, targets, calib, FAST, cache=cache)
+    assert len(cache) == 2 and [i.layer for i in infos] == ["conv1", "conv2"]
+    again, _ = fit_plan(model, Plan({"conv1": c1, "conv2": c2b}), specs, targets, calib, FAST, cache=cache)
+    assert len(cache) == 3  # conv1's refit came from the cache, conv2 (a new choice) was refit
+    fresh, _ = fit_plan(model, Plan({"conv1": c1, "conv2": c2b}), specs, targets, calib, FAST)
+    for n in ("conv1", "conv2"):
+        for key, arr in fresh.choices[n].factors.arrays.items():
+            np.testing.assert_array_equal(again.choices[n].factors.arrays[key], arr)
+
+
+def test_time_budget_stops_early_with_the_best_plan_so_far() -> None:
+    model = two_conv_model(c=32, hw=16)
+    res, *_ = run_auto(model, data(48, seed=3, hw=16), Budget(max_rel_error=0.5),
+                       AutoOptions(min_layer_speedup=0.0, time_budget=0.0))
+    auto = res.report.passes[1]
+    assert not auto.rewritten and {s.node for s in auto.skipped} == {"conv1", "conv2"}
+    assert all("--time-budget reached" in s.reason for s in auto.skipped)
+    assert res.report.final is not None  # the report phase still runs

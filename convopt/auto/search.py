@@ -17,16 +17,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import onnx
 
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
-from convopt.auto.refit import Targets, collect_targets, fit_plan
-from convopt.auto.stats import patch_moments, sensitivities
+from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
+from convopt.auto.stats import CostModel, Sensitivity, patch_moments, sensitivities, top1_margins
+from convopt.measure.metrics import class_scores
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
 from convopt.core.driver import Decision, Driver
@@ -42,15 +44,14 @@ from convopt.passes import get_pass
 Say = Callable[[str], None]
 OnStep = Callable[[int, onnx.ModelProto, Measurement], None]
 REFIT_ROWS_PER_SAMPLE = 250  # output pixels per calibration sample kept as least-squares rows
-PRICING_SECONDS = 120.0  # candidates are priced alone, end to end, when that takes about this long at most
 
 
 @dataclass(frozen=True)
 class AutoOptions:
     """Auto mode's knobs. ``max_checks``: steps of the greedy sequence tested on the select data (spread
     evenly); ``every_step`` measures them all (the selection still stops at the first uncertified step).
-    ``passes`` None: every registered pass that auto mode tries by default. ``pricing``: how candidates are
-    costed on the fit data (see AutoSearch.price; "auto" measures them alone when that is affordable)."""
+    ``time_budget`` (seconds): stop early with the best plan found so far (layers not reached stay dense).
+    ``passes`` None: every registered pass that auto mode tries by default."""
 
     passes: tuple[str, ...] | None = None
     align: int = 8
@@ -61,7 +62,7 @@ class AutoOptions:
     refit_samples: int = 128
     max_checks: int = 12
     every_step: bool = False
-    pricing: Literal["auto", "alone", "sensitivity"] = "auto"
+    time_budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,22 @@ class AutoSearch:
         self.checks: list[Check] = []
         self.plans: dict[int, Plan] = {}  # step → its plan with refit factors (small: factors, not models)
         self.refits: dict[int, dict[str, list[float]]] = {}  # step → layer → refit error [before, after]
+        self.refit_cache: RefitCache = {}
         self.fit_data = fit
-        t0 = time.perf_counter()
         self.cost_ev = Evaluator(driver.original, fit, settings, measure_latency=False, role="fit")
-        self.pass_seconds = time.perf_counter() - t0  # one pass of the original over the fit data
         self.targets: Targets | None = None
         self.decisions: dict[int, Decision] = {}
-        self.sensitivity: dict[str, float] = {}
+        self.sensitivity: dict[str, Sensitivity] = {}
+        tb = options.time_budget
+        self.deadline = None if tb is None else time.perf_counter() + tb
+
+    def out_of_time(self, layers: Sequence[str] = ()) -> bool:
+        """True once --time-budget is spent; ``layers`` not reached are then left dense, with the reason."""
+        if self.deadline is None or time.perf_counter() < self.deadline:
+            return False
+        for n in layers:
+            self.skipped.setdefault(n, "not considered: --time-budget reached")
+        return True
 
     # -- 1, 2: layers, statistics, candidates, their latency ------------------------------------------------
 
@@ -160,6 +170,8 @@ class AutoSearch:
         groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, rows, self.options.seed)
         by_name = {c.name: c for c in eligible}
         for moments in groups:
+            if self.out_of_time([c.name for c in eligible if c.name not in built]):
+                break
             fit = replace(self.driver.fit, moments=moments)
             for name in moments:
                 cands, refused = build_candidates(by_name[name], self.passes, self.options.align, fit)
@@ -175,6 +187,8 @@ class AutoSearch:
         o = self.options
         lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
         for i, (name, cands) in enumerate(built.items(), 1):
+            if self.out_of_time([n for n in built if n not in self.cands and n != name] + [name]):
+                break
             c = self.driver.convs[name]
             models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
             dense, ms = measure_candidates(c, models, batch, lat, self.cache)
@@ -209,48 +223,27 @@ class AutoSearch:
             self.targets = collect_targets(self.driver.base, layers, self.fit_data, self.settings,
                                            rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed)
 
-    def price(self) -> list[Pick]:
-        """Each candidate's cost on the fit data: measured alone end to end when that is affordable
-        (``PRICING_SECONDS``), else its layer's output error times the layer's sensitivity (one noise-injection
-        run per layer). Output errors of independent layers add roughly in quadrature: the greedy spends cost².
-        A ranking on the fit data, not a decision: every step is certified on the select data."""
-        n = sum(len(v) for v in self.cands.values())
-        alone = self.options.pricing == "alone" or (
-            self.options.pricing == "auto" and n * self.pass_seconds <= PRICING_SECONDS)
-        self.say(f"auto: pricing {n} candidate(s) {'alone, end to end' if alone else 'by layer sensitivity'} "
-                 f"on {self.fit_data.n} fit samples")
-        return self._price_alone() if alone else self._price_by_sensitivity()
-
-    def _price_alone(self) -> list[Pick]:
-        """Each candidate alone, end to end: its relative output error is its cost; one that misses the budget's
-        point estimates by more than two samples' worth is not used."""
-        loose = self.budget.loosened(200.0 / max(self.fit_data.n, 1))
-        picks, total, done = [], sum(len(v) for v in self.cands.values()), 0
-        for name, cands in self.cands.items():
-            for k in cands:
-                done += 1
-                acc = self.driver.apply(f"{name} {k.key}", Plan({name: k.choice})).measure(self.cost_ev).accuracy
-                k.calib, k.cost = acc, float(acc.rel_l2_error or 0.0)
-                broken = loose.check(acc)
-                k.status = "eligible" if broken is None else f"alone breaks the budget on the fit data ({broken})"
-                if broken is None:
-                    picks.append(Pick(name, k.key, k.saved_ms, k.cost ** 2))
-                self.say(f"auto: cost [{done}/{total}] {name} {k.key}: rel err {fmt(k.cost, '.4f')}, top-1 drop "
-                         f"{fmt(acc.top1_drop, '.2f')}, layer {k.speedup:.2f}x, {k.status}")
-        return picks
-
-    def _price_by_sensitivity(self) -> list[Pick]:
+    def price(self) -> tuple[list[Pick], CostModel]:
+        """Each candidate's own cost is its layer's output error on the fit data; a configuration is priced by
+        the cost model built from each layer's sensitivity (one noise-injection run per layer): the expected %
+        of top-1 flips for a top-1 budget on class scores, else the relative output error. A ranking on the fit
+        data, not a decision: every step is certified on the select data."""
         assert self.targets is not None
         convs = [self.driver.convs[n] for n in self.cands]
+        self.say(f"auto: measuring {len(convs)} layer sensitivities on {self.fit_data.n} fit samples")
         self.sensitivity = sensitivities(self.driver.base, convs, self.targets, self.cost_ev, self.options.seed)
+        top1 = self.budget.max_accuracy_drop is not None or self.budget.min_agreement is not None
+        ref = self.cost_ev.reference[self.cost_ev.scored_index] if self.cost_ev.scored_index is not None else None
+        margins = top1_margins(class_scores(ref).astype(np.float64))[1] if top1 and ref is not None else None
+        model = CostModel(self.sensitivity, margins)
         picks = []
         for name, cands in self.cands.items():
             for k in cands:
-                k.cost, k.status = self.sensitivity[name] * k.error, "eligible"
-                picks.append(Pick(name, k.key, k.saved_ms, k.cost ** 2))
-            self.say(f"auto: {name}: sensitivity {self.sensitivity[name]:.3f}, costs "
-                     + ", ".join(f"{k.key} {k.cost:.4f}" for k in cands))
-        return picks
+                k.cost, k.status = model({name: k.error}), "eligible"
+                picks.append(Pick(name, k.key, k.saved_ms, k.error))
+            self.say(f"auto: {name}: sensitivity {self.sensitivity[name].rel:.3f}, predicted cost alone "
+                     + ", ".join(f"{k.key} {k.cost:.3g}" for k in cands))
+        return picks, model
 
     # -- 4: sequence, checks, final -------------------------------------------------------------------------
 
@@ -260,7 +253,7 @@ class AutoSearch:
             plan, infos = Plan({n: config[n].choice for n in self.driver.convs if n in config}), []
             if self.targets is not None and len(plan):
                 plan, infos = fit_plan(self.driver.base, plan, self.driver.convs, self.targets, self.fit_data,
-                                       self.settings)
+                                       self.settings, cache=self.refit_cache)
             self.plans[k] = plan
             self.refits[k] = {i.layer: [i.rel_error_before, i.rel_error_after] for i in infos}
         return self.plans[k]
@@ -281,14 +274,19 @@ class AutoSearch:
         self.decisions[k] = decision
         return decision
 
-    def select(self, picks: list[Pick]) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
-        """Fixed-sequence testing along the grid (increasing steps, stop at the first uncertified one), then the
-        largest certified step that measures faster than the original end to end."""
+    def select(self, picks: list[Pick], cost: CostModel | None
+               ) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
+        """The greedy sequence under ``cost``; fixed-sequence testing along its grid (increasing steps, stop at
+        the first uncertified one); the largest certified step that measures faster than the original."""
         by_key = {(k.layer, k.key): k for v in self.cands.values() for k in v}
-        configs = [{n: by_key[(p.layer, p.key)] for n, p in cfg.items()} for cfg in greedy_sequence(picks)]
+        seq = greedy_sequence(picks, cost) if cost is not None else [{}]
+        configs = [{n: by_key[(p.layer, p.key)] for n, p in cfg.items()} for cfg in seq]
         n_steps = len(configs) - 1
         certified, rejected = [], None
         for k in grid_steps(n_steps, n_steps if self.options.every_step else self.options.max_checks):
+            if self.out_of_time():
+                self.say("auto: --time-budget reached: the largest step certified so far is taken")
+                break
             decision = self.check(k, configs[k], n_steps)
             if decision.kept and rejected is None:
                 certified.append(k)
@@ -316,9 +314,9 @@ class AutoSearch:
         self.time_candidates(built, self.batch)
         t2 = time.perf_counter()
         self.collect()
-        picks = self.price() if self.cands else []
+        picks, cost = self.price() if self.cands else ([], None)
         t3 = time.perf_counter()
-        result = self.select(picks)
+        result = self.select(picks, cost)
         self.timings = {"fit": t1 - t0, "latency": t2 - t1, "costs": t3 - t2, "select": time.perf_counter() - t3}
         return result
 

@@ -1,10 +1,11 @@
 """Global choice of one candidate (or none) per layer: greedy by latency saved per unit of accuracy cost, and
 the grid of its steps that are tested (in order) on the decision data.
 
-Pure Python: candidates are (layer, key, saved_ms, cost) records; verification is a callback.
+Pure Python: candidates are (layer, key, saved_ms, cost) records; a configuration is priced by a callable.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,7 +15,7 @@ EPS_COST = 1e-6
 @dataclass(frozen=True)
 class Choice:
     """A candidate for one layer: ``saved_ms`` = dense ms − candidate ms (single-layer, measured);
-    ``cost`` = accuracy cost when applied alone (larger is worse; any non-negative proxy)."""
+    ``cost`` = the candidate's own accuracy cost (its layer's output error; larger is worse)."""
 
     layer: str
     key: str
@@ -23,36 +24,41 @@ class Choice:
 
 
 Config = dict[str, Choice]  # layer → chosen candidate
+ConfigCost = Callable[[Mapping[str, float]], float]  # {layer: its choice's cost} → the configuration's cost
 
 
-def greedy_sequence(choices: list[Choice], eps: float = EPS_COST) -> list[Config]:
+def additive(costs: Mapping[str, float]) -> float:
+    return float(sum(costs.values()))
+
+
+def greedy_sequence(choices: list[Choice], cost: ConfigCost = additive, eps: float = EPS_COST) -> list[Config]:
     """Configurations of growing saving: start with every layer dense; at each step take the upgrade (a layer's
     first candidate, or a switch to a candidate of that layer saving more) with the best marginal ratio
-    (Δsaved / Δcost, Δcost floored at ``eps``). Candidates that save nothing are never used. Returns
-    [config_0 = {}, config_1, ...]; the last one has no upgrade left."""
+    Δsaved / Δcost, where ``cost`` prices a whole configuration (Δcost floored at ``eps``). Candidates that
+    save nothing are never used. Returns [config_0 = {}, config_1, ...]; the last one has no upgrade left."""
     by_layer: dict[str, list[Choice]] = {}
     for c in choices:
         if c.saved_ms > 0:
             by_layer.setdefault(c.layer, []).append(c)
     current: Config = {}
     seq: list[Config] = [dict(current)]
+    costs: dict[str, float] = {}
+    now = cost(costs)
     while True:
-        best: tuple[float, float, Choice] | None = None
+        best: tuple[float, float, Choice, float] | None = None
         for layer, cands in by_layer.items():
-            cur = current.get(layer)
-            cur_saved = cur.saved_ms if cur else 0.0
-            cur_cost = cur.cost if cur else 0.0
+            cur_saved = current[layer].saved_ms if layer in current else 0.0
             for c in cands:
                 d_saved = c.saved_ms - cur_saved
                 if d_saved <= 0:
                     continue
-                ratio = d_saved / max(c.cost - cur_cost, eps)
-                key = (ratio, d_saved)
-                if best is None or key > best[:2]:
-                    best = (ratio, d_saved, c)
+                after = cost({**costs, layer: c.cost})
+                ratio = d_saved / max(after - now, eps)
+                if best is None or (ratio, d_saved) > best[:2]:
+                    best = (ratio, d_saved, c, after)
         if best is None:
             return seq
-        current[best[2].layer] = best[2]
+        current[best[2].layer], costs[best[2].layer], now = best[2], best[2].cost, best[3]
         seq.append(dict(current))
 
 

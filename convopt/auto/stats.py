@@ -6,6 +6,7 @@ on the fit data times its layer's sensitivity: no end-to-end run per candidate."
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -76,19 +77,87 @@ def _with_noise(model: onnx.ModelProto, conv: ConvSpec, noise: np.ndarray) -> on
     return m
 
 
+@dataclass(frozen=True)
+class Sensitivity:
+    """How a layer's output error reaches the model's outputs, from one noise-injection run on the fit data:
+    ``rel``: relative L2 error of the outputs per unit of relative error at the layer; ``margin``: for a model
+    with class scores, per fit sample, how much the original top-1 class's lead over the runner-up moves per
+    unit of relative error at the layer (absolute value), else None."""
+
+    rel: float
+    margin: np.ndarray | None
+
+
+def top1_margins(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class per sample, its lead over the best other class) of class scores (n, C)."""
+    top = np.argmax(scores, axis=1)
+    rest = scores.copy()
+    rest[np.arange(len(top)), top] = -np.inf
+    return top, scores[np.arange(len(top)), top] - rest.max(axis=1)
+
+
+def _lead(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """How far class ``top`` leads every other class, per sample (negative: it lost the top-1)."""
+    rest = scores.copy()
+    rest[np.arange(len(top)), top] = -np.inf
+    return scores[np.arange(len(top)), top] - rest.max(axis=1)
+
+
 def sensitivities(model: onnx.ModelProto, convs: Sequence[ConvSpec], targets: Targets, evaluator: Evaluator,
-                  seed: int = 0) -> dict[str, float]:
-    """Per layer: relative L2 error of the model's outputs on ``evaluator``'s data / relative size of a fixed
-    Gaussian noise (``NOISE`` of each output channel's RMS, from the layer's sampled outputs in ``targets``)
-    added to the layer's output. One end-to-end run per layer."""
+                  seed: int = 0) -> dict[str, Sensitivity]:
+    """Per layer: a fixed Gaussian noise of ``NOISE`` × each output channel's RMS (from the layer's sampled
+    outputs in ``targets``) added to the layer's output, the model run on ``evaluator``'s data. One run per
+    layer; the noise's realized relative size normalizes both figures."""
+    from convopt.measure.metrics import class_scores
+    from convopt.measure.ort import make_session, run_model
+
     rng = np.random.default_rng(seed)
-    out: dict[str, float] = {}
+    scored = evaluator.scored_index
+    ref = None if scored is None else class_scores(evaluator.reference[scored])
+    top, margin0 = (None, None) if ref is None else top1_margins(ref.astype(np.float64))
+    out: dict[str, Sensitivity] = {}
     for c in convs:
         assert c.out_shape is not None
-        rms = np.sqrt(np.mean(np.square(targets.y[c.name].astype(np.float64)), axis=0))  # (O,)
-        noise = rng.standard_normal(c.out_shape[1:]) * rms[:, None, None] * NOISE
-        y_norm = float(np.sqrt(np.mean(np.square(targets.y[c.name].astype(np.float64)).sum(axis=1))))
-        rel = float(np.linalg.norm(noise) / np.sqrt(noise[0].size) / max(y_norm, 1e-30))
-        err = evaluator.measure(_with_noise(model, c, noise), f"sensitivity of {c.name}", timed=False)
-        out[c.name] = float(err.accuracy.rel_l2_error or 0.0) / max(rel, 1e-12)
+        y = targets.y[c.name].astype(np.float64)
+        noise = rng.standard_normal(c.out_shape[1:]) * np.sqrt(np.mean(np.square(y), axis=0))[:, None, None] * NOISE
+        rel = float(np.linalg.norm(noise) / np.sqrt(noise[0].size)) / max(float(np.sqrt(np.mean(np.square(y).sum(1)))), 1e-30)
+        noisy = _with_noise(model, c, noise)
+        outs = run_model(make_session(noisy, evaluator.settings), evaluator.data, evaluator.settings)
+        err = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, evaluator.reference))
+        norm = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in evaluator.reference)
+        margin = None
+        if ref is not None and top is not None and margin0 is not None:
+            moved = np.abs(margin0 - _lead(class_scores(outs[scored]).astype(np.float64), top))  # type: ignore[union-attr,index]
+            margin = moved / max(rel, 1e-12)
+        out[c.name] = Sensitivity(float(np.sqrt(err / norm)) / max(rel, 1e-12) if norm > 0 else 0.0, margin)
     return out
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """The predicted end-to-end cost of a set of rewrites (layer → its own output error on the fit data),
+    from the layers' sensitivities. Errors of independent layers add in quadrature. With class scores and a
+    top-1 budget: the expected % of fit samples whose top-1 flips, each sample's lead perturbed by a Gaussian
+    of the layers' combined margin shifts; otherwise the relative L2 error of the outputs."""
+
+    sens: dict[str, Sensitivity]
+    margins: np.ndarray | None = None  # the original's top-1 lead per fit sample (top-1 pricing)
+
+    def __call__(self, errors: dict[str, float]) -> float:
+        if self.margins is not None:
+            var = np.zeros_like(self.margins)
+            for layer, e in errors.items():
+                m = self.sens[layer].margin
+                if m is not None:
+                    var += np.square(m * e)
+            sd = np.sqrt(var)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where(sd > 0, -self.margins / np.where(sd > 0, sd, 1.0), -np.inf)
+            return 100.0 * float(np.mean(_normal_cdf(z)))
+        return float(np.sqrt(sum((self.sens[layer].rel * e) ** 2 for layer, e in errors.items())))
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(z)
