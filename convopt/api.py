@@ -138,12 +138,13 @@ class Setup:
 def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
     """Data roles, one evaluator per decision and report role, the budget (the default unless --no-budget) and
     whether the decision data can certify it at all."""
-    from convopt.measure.plugin import load_metric
+    from convopt.measure.plugin import TaskMetric, load_metric
 
     roles = load_roles(model, opts, strategy)
     if roles.select.warning:
         warn(roles.select.warning)
-    metric = None if opts.metric is None else load_metric(opts.metric)
+    metric = None if opts.metric is None else (
+        load_metric(opts.metric) if isinstance(opts.metric, str) else TaskMetric.from_callable(opts.metric))
     select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select")
     report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report")
     budget, message = None, "no budget: --no-budget keeps rewrites unchecked"

@@ -8,6 +8,7 @@ from typing import Literal
 from convopt.core.budget import Budget
 from convopt.errors import InputError
 from convopt.measure.ort import OrtSettings
+from convopt.measure.plugin import MetricFn
 from convopt.passes import RankPolicy
 
 Strategy = Literal["auto", "uniform"]
@@ -77,7 +78,7 @@ class OptimizeOptions:
     data: DataOptions = DataOptions()
     budget: Budget = Budget()
     no_budget: bool = False
-    metric: str | None = None
+    metric: str | MetricFn | None = None  # FILE.py:FN, package.module:FN, or the function itself
     fail_under_speedup: float | None = None
     ort: OrtSettings = OrtSettings()
     require_faster: bool = True

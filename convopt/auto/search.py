@@ -27,7 +27,7 @@ import onnx
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
 from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
-from convopt.auto.stats import CostModel, Sensitivity, patch_moments, sensitivities, top1_margins
+from convopt.auto.stats import CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
 from convopt.measure.metrics import class_scores
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
@@ -44,6 +44,7 @@ from convopt.passes import get_pass
 Say = Callable[[str], None]
 OnStep = Callable[[int, onnx.ModelProto, Measurement], None]
 REFIT_ROWS_PER_SAMPLE = 250  # output pixels per calibration sample kept as least-squares rows
+PRUNE = 2.0  # a candidate predicted alone to cost more than this many budgets is not used
 
 
 @dataclass(frozen=True)
@@ -225,25 +226,39 @@ class AutoSearch:
 
     def price(self) -> tuple[list[Pick], CostModel]:
         """Each candidate's own cost is its layer's output error on the fit data; a configuration is priced by
-        the cost model built from each layer's sensitivity (one noise-injection run per layer): the expected %
+        the cost model built from each layer's sensitivity (one run per layer, of its middle rewrite): the expected %
         of top-1 flips for a top-1 budget on class scores, else the relative output error. A ranking on the fit
         data, not a decision: every step is certified on the select data."""
-        assert self.targets is not None
-        convs = [self.driver.convs[n] for n in self.cands]
-        self.say(f"auto: measuring {len(convs)} layer sensitivities on {self.fit_data.n} fit samples")
-        self.sensitivity = sensitivities(self.driver.base, convs, self.targets, self.cost_ev, self.options.seed)
+        self.say(f"auto: measuring {len(self.cands)} layer sensitivities on {self.fit_data.n} fit samples")
+        for name, cands in self.cands.items():
+            rep = sorted(cands, key=lambda k: k.error)[len(cands) // 2]  # a middle rewrite of the layer
+            model = self.driver.apply(f"sensitivity of {name}", Plan({name: rep.choice})).model
+            self.sensitivity[name] = sensitivity(model, rep.error, self.cost_ev)
         top1 = self.budget.max_accuracy_drop is not None or self.budget.min_agreement is not None
         ref = self.cost_ev.reference[self.cost_ev.scored_index] if self.cost_ev.scored_index is not None else None
         margins = top1_margins(class_scores(ref).astype(np.float64))[1] if top1 and ref is not None else None
         model = CostModel(self.sensitivity, margins)
+        limit = PRUNE * self._limit(margins is not None)
         picks = []
         for name, cands in self.cands.items():
             for k in cands:
-                k.cost, k.status = model({name: k.error}), "eligible"
+                k.cost = model({name: k.error})
+                if k.cost > limit:
+                    k.status = f"predicted alone to cost {k.cost:.3g}, more than {PRUNE:g}× the budget: not used"
+                    continue
+                k.status = "eligible"
                 picks.append(Pick(name, k.key, k.saved_ms, k.error))
             self.say(f"auto: {name}: sensitivity {self.sensitivity[name].rel:.3f}, predicted cost alone "
                      + ", ".join(f"{k.key} {k.cost:.3g}" for k in cands))
         return picks, model
+
+    def _limit(self, top1: bool) -> float:
+        """The budget in the cost model's units: % of flips for a top-1 budget, else relative error."""
+        b = self.budget
+        if top1:
+            return min(v for v in (b.max_accuracy_drop, None if b.min_agreement is None else 100 - b.min_agreement)
+                       if v is not None)
+        return b.max_rel_error if b.max_rel_error is not None else float("inf")
 
     # -- 4: sequence, checks, final -------------------------------------------------------------------------
 

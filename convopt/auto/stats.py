@@ -1,8 +1,8 @@
-"""What auto mode learns from the fit data before it builds a candidate: each layer's input-patch moments
-(streamed, pixels subsampled as batches arrive; the data-aware factors are fitted under them) and each
-layer's sensitivity (how much relative error at the model's outputs one unit of relative error at the layer's
-output causes, measured once by injecting noise there). A candidate's cost is then its own output error
-on the fit data times its layer's sensitivity: no end-to-end run per candidate."""
+"""What auto mode learns from the fit data: each layer's input-patch moments (streamed, pixels subsampled as
+batches arrive; the data-aware factors are fitted under them) and each layer's sensitivity (how much the
+model's outputs move per unit of relative error at the layer's output, measured once per layer with one of
+its rewrites). A candidate's cost is then its own output error on the fit data times its layer's
+sensitivity: one end-to-end run per layer, not per candidate."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -10,18 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
-from convopt.auto.refit import Targets, iter_batches
+from convopt.auto.refit import iter_batches
 from convopt.datafit import MomentAccumulator, Moments
-from convopt.graph import ConvSpec, copy_model
+from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
 
 MOMENT_BYTES = 512 << 20  # moments accumulated in one pass over the data (float64 F×F each); more: more passes
-NOISE = 0.1  # relative size of the noise injected at a layer's output to measure its sensitivity
 
 
 def geometry(conv: ConvSpec) -> ConvGeom:
@@ -60,26 +58,9 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
         yield {name: a.moments() for name, a in acc.items()}
 
 
-def _with_noise(model: onnx.ModelProto, conv: ConvSpec, noise: np.ndarray) -> onnx.ModelProto:
-    """``model`` with ``noise`` (C, H, W) added to ``conv``'s output, for every sample (an Add right after
-    the layer, so the graph stays in topological order)."""
-    m = copy_model(model)
-    pre, name = conv.y + "/convopt_pre_noise", conv.y + "/convopt_noise"
-    nodes = list(m.graph.node)
-    at = next(i for i, n in enumerate(nodes) if conv.y in n.output)
-    nodes[at].output[list(nodes[at].output).index(conv.y)] = pre
-    nodes.insert(at + 1, onnx.helper.make_node("Add", [pre, name], [conv.y], name=name))
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    m.graph.initializer.append(numpy_helper.from_array(noise.astype(np.float32)[None], name))
-    if m.ir_version < 4:
-        m.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, *noise.shape]))
-    return m
-
-
 @dataclass(frozen=True)
 class Sensitivity:
-    """How a layer's output error reaches the model's outputs, from one noise-injection run on the fit data:
+    """How a layer's output error reaches the model's outputs, from one run of a rewrite on the fit data:
     ``rel``: relative L2 error of the outputs per unit of relative error at the layer; ``margin``: for a model
     with class scores, per fit sample, how much the original top-1 class's lead over the runner-up moves per
     unit of relative error at the layer (absolute value), else None."""
@@ -103,34 +84,27 @@ def _lead(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
     return scores[np.arange(len(top)), top] - rest.max(axis=1)
 
 
-def sensitivities(model: onnx.ModelProto, convs: Sequence[ConvSpec], targets: Targets, evaluator: Evaluator,
-                  seed: int = 0) -> dict[str, Sensitivity]:
-    """Per layer: a fixed Gaussian noise of ``NOISE`` × each output channel's RMS (from the layer's sampled
-    outputs in ``targets``) added to the layer's output, the model run on ``evaluator``'s data. One run per
-    layer; the noise's realized relative size normalizes both figures."""
+def sensitivity(rewritten: onnx.ModelProto, local_error: float, evaluator: Evaluator) -> Sensitivity:
+    """How a layer's output error reaches the model's outputs: ``rewritten`` is the model with one rewrite of
+    the layer, whose own relative output error on the fit data is ``local_error``; run on ``evaluator``'s
+    data, the outputs' relative L2 error and each sample's top-1 lead shift, per unit of local error. A real
+    rewrite of the layer (not white noise) carries the spatial correlation its error has, which pooling
+    layers do not average away."""
     from convopt.measure.metrics import class_scores
     from convopt.measure.ort import make_session, run_model
 
-    rng = np.random.default_rng(seed)
+    outs = run_model(make_session(rewritten, evaluator.settings), evaluator.data, evaluator.settings)
+    err = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, evaluator.reference))
+    norm = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in evaluator.reference)
+    unit = max(local_error, 1e-12)
+    rel = float(np.sqrt(err / norm)) / unit if norm > 0 else 0.0
     scored = evaluator.scored_index
     ref = None if scored is None else class_scores(evaluator.reference[scored])
-    top, margin0 = (None, None) if ref is None else top1_margins(ref.astype(np.float64))
-    out: dict[str, Sensitivity] = {}
-    for c in convs:
-        assert c.out_shape is not None
-        y = targets.y[c.name].astype(np.float64)
-        noise = rng.standard_normal(c.out_shape[1:]) * np.sqrt(np.mean(np.square(y), axis=0))[:, None, None] * NOISE
-        rel = float(np.linalg.norm(noise) / np.sqrt(noise[0].size)) / max(float(np.sqrt(np.mean(np.square(y).sum(1)))), 1e-30)
-        noisy = _with_noise(model, c, noise)
-        outs = run_model(make_session(noisy, evaluator.settings), evaluator.data, evaluator.settings)
-        err = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, evaluator.reference))
-        norm = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in evaluator.reference)
-        margin = None
-        if ref is not None and top is not None and margin0 is not None:
-            moved = np.abs(margin0 - _lead(class_scores(outs[scored]).astype(np.float64), top))  # type: ignore[union-attr,index]
-            margin = moved / max(rel, 1e-12)
-        out[c.name] = Sensitivity(float(np.sqrt(err / norm)) / max(rel, 1e-12) if norm > 0 else 0.0, margin)
-    return out
+    if ref is None:
+        return Sensitivity(rel, None)
+    top, lead = top1_margins(ref.astype(np.float64))
+    moved = np.abs(lead - _lead(class_scores(outs[scored]).astype(np.float64), top))  # type: ignore[union-attr,index]
+    return Sensitivity(rel, moved / unit)
 
 
 @dataclass(frozen=True)
