@@ -20,6 +20,8 @@ class Candidate:
     macs_before: int
     macs_after: int
     form: str
+    weight_rel_error: float
+    output_error: float | None = None  # on the fit data (data-aware factors)
     dense_ms: float = float("nan")
     ms: float = float("nan")
     cost: float | None = None
@@ -31,16 +33,13 @@ class Candidate:
         return self.choice.key
 
     @property
-    def weight_rel_error(self) -> float:
-        assert self.choice.factors is not None
-        return self.choice.factors.weight_rel_error
-
-    @property
     def error(self) -> float:
         """The layer's relative output error on the fit data (data-aware factors), else its weight error."""
-        assert self.choice.factors is not None
-        f = self.choice.factors
-        return f.weight_rel_error if f.output_error is None else f.output_error
+        return self.weight_rel_error if self.output_error is None else self.output_error
+
+    def drop_factors(self) -> None:
+        """Forget the factors (a candidate no longer in play: only its figures stay, for the report)."""
+        self.choice = Choice(self.choice.pass_name, dict(self.choice.ranks))
 
     @property
     def speedup(self) -> float:
@@ -53,8 +52,7 @@ class Candidate:
     def to_dict(self) -> dict[str, object]:
         return {"layer": self.layer, "candidate": self.key, "form": self.form, "ranks": dict(self.choice.ranks),
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "weight_rel_error":
-                self.weight_rel_error, "output_error": self.choice.factors.output_error  # type: ignore[union-attr]
-                if self.choice.factors else None, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
+                self.weight_rel_error, "output_error": self.output_error, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
                 "cost": self.cost, "status": self.status}
 
 
@@ -79,5 +77,6 @@ def build_candidates(conv: ConvSpec, passes: list[str], align: int = 8,
                 factors = p.decompose(conv, ranks, fit)
                 choice = Choice(name, dict(factors.ranks), factors)
                 out.setdefault(choice.key, Candidate(conv.name, choice, p.dense_macs(conv),
-                                                     p.macs(conv, factors.ranks), p.form(conv, factors.ranks)))
+                                                     p.macs(conv, factors.ranks), p.form(conv, factors.ranks),
+                                                     factors.weight_rel_error, factors.output_error))
     return list(out.values()), refused

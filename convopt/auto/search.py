@@ -27,7 +27,8 @@ import onnx
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
 from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
-from convopt.auto.stats import CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
+from convopt.auto.stats import MOMENT_BYTES, CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
+from convopt.io import approx_model_bytes
 from convopt.measure.metrics import class_scores
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
@@ -167,7 +168,9 @@ class AutoSearch:
         """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit
         data (collected a memory-bounded group of layers at a time, dropped once the group's factors exist)."""
         built: dict[str, list[Candidate]] = {}
-        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed)
+        # a group of layers' moments takes at most the model's size (one wide layer may take more, alone)
+        budget = max(MOMENT_BYTES, approx_model_bytes(self.driver.base))
+        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed, budget)
         by_name = {c.name: c for c in eligible}
         for moments in groups:
             if self.out_of_time([c.name for c in eligible if c.name not in built]):
@@ -201,9 +204,11 @@ class AutoSearch:
                     k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {o.min_layer_speedup})"
             self.all_cands += cands
             keep = pareto_spread(fast, o.max_candidates_per_layer)
-            for k in fast:
+            for k in cands:
                 if k not in keep:
-                    k.status = "not used (dominated or thinned: another candidate is faster and as accurate)"
+                    k.drop_factors()  # memory: only the kept candidates' factors stay
+                    if k in fast:
+                        k.status = "not used (dominated or thinned: another candidate is faster and as accurate)"
             if keep:
                 self.cands[name] = keep
             else:
@@ -244,6 +249,7 @@ class AutoSearch:
                 k.cost = model({name: k.error})
                 if k.cost > limit:
                     k.status = f"predicted alone to cost {k.cost:.3g}, more than {PRUNE:g}× the budget: not used"
+                    k.drop_factors()
                     continue
                 k.status = "eligible"
                 picks.append(Pick(name, k.key, k.saved_ms, k.error))

@@ -19,7 +19,7 @@ from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
 
-MOMENT_BYTES = 512 << 20  # moments accumulated in one pass over the data (float64 F×F each); more: more passes
+MOMENT_BYTES = 32 << 20  # least moments accumulated in one pass (float64 F×F each; a caller may allow more)
 MIN_ROWS, MAX_ROWS = 4000, 16000  # patch rows sampled per layer (see rows_for)
 
 
