@@ -254,6 +254,10 @@ def _check_ranges(kw: dict[str, Any]) -> None:
     v = kw["fail_under_speedup"]
     if v is not None and not (math.isfinite(v) and v > 0):
         raise InputError(f"--fail-under-speedup must be a positive number, got {v}")
+    from convopt.measure.evaluator import Budget
+
+    Budget(max_accuracy_drop=kw["max_accuracy_drop"], min_agreement=kw["min_agreement"],
+           max_rel_error=kw["max_rel_error"])  # InputError for a negative, non-finite or >100 % limit
 
 
 def _optimize_files(model_path: Path, kw: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -341,7 +345,7 @@ def run_optimize(**kw: Any) -> int:
         data = load_eval_data(model, kw["data"], preprocess=kw["preprocess"], labels=kw["labels"],
                               input_shapes=shapes, limit=kw["limit"], seed=kw["seed"])
         if data.warning and not quiet:
-            err.print(f"warning: {data.warning}", markup=False)
+            err.print(f"warning: {safe(data.warning)}", markup=False, soft_wrap=True)
         calib_data = None
         if strategy == "auto":
             from convopt.auto import split_eval_data
@@ -366,7 +370,7 @@ def run_optimize(**kw: Any) -> int:
 
     def say(msg: str) -> None:
         if not quiet:
-            err.print(msg, markup=False)
+            err.print(safe(msg), markup=False, soft_wrap=True)
 
     budget_settings = {"max_accuracy_drop": kw["max_accuracy_drop"], "min_agreement": kw["min_agreement"],
                        "max_rel_error": kw["max_rel_error"], "fail_under_speedup": kw["fail_under_speedup"]}
@@ -406,7 +410,7 @@ def run_optimize(**kw: Any) -> int:
         render_table(rep.to_dict(), out)
         out.print(f"wrote {safe(output)}" + (f" and {safe(report_path)}" if report_path else ""), markup=False)
     if gate_reason is not None:
-        err.print(f"gate failed: {gate_reason}", markup=False)
+        err.print(f"gate failed: {safe(gate_reason)}", markup=False, soft_wrap=True)
         return GateError.exit_code
     return 0
 

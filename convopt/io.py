@@ -60,12 +60,13 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str,
         raise error(f"{what} not found: {safe(p)}") from None
     except OSError as exc:
         raise error(f"cannot read {what} {safe(p)}: {safe(exc.strerror or exc)}") from None
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise error(f"{safe(p)} is a folder, not {what} file")
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{safe(p)} is not a regular file (a device, FIFO or socket); give {what} file")
+        raise error(f"{safe(p)} is not a regular file (a device, FIFO or socket); give {what} file")
+    with os.fdopen(fd, "rb", buffering=0) as fh:
         too_big = error(f"{safe(p)} is larger than the {fmt_bytes(limit)} convopt reads as {what}")
         if st.st_size > limit:
             raise too_big

@@ -66,7 +66,9 @@ class Journal:
 
     live: set[Path] = field(default_factory=set)
     written: list[Path] = field(default_factory=list)
-    signum: int | None = None
+    signum: int | None = None  # the signal that stopped the run
+    holding: bool = False  # inside a commit: a signal is recorded in ``pending`` and raised after it
+    pending: int | None = None
 
     def cleanup(self) -> list[Path]:
         """Remove every live temporary file; return those that could not be removed."""
@@ -146,17 +148,26 @@ def stage(target: str | os.PathLike[str], chunks: Iterable[bytes | bytearray | m
 
 
 @contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP until the block ends (then they are delivered). No-op where
-    pthread_sigmask does not exist."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then raise :class:`Interrupted` for one that came.
+
+    Two layers: ``signal.pthread_sigmask`` blocks them in this thread, and the Python handler, which always
+    runs in the main thread, only records a signal while ``JOURNAL.holding`` (a process-directed signal can be
+    taken by another thread, ORT's or BLAS's, whose mask is not ours, and the main thread would then run the
+    handler at its next bytecode)."""
+    blocked = hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS) if blocked else None
+    JOURNAL.holding = True
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        JOURNAL.holding = False
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a blocked signal is delivered here
+        pending, JOURNAL.pending = JOURNAL.pending, None
+        if pending is not None and JOURNAL.signum is None:
+            JOURNAL.signum = pending
+            raise Interrupted(pending)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -179,7 +190,7 @@ def commit(staged: Sequence[Staged]) -> list[Path]:
     its report). Only SIGKILL or a failing rename can stop it half way; a failing rename removes the rest
     and raises OutputError naming what was already replaced."""
     done: list[Path] = []
-    with signals_blocked():
+    with signals_held():
         for i, s in enumerate(staged):
             try:
                 os.replace(s.tmp, s.final)
@@ -201,6 +212,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
 
 
 def _handler(signum: int, _frame: object) -> None:
+    if JOURNAL.holding:  # inside a commit: raised when it is done (signals_held)
+        JOURNAL.pending = JOURNAL.pending or signum
+        return
     if JOURNAL.signum is None:  # the first signal stops the run; later ones must not break the clean-up
         JOURNAL.signum = signum
         raise Interrupted(signum)
@@ -218,7 +232,8 @@ def signals_handled() -> Iterator[Journal]:
     if outer:
         JOURNAL.live.clear()
         JOURNAL.written.clear()
-        JOURNAL.signum = None
+        JOURNAL.signum = JOURNAL.pending = None
+        JOURNAL.holding = False
         if threading.current_thread() is threading.main_thread():
             for s in HANDLED_SIGNALS:
                 old[s] = signal.signal(s, _handler)
