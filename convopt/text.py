@@ -53,14 +53,14 @@ def one_line(value: object) -> str:
 
 def cell(name: object, limit: int = TABLE_NAME_LIMIT) -> str:
     """A model name for a table cell: :func:`safe`, and when longer than ``limit`` characters, its first
-    ``limit - 11`` characters, an ellipsis and ``#`` + 8 hex digits of the SHA-256 of the original name, so
+    ``limit - 10`` characters, an ellipsis and ``#`` + 8 hex digits of the SHA-256 of the original name, so
     two long names that share a prefix still get different cells."""
     s = safe(name)
     if len(s) <= limit:
         return s
     raw = name if isinstance(name, str) else str(name)
     digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{s[:limit - 11]}…#{digest}"
+    return f"{s[:limit - 10]}…#{digest}"
 
 
 def json_safe(text: str) -> str:
