@@ -2,7 +2,8 @@
 
 - A model file plus its external data: at most ``DEFAULT_MAX_MODEL_BYTES`` (4 GiB), ``--max-model-bytes``
   to raise it. A JSON report: ``REPORT_MAX_BYTES`` (64 MiB); a latency cache: ``CACHE_MAX_BYTES``
-  (16 MiB). Only regular files are read (no FIFO, device or folder).
+  (16 MiB); a labels CSV: ``LABELS_CSV_MAX_BYTES`` (256 MiB). Only regular files are read (no FIFO, device
+  or folder); .npy/.npz files are judged on their headers (convopt.measure.npz).
 - Evaluation data (random or loaded, before ORT sees it): at most a quarter of the machine's memory
   (:func:`data_memory_limit`: physical memory, or the cgroup's limit when lower), estimated before anything
   is allocated.
@@ -16,6 +17,7 @@ from pathlib import Path
 DEFAULT_MAX_MODEL_BYTES = 4 * 2**30
 REPORT_MAX_BYTES = 64 * 2**20
 CACHE_MAX_BYTES = 16 * 2**20
+LABELS_CSV_MAX_BYTES = 256 * 2**20
 DATA_MEMORY_FRACTION = 0.25
 MAX_SEED = 2**32 - 1
 

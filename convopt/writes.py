@@ -3,9 +3,10 @@
 A write goes first to ``.convopt-<pid>-<name>.tmp`` in the target's folder (created with O_EXCL and mode
 0o666 & ~umask, the permissions of any new file: never those of the file it replaces), is flushed and
 fsynced, and is renamed over the target by :func:`commit`. The files of one run (the model, its external
-data, the JSON report) are staged first and renamed together while SIGINT, SIGTERM and SIGHUP are blocked
-(``signal.pthread_sigmask``): a signal that arrives meanwhile is delivered after the last rename, so a run
-ends with all of its files in place or none of them.
+data, the JSON report) are staged first and renamed together while SIGINT, SIGTERM and SIGHUP are held
+(``signal.pthread_sigmask`` in this thread, and the Python handler defers while a commit runs:
+:func:`signals_held`): a signal that arrives meanwhile takes effect after the last rename, so a run ends
+with all of its files in place or none of them.
 
 :func:`signals_handled` (the CLI wraps every command in it) turns those three signals into
 :class:`Interrupted` (exit code 128 + the signal number), removes every live temporary file on the way out,
@@ -242,9 +243,12 @@ def signals_handled() -> Iterator[Journal]:
     finally:
         _depth -= 1
         if outer:
+            JOURNAL.holding = True  # the command is over: a signal now only waits for the clean-up
             JOURNAL.cleanup()
             for s, h in old.items():
                 signal.signal(s, h)  # type: ignore[arg-type]
+            JOURNAL.holding = False
+            JOURNAL.pending = None
 
 
 def sweep_stale(folder: Path) -> list[Path]:

@@ -67,7 +67,11 @@ def test_row6_a_fifo_does_not_hang(work: Path) -> None:
         r = subprocess.run([sys.executable, "-m", "convopt.cli", *cmd], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "not a regular file" in r.stderr and r.stderr.count("\n") == 1, r.stderr
         count(CASES, "row6")
-    np.savez(work / "labels.npz", labels=np.zeros(4))
+    np.savez(work / "real.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    for labels in ("l.csv", "l.npy"):
+        os.mkfifo(work / labels)
+        _exit2(["optimize", str(work / "m.onnx"), "--data", str(work / "real.npz"), "--labels", str(work / labels),
+                "-o", str(work / "o.onnx"), "--strategy", "uniform"], work, "not a regular file", "row6")
     os.mkfifo(work / "d.npz")
     _exit2(["optimize", str(work / "m.onnx"), "--data", str(work / "d.npz"), "-o", str(work / "o.onnx"),
             "--strategy", "uniform"], work, "not a regular file", "row6")
