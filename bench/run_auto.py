@@ -29,11 +29,13 @@ from convopt.auto import auto_optimize, split_eval_data
 from convopt.auto.refit import collect_targets, refit_sequential
 from convopt.graph import ConvSpec, read_convs
 from convopt.measure.data import EvalData, load_eval_data, random_eval_data, resolve_input_shapes
-from convopt.measure.evaluator import Budget, Evaluator
+from convopt.core.budget import Budget
+from convopt.measure.evaluator import Evaluator
 from convopt.measure.latency import measure_latency
 from convopt.measure.ort import OrtSettings, batch_feeds, latency_batch, make_session
 from convopt.passes.base import RankPolicy
-from convopt.pipeline import conv_shapes, optimize
+from convopt.core.driver import conv_shapes
+from convopt.uniform import optimize_uniform as optimize
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

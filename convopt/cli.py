@@ -1,11 +1,11 @@
-"""The convopt command line: each command parses, calls the library, renders. Errors become exit codes here
-and nowhere else: 0 success, 1 the CI gate was missed, 2 usage or input error, 3 internal rewrite error."""
+"""The convopt command line: each command parses its options into typed objects, calls the library, renders.
+Errors become exit codes here and nowhere else: 0 success, 1 the CI gate was missed, 2 usage or input error,
+3 internal rewrite error."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 import warnings
@@ -17,13 +17,43 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from convopt.errors import ConvOptError, GateError, InputError
-from convopt.limits import DEFAULT_MAX_MODEL_BYTES, MAX_SEED
+import convopt
+from convopt.errors import ConvOptError, InputError, OutputError
+from convopt.limits import DEFAULT_MAX_MODEL_BYTES
 from convopt.text import cell, json_safe, one_line, safe
 from convopt.writes import Interrupted, signals_handled
 
+class _Group(TyperGroup):
+    """Usage errors of the CLI framework (an unknown option, a bad value) come out like convopt's own errors:
+    one line on stderr, exit 2 — from the console script and from any caller of the app alike."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            err.print("interrupted: nothing was written", markup=False)
+            rv, standalone_mode = 130, True
+        except typer.TyperException as exc:  # the CLI framework's usage errors (typer vendors click)
+            rv, standalone_mode = _usage_error(exc), True
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the answer
+        exc.show()
+        return int(exc.exit_code)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+    return int(exc.exit_code)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="convopt",
     help="Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime.",
     no_args_is_help=True,
@@ -33,7 +63,8 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, emoji=False)
 out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
 
-DEFAULT_PASSES = "split5x5,factorize"
+OUTPUT, STRATEGY, RANK, DATA, BUDGET, MEASURE = (
+    "Output", "Strategy and passes", "Rank (uniform mode)", "Data", "Budget and CI gate", "Measurement")
 
 
 def _fail(exc: ConvOptError) -> typer.Exit:
@@ -57,9 +88,9 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
 
 def guarded(fn: Callable[..., None]) -> Callable[..., None]:
     """The CLI boundary: ConvOptError → its exit code; SIGINT, SIGTERM, SIGHUP → 130, 143, 129 with every
-    temporary file removed and one line saying what is on disk; any other exception → exit 3 with one line
-    (CONVOPT_DEBUG=1 re-raises it for the traceback). Every line is escaped (convopt.text). Typer reads the
-    signature through functools.wraps."""
+    temporary file removed and one line saying what is on disk (convopt.writes); any other exception → exit 3
+    with one line (CONVOPT_DEBUG=1 re-raises it for the traceback). Every line is escaped (convopt.text).
+    Typer reads the signature through functools.wraps."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -88,53 +119,61 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
-    if not values:
+def _out_path(spelled: str | None, option: str) -> Path | None:
+    """An output path as typed: a trailing separator means a folder (``-o opts/newdir/``), refused here
+    because a Path forgets it (convopt.outputs refuses the rest)."""
+    from convopt.outputs import OutputTarget
+
+    if spelled is None:
         return None
+    if OutputTarget.of(spelled, "model", option).folder_syntax:
+        raise OutputError(f"{option} {safe(spelled)} ends with a path separator, so it names a folder; give a file "
+                          "name inside it")
+    return Path(spelled)
+
+
+MaxModelBytes = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Largest model (with its external data) to read, in bytes.")]
+
+
+def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
     from convopt.measure.data import parse_input_shape
 
-    return dict(parse_input_shape(v) for v in values)
+    return dict(parse_input_shape(v) for v in values or [])
 
 
-def _rank_options(full_rank: bool, rank_fraction: float | None, energy: float | None) -> list[str]:
-    """The uniform-rank options the user gave (a value of 0 counts as given: RankPolicy then refuses it)."""
-    given = (("--full-rank", full_rank), ("--rank-fraction", rank_fraction is not None), ("--energy", energy is not None))
-    return [name for name, is_set in given if is_set]
+def _version(value: bool) -> None:
+    if value:
+        print(f"convopt {convopt.__version__}")
+        raise typer.Exit(0)
 
 
-def _policy(full_rank: bool, rank_fraction: float | None, energy: float | None, align: int, side: str, seed: int):
-    from convopt.passes.base import RankPolicy
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime."""
 
-    chosen = _rank_options(full_rank, rank_fraction, energy)
-    if len(chosen) > 1:
-        raise InputError(f"choose one rank option, not {' and '.join(chosen)}")
-    if side not in ("both", "in", "out"):
-        raise InputError("--bottleneck-side must be both, in or out")
-    try:
-        if full_rank:
-            return RankPolicy(mode="full", align=align, bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
-        if rank_fraction is not None:
-            return RankPolicy(mode="fraction", value=rank_fraction, align=align, bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
-        return RankPolicy(mode="energy", value=energy if energy is not None else 0.9, align=align,
-                          bottleneck_side=side, seed=seed)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+
+InputShape = Annotated[Optional[list[str]], typer.Option(
+    "--input-shape", metavar="NAME:DIMS", help="Shape of a dynamic input, e.g. data:1x3x224x224 (repeatable).",
+    rich_help_panel=DATA)]
 
 
 @app.command()
 @guarded
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file")],
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for a dynamic input")] = None,
-    max_model_bytes: Annotated[int, typer.Option(help="largest model (with its external data) to read, in bytes")] = DEFAULT_MAX_MODEL_BYTES,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
+    input_shape: InputShape = None,
+    max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
 ) -> None:
     """One row per Conv: geometry, MACs, params, and which passes apply (or why not)."""
     from convopt.inspect import inspect_model
     from convopt.io import load_model
 
-    result = inspect_model(load_model(model, max_bytes=_positive("--max-model-bytes", max_model_bytes)),
-                           _shapes(input_shape))
+    result = inspect_model(load_model(model, max_bytes=max_model_bytes), _shapes(input_shape))
     if as_json:
         print(json_safe(json.dumps(result.to_dict(), indent=2, ensure_ascii=False)))
         return
@@ -178,296 +217,188 @@ def inspect(
         out.print(f"  [{k}] {reason}", markup=False)
 
 
+def _presets() -> str:
+    from convopt.measure.data import PRESETS
+
+    return "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
+
+
+def _pass_names() -> str:
+    from convopt.passes import PASSES
+
+    return ", ".join(PASSES)
+
+
 @app.command()
 @guarded
 def optimize(
-    model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (none: the built-in example, as `convopt demo`)")] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="output model (default MODEL.opt.onnx beside the input)")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="auto (per-layer, data-aware; the default with --data) or uniform (the default without)")] = None,
-    passes: Annotated[Optional[str], typer.Option(help="comma-separated passes: bottleneck,split5x5,factorize,depthwise (uniform: run in this order; default split5x5,factorize. auto: the candidates; default all four)")] = None,
-    full_rank: Annotated[bool, typer.Option("--full-rank", help="exact rewrites (verification: MACs usually grow)")] = False,
-    rank_fraction: Annotated[Optional[float], typer.Option(help="rank = ceil(F × exact rank)")] = None,
-    energy: Annotated[Optional[float], typer.Option(help="keep this fraction of squared singular values (default 0.9)")] = None,
-    align: Annotated[int, typer.Option(help="round ranks up to a multiple of this (ORT NCHWc blocks)")] = 8,
-    bottleneck_side: Annotated[str, typer.Option(help="bottleneck reduces: both, in or out")] = "both",
-    report: Annotated[Optional[str], typer.Option(help="write the JSON report here")] = None,
-    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images")] = None,
-    calib: Annotated[Optional[Path], typer.Option(help="auto: calibration data (default: half of --data, kept apart from the evaluation half)")] = None,
-    latency_cache: Annotated[Optional[str], typer.Option(help="auto: JSON file caching per-layer latencies across runs")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="labels: CSV (file,label) or .npy")] = None,
-    preprocess: Annotated[Optional[str], typer.Option(help="image preset: imagenet, caffe, unit, raw")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for a dynamic input")] = None,
-    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider")] = "CPUExecutionProvider",
-    threads: Annotated[int, typer.Option(help="ORT intra-op threads (0: ORT default)")] = 0,
-    warmup: Annotated[int, typer.Option(help="latency warm-up runs")] = 3,
-    repeats: Annotated[int, typer.Option(help="latency timed runs (interleaved)")] = 20,
-    latency_batch: Annotated[int, typer.Option(help="samples per timed run when the model's batch is dynamic (a fixed batch is used as is)")] = 1,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="budget: points of top-1 (labelled, else agreement)")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="budget: minimum top-1 agreement with the original, %")] = None,
-    max_rel_error: Annotated[Optional[float], typer.Option(help="budget: maximum relative L2 error of the outputs")] = None,
-    fail_under_speedup: Annotated[Optional[float], typer.Option(help="CI gate: exit 1 if the final speedup is below this")] = None,
-    require_faster: Annotated[bool, typer.Option("--require-faster/--keep-slower", help="roll back a pass that does not measure faster")] = True,
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="rewrite only: no accuracy or latency measurement")] = False,
-    no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", help="do not fold BatchNormalization into convs")] = False,
-    seed: Annotated[int, typer.Option(help="seed for random inputs and ALS")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="allow -o to be the input model, and any output to replace a file that is not convopt's own output of that kind")] = False,
-    max_model_bytes: Annotated[int, typer.Option(help="largest model (with its external data) to read, in bytes")] = DEFAULT_MAX_MODEL_BYTES,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress or tables, errors only")] = False,
+    model: Annotated[Optional[Path], typer.Argument(
+        help="ONNX model file (none: the built-in example, as `convopt demo`).", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "-o", "--output", help="Output model (default: MODEL.opt.onnx beside the input).", show_default=False,
+        rich_help_panel=OUTPUT)] = None,
+    report: Annotated[Optional[str], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", metavar="", help="Allow -o to be the input model, and an output to replace a file that is "
+        "not convopt's own output of that kind.", rich_help_panel=OUTPUT)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.",
+                                        rich_help_panel=OUTPUT)] = False,
+    strategy: Annotated[Optional[str], typer.Option(
+        metavar="auto|uniform", help="auto: per layer, data-aware (default with --data); uniform: one rank rule (default without).",
+        show_default=False, rich_help_panel=STRATEGY)] = None,
+    passes: Annotated[Optional[str], typer.Option(
+        metavar="LIST", help=f"Comma-separated passes ({_pass_names()}). uniform: run in this order (default: "
+             "split5x5,factorize); auto: the candidates (default: all).", show_default=False,
+        rich_help_panel=STRATEGY)] = None,
+    no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", metavar="", help="Do not fold BatchNormalization into convs.",
+                                             rich_help_panel=STRATEGY)] = False,
+    latency_cache: Annotated[Optional[str], typer.Option(
+        help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random inputs, data splits and ALS.", min=0, metavar="N",
+                                      rich_help_panel=STRATEGY)] = 0,
+    full_rank: Annotated[bool, typer.Option("--full-rank", metavar="", help="Exact rewrites (verification: MACs usually grow).",
+                                            rich_help_panel=RANK)] = False,
+    rank_fraction: Annotated[Optional[float], typer.Option(help="Rank = ceil(F × exact rank).", metavar="F",
+                                                           rich_help_panel=RANK)] = None,
+    energy: Annotated[Optional[float], typer.Option(
+        help="Keep this fraction of squared singular values (default: 0.9).", metavar="E", show_default=False,
+        rich_help_panel=RANK)] = None,
+    align: Annotated[int, typer.Option(help="Round ranks up to a multiple of this (ORT's NCHWc blocks).", min=1, metavar="N",
+                                       rich_help_panel=RANK)] = 8,
+    bottleneck_side: Annotated[str, typer.Option(metavar="both|in|out", help="Bottleneck reduces: both, in or out.",
+                                                 rich_help_panel=RANK)] = "both",
+    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images.",
+                                                 rich_help_panel=DATA)] = None,
+    calib: Annotated[Optional[Path], typer.Option(
+        help="auto: calibration data (default: half of --data, kept apart from the evaluation half).",
+        show_default=False, rich_help_panel=DATA)] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Labels: CSV (file,label), .npy or .npz.",
+                                                   rich_help_panel=DATA)] = None,
+    preprocess: Annotated[Optional[str], typer.Option(
+        metavar="PRESET", help=f"Image preset for a folder of images. {_presets()}.", show_default=False,
+        rich_help_panel=DATA)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most this many samples.", min=1, metavar="N",
+                                                 rich_help_panel=DATA)] = None,
+    input_shape: InputShape = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Points of top-1 (labelled, else agreement) (default: 1).", show_default=False,
+        rich_help_panel=BUDGET)] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(metavar="X", help="Minimum top-1 agreement with the original, %.",
+                                                           rich_help_panel=BUDGET)] = None,
+    max_rel_error: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Maximum relative L2 error of the outputs (default without class scores: 0.05).",
+        show_default=False, rich_help_panel=BUDGET)] = None,
+    max_metric_drop: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Largest drop of the --metric's mean score, in its own units.", rich_help_panel=BUDGET)] = None,
+    metric: Annotated[Optional[str], typer.Option(
+        metavar="FILE.py:FN", help="Task metric: fn(outputs, labels, inputs) -> one score per sample, higher is "
+        "better (or package.module:FN).", rich_help_panel=BUDGET)] = None,
+    confidence: Annotated[float, typer.Option(
+        metavar="C", help="Keep a rewrite only when the one-sided upper bound of its loss at this confidence is "
+        "within the budget.", rich_help_panel=BUDGET)] = 0.95,
+    no_budget: Annotated[bool, typer.Option("--no-budget", metavar="", help="Uniform mode: keep rewrites without "
+                                            "an accuracy check.", rich_help_panel=BUDGET)] = False,
+    fail_under_speedup: Annotated[Optional[float], typer.Option(metavar="X", 
+        help="Exit 1 if the final speedup is below this.", rich_help_panel=BUDGET)] = None,
+    require_faster: Annotated[bool, typer.Option(
+        "--require-faster/--keep-slower", help="Roll back a pass that does not measure faster.",
+        rich_help_panel=BUDGET)] = True,
+    no_eval: Annotated[bool, typer.Option("--no-eval", metavar="", help="Rewrite only: no accuracy or latency measurement.",
+                                          rich_help_panel=MEASURE)] = False,
+    provider: Annotated[str, typer.Option(metavar="NAME", help="ONNX Runtime execution provider.",
+                                          rich_help_panel=MEASURE)] = "CPUExecutionProvider",
+    threads: Annotated[int, typer.Option(help="ORT intra-op threads (0: ORT's default, all cores).", min=0, metavar="N",
+                                         rich_help_panel=MEASURE)] = 0,
+    warmup: Annotated[int, typer.Option(help="Latency warm-up runs.", min=0, metavar="N", rich_help_panel=MEASURE)] = 3,
+    repeats: Annotated[int, typer.Option(help="Latency timed runs (interleaved).", min=1, metavar="N",
+                                         rich_help_panel=MEASURE)] = 20,
+    latency_batch: Annotated[int, typer.Option(
+        help="Samples per timed run for a dynamic batch (a fixed batch is used as is).", min=1, metavar="N",
+        rich_help_panel=MEASURE)] = 1,
+    max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
 ) -> None:
-    """Rewrite MODEL's convs pass by pass, measuring accuracy and latency before and after each."""
+    """Rewrite MODEL's convs, measuring accuracy and latency before and after each step."""
+    from convopt.core.budget import Budget
+    from convopt.measure.ort import OrtSettings
+    from convopt.options import DataOptions, OptimizeOptions, RankOptions
+
     if model is None:
         from convopt.models.example import example_data_path, example_model_path
 
-        model = example_model_path()
-        data = data or example_data_path()
-        if output is None:
-            output = "example.opt.onnx"
-    code = run_optimize(
-        model=model, output=output, strategy=strategy, passes=passes, calib=calib, latency_cache=latency_cache,
-        full_rank=full_rank, rank_fraction=rank_fraction,
-        energy=energy, align=align, bottleneck_side=bottleneck_side, report=report, data=data,
-        labels=labels, preprocess=preprocess, limit=limit, input_shape=input_shape, provider=provider,
-        threads=threads, warmup=warmup, repeats=repeats, latency_batch=latency_batch, max_accuracy_drop=max_accuracy_drop,
-        min_agreement=min_agreement, max_rel_error=max_rel_error, fail_under_speedup=fail_under_speedup,
-        require_faster=require_faster, no_eval=no_eval, no_fold_bn=no_fold_bn, seed=seed,
-        overwrite=overwrite, quiet=quiet, max_model_bytes=max_model_bytes,
-    )
-    raise typer.Exit(code)
+        model, data = example_model_path(), data or example_data_path()
+        output = output or "example.opt.onnx"
+    opts = OptimizeOptions(
+        model=model, output=_out_path(output, "-o"), report=_out_path(report, "--report"), overwrite=overwrite,
+        strategy=strategy,  # type: ignore[arg-type]  (checked by the library)
+        passes=None if passes is None else tuple(p.strip() for p in passes.split(",")),
+        rank=RankOptions(full_rank, rank_fraction, energy, align, bottleneck_side),  # type: ignore[arg-type]
+        data=DataOptions(data, calib, labels, preprocess, limit, _shapes(input_shape)),
+        budget=Budget(max_accuracy_drop, min_agreement, max_rel_error, max_metric_drop, confidence),
+        no_budget=no_budget, metric=metric, fail_under_speedup=fail_under_speedup,
+        ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
+                        latency_batch=latency_batch),
+        require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
+        latency_cache=_out_path(latency_cache, "--latency-cache"), max_model_bytes=max_model_bytes)
+    raise typer.Exit(_run_optimize(opts, quiet))
 
 
-def _positive(option: str, value: int) -> int:
-    if value < 1:
-        raise InputError(f"{option} must be at least 1, got {value}")
-    return value
-
-
-def _check_ranges(kw: dict[str, Any]) -> None:
-    """Out-of-range numeric options: InputError (exit 2) before any work, never a crash later."""
-    if not 0 <= kw["seed"] <= MAX_SEED:
-        raise InputError(f"--seed must be between 0 and {MAX_SEED}, got {kw['seed']}")
-    for name, low in (("threads", 0), ("warmup", 0), ("repeats", 1), ("latency_batch", 1), ("align", 1),
-                      ("limit", 1), ("max_model_bytes", 1)):
-        v = kw.get(name)
-        if v is not None and v < low:
-            raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
-    v = kw["fail_under_speedup"]
-    if v is not None and not (math.isfinite(v) and v > 0):
-        raise InputError(f"--fail-under-speedup must be a positive number, got {v}")
-    from convopt.measure.evaluator import Budget
-
-    Budget(max_accuracy_drop=kw["max_accuracy_drop"], min_agreement=kw["min_agreement"],
-           max_rel_error=kw["max_rel_error"])  # InputError for a negative, non-finite or >100 % limit
-
-
-def _optimize_files(model_path: Path, kw: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """(what optimize reads, what it writes) for the write guard (convopt.outputs)."""
-    from convopt.outputs import InputFile, OutputTarget, model_data_target
-
-    default = (model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.name) + ".opt.onnx"
-    model_out = OutputTarget.of(kw["output"] or model_path.with_name(default), "model", "-o")
-    targets = [model_out, model_data_target(model_out)]
-    if kw["report"] is not None:
-        targets.append(OutputTarget.of(kw["report"], "report", "--report"))
-    if kw.get("latency_cache") is not None:
-        targets.append(OutputTarget.of(kw["latency_cache"], "cache", "--latency-cache"))
-    inputs = [InputFile(model_path, "the input model", replaceable=True)]
-    for option in ("data", "labels", "calib"):
-        if isinstance(kw.get(option), (str, Path)):
-            inputs.append(InputFile(Path(kw[option]), f"the --{option} input"))
-    return inputs, targets
-
-
-def _sweep(targets: list[Any], quiet: bool) -> None:
-    """Remove temporary files that killed runs left in the output folders, and say so in one line."""
-    from convopt.writes import sweep_stale
-
-    removed = [p for folder in dict.fromkeys(t.path.parent for t in targets) for p in sweep_stale(folder)]
-    if removed and not quiet:
-        err.print(f"removed {len(removed)} temporary file(s) left by a stopped convopt run: "
-                  + ", ".join(safe(p) for p in removed), markup=False, soft_wrap=True)
-
-
-def run_optimize(**kw: Any) -> int:
-    """The body of `convopt optimize` (kept apart from typer so it can be called and tested directly).
-
-    Every output is checked by the write guard before any work and again just before the commit; the
-    model (and its .data file) and the report are staged, then renamed together (convopt.writes.commit)."""
-    from convopt.auto import AUTO_PASSES
-    from convopt.io import read_model
-    from convopt.limits import cap_threads
-    from convopt.outputs import InputFile, guard_outputs
-    from convopt.passes import parse_passes
-    from convopt.pipeline import optimize as run_pipeline
-
-    quiet: bool = kw["quiet"]
-    model_path = Path(kw["model"])
-    _check_ranges(kw)
-    inputs, targets = _optimize_files(model_path, kw)
-    guard_outputs(inputs, targets, kw["overwrite"], kinds=False)  # the rest once the model is read
-    output: Path = targets[0].path
-    report_path: Path | None = None if kw["report"] is None else Path(kw["report"])
-    threads, threads_warning = cap_threads(kw["threads"])
-    if threads_warning and not quiet:
-        err.print(f"warning: {threads_warning}", markup=False, soft_wrap=True)
-    rank_opts = _rank_options(kw["full_rank"], kw["rank_fraction"], kw["energy"])
-    strategy = kw.get("strategy") or ("auto" if kw["data"] is not None and not rank_opts and not kw["no_eval"] else "uniform")
-    if strategy not in ("auto", "uniform"):
-        raise InputError("--strategy must be auto or uniform")
-    if strategy == "auto":
-        if rank_opts:
-            raise InputError(f"{rank_opts[0]} sets uniform ranks; use it with --strategy uniform (auto picks ranks per layer)")
-        if kw["no_eval"] or kw["data"] is None:
-            raise InputError("--strategy auto needs --data (it calibrates and measures on it); use --strategy uniform")
-    elif kw.get("calib") is not None:
-        raise InputError("--calib is for --strategy auto")
-    passes = parse_passes(kw["passes"] or (",".join(AUTO_PASSES) if strategy == "auto" else DEFAULT_PASSES))
-    policy = _policy(kw["full_rank"], kw["rank_fraction"], kw["energy"], kw["align"], kw["bottleneck_side"], kw["seed"])
-    shapes = _shapes(kw["input_shape"])
-    loaded = read_model(model_path, max_bytes=kw.get("max_model_bytes") or DEFAULT_MAX_MODEL_BYTES)
-    inputs += [InputFile(f, "an external-data file of the input model") for f in loaded.data_files]
-    guard_outputs(inputs, targets, kw["overwrite"])
-    _sweep(targets, quiet)
-    model = loaded.model
-    cache = None
-    if strategy == "auto" and kw.get("latency_cache") is not None:
-        from convopt.auto import LayerLatencyCache
-
-        cache = LayerLatencyCache(Path(kw["latency_cache"]), replace_invalid=kw["overwrite"])
-
-    evaluator = budget = None
-    ort_settings: dict[str, Any] = {}
-    if not kw["no_eval"]:
-        from convopt.measure.data import load_eval_data
-        from convopt.measure.evaluator import Budget, Evaluator
-        from convopt.measure.ort import OrtSettings
-
-        data = load_eval_data(model, kw["data"], preprocess=kw["preprocess"], labels=kw["labels"],
-                              input_shapes=shapes, limit=kw["limit"], seed=kw["seed"])
-        if data.warning and not quiet:
-            err.print(f"warning: {safe(data.warning)}", markup=False, soft_wrap=True)
-        calib_data = None
-        if strategy == "auto":
-            from convopt.auto import split_eval_data
-
-            if kw.get("calib") is not None:
-                calib_data = load_eval_data(model, kw["calib"], preprocess=kw["preprocess"], input_shapes=shapes,
-                                            limit=kw["limit"], seed=kw["seed"])
-            else:
-                calib_data, data = split_eval_data(data, 0.5, seed=kw["seed"])
-        settings = OrtSettings(provider=kw["provider"], threads=threads, warmup=kw["warmup"], repeats=kw["repeats"],
-                               latency_batch=kw.get("latency_batch", 1))
-        ort_settings = {"ort": settings.to_dict(), "data": data.source, "samples": data.n, "strategy": strategy}
-        if calib_data is not None:
-            ort_settings.update(calib=calib_data.source, calib_samples=calib_data.n)
-        evaluator = Evaluator(model, data, settings, measure_latency=True, progress=not quiet)
-        budget = Budget(max_accuracy_drop=kw["max_accuracy_drop"], min_agreement=kw["min_agreement"],
-                        max_rel_error=kw["max_rel_error"])
-        if strategy == "auto" and budget.is_empty:
-            budget = None  # auto's default: 1 point of top-1 (labelled, else agreement)
-    elif kw["fail_under_speedup"] is not None:
-        raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+def _run_optimize(opts: Any, quiet: bool) -> int:
+    from convopt import api
+    from convopt.render import render_table
 
     def say(msg: str) -> None:
         if not quiet:
             err.print(safe(msg), markup=False, soft_wrap=True)
 
-    budget_settings = {"max_accuracy_drop": kw["max_accuracy_drop"], "min_agreement": kw["min_agreement"],
-                       "max_rel_error": kw["max_rel_error"], "fail_under_speedup": kw["fail_under_speedup"]}
-    if strategy == "auto":
-        from convopt.auto import auto_optimize
+    def warn(msg: str) -> None:
+        if not quiet:
+            err.print(f"warning: {safe(msg)}", markup=False, soft_wrap=True)
 
-        assert evaluator is not None and calib_data is not None
-        result = auto_optimize(
-            model, passes=passes, calib=calib_data, evaluator=evaluator, budget=budget, settings=settings,
-            align=kw["align"], seed=kw["seed"], input_shapes=shapes, latency_cache=cache,
-            model_name=str(model_path), output_name=str(output), on_event=say,
-        )
-        from dataclasses import replace
-
-        result.report = replace(result.report, settings={**result.report.settings, **ort_settings,
-                                                         "seed": kw["seed"], "budget": budget_settings})
-    else:
-        result = run_pipeline(
-            model, passes, policy, fold_bn=not kw["no_fold_bn"], input_shapes=shapes, evaluator=evaluator,
-            budget=budget, require_faster=bool(kw["require_faster"]) and evaluator is not None,
-            model_name=str(model_path), output_name=str(output),
-            settings={**ort_settings, "seed": kw["seed"], "budget": budget_settings},
-            on_event=say,
-        )
-    rep = result.report
-    gate_reason = _gate(rep.final, kw["fail_under_speedup"])
-    if gate_reason is not None or kw["fail_under_speedup"] is not None:
-        from dataclasses import replace
-
-        rep = replace(rep, gate={"fail_under_speedup": kw["fail_under_speedup"], "passed": gate_reason is None,
-                                 "reason": gate_reason})
-    guard_outputs(inputs, targets, kw["overwrite"])  # again: files may have changed during the run
-    _save_outputs(result.model, output, None if report_path is None else (report_path, rep.to_json() + "\n"))
+    result = api.run(opts, say, warn, progress=not quiet)
     if not quiet:
-        from convopt.render import render_table
-
-        render_table(rep.to_dict(), out)
-        out.print(f"wrote {safe(output)}" + (f" and {safe(report_path)}" if report_path else ""), markup=False)
-    if gate_reason is not None:
-        err.print(f"gate failed: {safe(gate_reason)}", markup=False, soft_wrap=True)
-        return GateError.exit_code
-    return 0
-
-
-def _save_outputs(model: Any, output: Path, report: tuple[Path, str] | None) -> None:
-    """Stage the model (and its .data file) and the report, then rename them together: a report never
-    describes a model that is not there, and no model stands without its report (see convopt.writes)."""
-    from convopt.io import stage_model
-    from convopt.writes import commit, discard, stage
-
-    staged = stage_model(model, output)
-    try:
-        if report is not None:
-            staged.append(stage(report[0], [report[1].encode("utf-8")]))
-        commit(staged)
-    except BaseException:
-        discard(staged)
-        raise
-
-
-def _gate(final: dict[str, Any] | None, fail_under_speedup: float | None) -> str | None:
-    from convopt.pipeline import measured_speedup
-
-    if fail_under_speedup is None:
-        return None
-    sp = measured_speedup(final)
-    if sp is None:
-        return "no latency was measured"
-    if sp < fail_under_speedup:
-        return f"speedup {sp:.3f}x is below --fail-under-speedup {fail_under_speedup}"
-    return None
+        render_table(result.report.to_dict(), out)
+        out.print(f"wrote {safe(result.output)}" + (f" and {safe(result.report_path)}" if result.report_path else ""),
+                  markup=False)
+    if result.gate is not None and not result.gate.passed:
+        err.print(f"gate failed: {safe(result.gate.reason)}", markup=False, soft_wrap=True)
+    return result.exit_code
 
 
 @app.command()
 @guarded
 def demo(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    output: Annotated[str, typer.Option("-o", "--output", help="where to write the optimized example")] = "example.opt.onnx",
-    report: Annotated[Optional[str], typer.Option(help="write the JSON report here")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="Where to write the optimized example.")] = (
+        "example.opt.onnx"),
+    report: Annotated[Optional[str], typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
-    """Run the whole pipeline on the built-in trained example with its bundled labelled data (auto mode:
-    one half of the bundled held-out set calibrates, the other is the reported evaluation)."""
-    optimize(model=None, output=output, report=report, quiet=quiet)
+    """Run the whole pipeline on the built-in trained example with its 360 bundled labelled held-out digits
+    (auto mode: 90 fit, 135 decide, 135 report). A budget of 3 points of top-1: 135 samples cannot certify
+    less than 2 points at 95 % even for a rewrite that changes no prediction."""
+    from convopt.core.budget import Budget
+    from convopt.models.example import example_data_path, example_model_path
+    from convopt.options import DataOptions, OptimizeOptions
+
+    opts = OptimizeOptions(model=example_model_path(), output=_out_path(output, "-o"),
+                           report=_out_path(report, "--report"),
+                           data=DataOptions(data=example_data_path()), budget=Budget(max_accuracy_drop=3.0))
+    raise typer.Exit(_run_optimize(opts, quiet))
 
 
 @app.command("report")
 @guarded
 def report_cmd(
-    report: Annotated[Path, typer.Argument(help="a JSON report written by convopt optimize --report")],
-    fmt: Annotated[str, typer.Option("--format", help="table, md or html")] = "table",
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="write here instead of stdout")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="allow -o to replace a file that is not a report rendered by convopt")] = False,
+    report: Annotated[Path, typer.Argument(help="A JSON report written by convopt optimize --report.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, md or html.")] = "table",
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", metavar="", help="Allow -o to replace a file that is not a report rendered by convopt.")] = False,
 ) -> None:
     """Render a saved report as a terminal table, Markdown, or a self-contained HTML page."""
     from convopt import render
     from convopt.outputs import InputFile, OutputTarget, guard_outputs
     from convopt.report_check import read_report
+    from convopt.writes import atomic_write_bytes
 
     kinds = {"table": "text", "md": "md", "html": "html"}
     if fmt not in kinds:
@@ -475,18 +406,25 @@ def report_cmd(
     target = None if output is None else OutputTarget.of(output, kinds[fmt], "-o")  # type: ignore[arg-type]
     if target is not None:
         guard_outputs([InputFile(report, "the report being rendered")], [target], overwrite)
-        _sweep([target], quiet=False)
-    data = read_report(report)
+        _say_swept([target.path.parent])
+    data = read_report(report)  # bounded, strict JSON, checked against the schema
     if target is None and fmt == "table":
         render.render_table(data, out)
         return
     text = {"table": render.render_text, "md": render.render_markdown, "html": render.render_html}[fmt](data)
     if target is None:
         sys.stdout.write(text)
-        return
-    from convopt.writes import atomic_write_bytes
+    else:
+        atomic_write_bytes(target.path, text.encode("utf-8"))
 
-    atomic_write_bytes(target.path, text.encode("utf-8"))
+
+def _say_swept(folders: list[Path], quiet: bool = False) -> None:
+    """Remove temporary files that killed runs left in these folders, and say so in one line."""
+    from convopt.writes import sweep_note
+
+    note = sweep_note(folders)
+    if note and not quiet:
+        err.print(note, markup=False, soft_wrap=True)
 
 
 from convopt.models.cli import app as models_app  # noqa: E402  (after the commands it sits beside)

@@ -7,7 +7,7 @@ import onnx
 
 from convopt.graph import ConvSkip, ConvSpec, read_convs
 from convopt.passes import PASSES
-from convopt.pipeline import conv_shapes
+from convopt.core.driver import conv_shapes
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def inspect_model(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
             rows.append(ConvRow(item.name, item.node.op_type, None, None, None, None, None, None, None, None, None,
                                 {n: item.reason for n in passes}))
             continue
-        verdicts = {n: (p.check(item) or "applies") for n, p in passes.items()}
+        verdicts = {n: (p.applies(item) or "applies") for n, p in passes.items()}
         rows.append(
             ConvRow(
                 name=item.name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,14 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from convopt.errors import InputError, ModelLoadError, OutputError, UnsupportedModelError
-from convopt.graph import find_cycle, model_problem, shape_skeleton
+from convopt.graph import fill_output_types, find_cycle, inferred_dims, model_problem, shape_skeleton
 from convopt.limits import DEFAULT_MAX_MODEL_BYTES, fmt_bytes
 from convopt.outputs import same_file as _same_file
 from convopt.text import native_stdout_captured, one_line, safe
 from convopt.writes import Staged, atomic_write_bytes, commit, discard, stage
 
-__all__ = ["atomic_write_bytes", "load_model", "read_model", "read_regular_file", "save_model", "stage_model"]
+__all__ = ["atomic_write_bytes", "load_model", "load_model_report", "read_regular_file", "save_model",
+           "save_outputs", "stage_model"]
 
 MIN_OPSET = 7
 # protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -155,8 +156,19 @@ def parse_model(data: bytes, source: str = "<bytes>") -> onnx.ModelProto:
     return model
 
 
-def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
-    """Run onnx.checker and the opset checks; raise ModelLoadError/UnsupportedModelError."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded, validated model, the warnings of its validation (one line each, for the user), and the
+    external-data files its tensors were read from."""
+
+    model: onnx.ModelProto
+    warnings: tuple[str, ...] = ()
+    data_files: tuple[Path, ...] = ()
+
+
+def validate_model(model: onnx.ModelProto, source: str = "model") -> tuple[str, ...]:
+    """Run onnx.checker and the opset checks; raise ModelLoadError/UnsupportedModelError. Graph outputs that
+    declare no type or shape are typed by shape inference (in place); returns one warning per output filled."""
     opset = default_opset(model)
     newest = onnx.defs.onnx_opset_version()
     if opset == 0:
@@ -180,6 +192,7 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
     if cycle is not None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {model_problem(model)}")
     try:
+        warnings = fill_output_types(model)  # the checker demands output shapes, ORT and the IR spec do not
         run_checker(model)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{source}: invalid ONNX model: {exc}") from exc
@@ -187,9 +200,10 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
     except Exception as exc:  # the checker raises C++ exceptions of several types
         raise ModelLoadError(f"{source}: invalid ONNX model: {_first_line(exc)}") from exc
-    problem = model_problem(model, _inferred_shapes(model))
+    problem = model_problem(model, inferred_dims(model))
     if problem is not None:
         raise ModelLoadError(f"{source}: invalid ONNX model: {problem}")
+    return warnings
 
 
 def run_checker(model: onnx.ModelProto) -> None:
@@ -272,32 +286,16 @@ def _check_tensor_sizes(model: onnx.ModelProto) -> None:
             raise ModelLoadError(f"tensor '{t.name}' stores {stored[0]} values but its shape {list(t.dims)} needs {n}")
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Tensor shapes by ONNX shape inference, best effort (an empty dict when inference fails)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), check_type=False, strict_mode=False)
-    except Exception:  # inference is only a help for the structural checks; the checker already passed
-        return {}
-    out: dict[str, tuple[int | None, ...]] = {}
-    for vi in inferred.graph.value_info:
-        tt = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            out[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return out
+def load_model(path: str | os.PathLike[str], *, validate: bool = True,
+               max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> onnx.ModelProto:
+    """Load and validate an ONNX model file; external data is read only from beside the model."""
+    return load_model_report(path, validate=validate, max_bytes=max_bytes).model
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model read from ``path``, and the external-data files its tensors were read from."""
-
-    model: onnx.ModelProto
-    path: Path
-    data_files: tuple[Path, ...]
-
-
-def read_model(path: str | os.PathLike[str], *, validate: bool = True,
-               max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
-    """Load (and validate) an ONNX model file: a regular file which, with its external data (regular files
+def load_model_report(path: str | os.PathLike[str], *, validate: bool = True,
+                      max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
+    """load_model, with the warnings of validation (e.g. a graph output typed by shape inference) and the
+    external-data files read. The model must be a regular file which, with its external data (regular files
     beside it), holds at most ``max_bytes``."""
     p = Path(path)
     data = read_regular_file(p, max_bytes, "an ONNX model", ModelLoadError)
@@ -314,15 +312,8 @@ def read_model(path: str | os.PathLike[str], *, validate: bool = True,
         except (OSError, ValueError, onnx.checker.ValidationError,
                 onnx.onnx_cpp2py_export.checker.ValidationError) as exc:  # e.g. a hard-linked data file
             raise ModelLoadError(f"{safe(p)}: cannot read external data: {_first_line(exc)}") from exc
-    if validate:
-        validate_model(model, safe(p))
-    return LoadedModel(model, p, tuple(files))
-
-
-def load_model(path: str | os.PathLike[str], *, validate: bool = True,
-               max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> onnx.ModelProto:
-    """Load and validate an ONNX model file; external data is read only from beside the model."""
-    return read_model(path, validate=validate, max_bytes=max_bytes).model
+    notes = validate_model(model, safe(p)) if validate else ()
+    return LoadedModel(model, notes, tuple(files))
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -382,3 +373,18 @@ def save_model(
         raise OutputError(f"refusing to overwrite the input model {safe(out)}; choose another -o or pass --overwrite")
     written = commit(stage_model(model, out))
     return [out] + [p for p in written if p != out]
+
+
+def save_outputs(model: onnx.ModelProto, path: str | os.PathLike[str],
+                 files: Sequence[tuple[Path, bytes]] = ()) -> list[Path]:
+    """Save ``model`` (and its .data file) and ``files`` (path, bytes) together: all are staged first, then
+    renamed in one commit with signals held (convopt.writes), so a report never describes a model that is not
+    there and no model stands without its report. Returns the files written."""
+    staged = stage_model(model, path)
+    try:
+        for p, data in files:
+            staged.append(stage(p, [data]))
+        return commit(staged)
+    except BaseException:
+        discard(staged)
+        raise

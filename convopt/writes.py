@@ -281,3 +281,12 @@ def _alive(pid: int) -> bool:
     except OSError:  # EPERM: another user's live process; anything else: keep the file, to be safe
         return True
     return True
+
+
+def sweep_note(folders: Iterable[Path]) -> str | None:
+    """Sweep ``folders`` (:func:`sweep_stale`) and return the one line that says what was removed, or None."""
+    removed = [p for folder in dict.fromkeys(folders) for p in sweep_stale(folder)]
+    if not removed:
+        return None
+    return (f"removed {len(removed)} temporary file(s) left by a stopped convopt run: "
+            + ", ".join(safe(p) for p in removed))

@@ -99,3 +99,11 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
+
+
+def rewrite_node(model: onnx.ModelProto, pass_name: str, ranks: dict[str, int], node: str = "conv"):
+    """``model`` with ``node`` rewritten by ``pass_name`` at explicit ``ranks`` (one plan, applied once)."""
+    from convopt.core.driver import conv_shapes
+    from convopt.core.plan import Choice, Plan, apply_plan, conv_table
+
+    return apply_plan(model, Plan({node: Choice(pass_name, ranks)}), conv_table(model, conv_shapes(model, None)))

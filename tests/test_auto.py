@@ -8,17 +8,21 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from convopt.auto import LayerLatencyCache, auto_optimize, split_eval_data
+from convopt.auto import AutoOptions, LayerLatencyCache, auto_optimize, split_eval_data
 from convopt.auto.candidates import build_candidates
-from convopt.auto.latency import measure_candidates
+from convopt.auto.latency import candidate_model, measure_candidates
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions
-from convopt.auto.refit import collect_targets, refit_sequential
+from convopt.auto.refit import collect_targets, fit_plan, refit_layer, refit_sequential
 from convopt.auto.select import Choice, greedy_sequence
-from convopt.graph import ConvSpec, apply_replacements, read_convs
+from convopt.core.budget import Budget
+from convopt.core.driver import conv_shapes
+from convopt.core.plan import Plan, apply_plan, conv_table
+from convopt.graph import ConvSpec, read_convs
 from convopt.measure.data import EvalData
-from convopt.measure.evaluator import Budget, Evaluator
+from convopt.measure.roles import fit_size, split_data
+from convopt.measure.evaluator import Evaluator
+from convopt.measure.measurement import Accuracy
 from convopt.measure.ort import OrtSettings, make_session
-from convopt.pipeline import conv_shapes
 
 FAST = OrtSettings(threads=1, warmup=1, repeats=5, batch_size=8)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -129,16 +133,14 @@ def test_targets_mark_layers_that_feed_only_a_relu() -> None:
 # -- refit ------------------------------------------------------------------------------------------------
 
 
-def _factorized(model: onnx.ModelProto, rank: int, batch: int = 8) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
-    shapes = conv_shapes(model, None)
-    specs = [c for c in read_convs(model, shapes) if isinstance(c, ConvSpec)]
-    reps, layers = [], []
-    for c in specs:
-        cands, _ = build_candidates(c, ["factorize"], batch, align=1, max_macs_ratio=10.0)
-        k = min(cands, key=lambda k: abs(k.ranks["rank"] - rank))
-        reps.append(k.replacement(c))
+def _factorized(model: onnx.ModelProto, rank: int) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
+    convs = conv_table(model, conv_shapes(model, None))
+    choices, layers = {}, []
+    for c in convs.values():
+        cands, _ = build_candidates(c, ["factorize"], align=1)
+        choices[c.name] = min(cands, key=lambda k: abs(k.choice.ranks["rank"] - rank)).choice
         layers.append((c.name, c.y))
-    return apply_replacements(model, reps), layers
+    return apply_plan(model, Plan(choices), convs).model, layers
 
 
 def test_sequential_refit_lowers_layer_and_output_error_vs_data_free() -> None:
@@ -151,27 +153,30 @@ def test_sequential_refit_lowers_layer_and_output_error_vs_data_free() -> None:
     for i in infos:  # each layer's output error on calibration pixels falls
         assert i.kept and i.rel_error_after < 0.9 * i.rel_error_before, i
     ev = Evaluator(model, held, FAST, measure_latency=False)  # held-out samples, never used to fit
-    e_df = ev.measure(df).accuracy["rel_l2_error"]
-    e_rf = ev.measure(refit).accuracy["rel_l2_error"]
+    e_df = ev.measure(df).accuracy.rel_l2_error
+    e_rf = ev.measure(refit).accuracy.rel_l2_error
     assert e_rf < 0.8 * e_df
     onnx.checker.check_model(refit)
 
 
 def test_alone_refit_on_the_layer_input_matches_the_in_model_refit() -> None:
-    from convopt.auto.optimize import alone_model
     from convopt.auto.refit import iter_batches
 
     model = two_conv_model()
     calib = data(16, seed=1)
-    specs = {c.name: c for c in read_convs(model, conv_shapes(model, None)) if isinstance(c, ConvSpec)}
+    specs = conv_table(model, conv_shapes(model, None))
     targets = collect_targets(model, {"conv2": "y2"}, calib, FAST, rows=2000)
-    cands = build_candidates(specs["conv2"], ["factorize", "bottleneck"], 1)[0][:3]
+    cands = build_candidates(specs["conv2"], ["factorize", "bottleneck"])[0][:3]
     assert len(cands) == 3
     for cand in cands:
-        in_model, _ = refit_sequential(apply_replacements(model, [cand.replacement(specs["conv2"])]),
-                                       [("conv2", "y2")], targets, calib, FAST)
+        plan, _ = fit_plan(model, Plan({"conv2": cand.choice}), specs, targets, calib, FAST)
+        in_model = apply_plan(model, plan, specs).model
         x = np.concatenate([b for _, (b,) in iter_batches(model, ["r1"], calib, FAST)])
-        alone = alone_model(model, specs["conv2"], cand, targets, EvalData({"x": x}, None, "r1"), FAST)
+        single = candidate_model(specs["conv2"], cand.choice, "N")  # the vehicle of the refit alone
+        info = refit_layer(single, "conv2", "y", targets, EvalData({"x": x}, None, "r1"), FAST)
+        assert info.kept and info.weight is not None and info.bias is not None
+        refit = cand.choice.with_factors(cand.choice.factors.with_last(info.weight, info.bias))
+        alone = apply_plan(model, Plan({"conv2": refit}), specs).model
         a = make_session(in_model, FAST).run(None, calib.inputs)[0]
         b = make_session(alone, FAST).run(None, calib.inputs)[0]
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))
@@ -188,11 +193,11 @@ def test_latency_cache_hits_on_a_repeated_shape(tmp_path: Path) -> None:
     shapes = conv_shapes(model, None)
     c1, c2 = [c for c in read_convs(model, shapes) if isinstance(c, ConvSpec)]
     cache = LayerLatencyCache(tmp_path / "lat.json")
-    k1, _ = build_candidates(c1, ["factorize"], 8, align=1, max_macs_ratio=10.0)
-    dense1, ms1 = measure_candidates(c1, [(k.key, k.single) for k in k1], 8, FAST, cache)
+    k1, _ = build_candidates(c1, ["factorize"], align=1)
+    dense1, ms1 = measure_candidates(c1, [(k.key, candidate_model(c1, k.choice, 8)) for k in k1], 8, FAST, cache)
     assert cache.hits == 0 and cache.misses == 1 + len(k1)
-    k2, _ = build_candidates(c2, ["factorize"], 8, align=1, max_macs_ratio=10.0)
-    dense2, ms2 = measure_candidates(c2, [(k.key, k.single) for k in k2], 8, FAST, cache)
+    k2, _ = build_candidates(c2, ["factorize"], align=1)
+    dense2, ms2 = measure_candidates(c2, [(k.key, candidate_model(c2, k.choice, 8)) for k in k2], 8, FAST, cache)
     assert cache.hits == 1 + len(k2) and ms2 == ms1 and dense2 == dense1
     cache.save()
     again = LayerLatencyCache(tmp_path / "lat.json")
@@ -227,65 +232,74 @@ def test_monotone_fit_pools_violators_and_largest_within_ignores_a_lucky_step() 
 
 
 def test_budget_usage_is_the_largest_share_of_any_limit() -> None:
-    from convopt.auto.optimize import budget_usage
-
-    acc = {"top1_drop": 0.5, "top1_agreement": 96.0, "rel_l2_error": 0.02}
-    assert budget_usage(acc, Budget(max_accuracy_drop=1.0)) == pytest.approx(0.5)
-    assert budget_usage(acc, Budget(min_agreement=98.0)) == pytest.approx(2.0)
-    assert budget_usage(acc, Budget(max_accuracy_drop=1.0, max_rel_error=0.01)) == pytest.approx(2.0)
-    assert budget_usage({"top1_drop": -0.4}, Budget(max_accuracy_drop=1.0)) == pytest.approx(-0.4)
-    assert budget_usage({"top1_drop": None}, Budget(max_accuracy_drop=1.0)) == float("inf")
-    assert budget_usage({"rel_l2_error": 0.0}, Budget(max_rel_error=0.0)) == 0.0
+    acc = Accuracy(top1_drop=0.5, top1_agreement=96.0, rel_l2_error=0.02)
+    assert Budget(max_accuracy_drop=1.0).usage(acc) == pytest.approx(0.5)
+    assert Budget(min_agreement=98.0).usage(acc) == pytest.approx(2.0)
+    assert Budget(max_accuracy_drop=1.0, max_rel_error=0.01).usage(acc) == pytest.approx(2.0)
+    assert Budget(max_accuracy_drop=1.0).usage(Accuracy(top1_drop=-0.4)) == pytest.approx(-0.4)
+    assert Budget(max_accuracy_drop=1.0).usage(Accuracy(top1_drop=None)) == float("inf")
+    assert Budget(max_rel_error=0.0).usage(Accuracy(rel_l2_error=0.0)) == 0.0
 
 
 # -- end to end -------------------------------------------------------------------------------------------
 
 
+def run_auto(model: onnx.ModelProto, d: EvalData, budget: Budget | None, options: AutoOptions = AutoOptions(),
+             **kw: object):
+    """auto_optimize on ``d`` split three ways (fit, select, report), as the CLI does with --data alone."""
+    roles = split_data(d, fit_size(d.n, 128), seed=0)
+    assert roles.fit is not None
+    select = Evaluator(model, roles.select, FAST, role="select")
+    report = Evaluator(model, roles.report, FAST, role="report")
+    res = auto_optimize(model, fit=roles.fit, select=select, report=report, budget=budget, settings=FAST,
+                        options=options, **kw)  # type: ignore[arg-type]
+    return res, roles, select, report
+
+
 def test_auto_optimize_keeps_budget_and_reports_per_layer_choices(tmp_path: Path) -> None:
     model = two_conv_model(c=32, hw=16)
-    d = data(48, seed=3, hw=16)
-    calib, held = split_eval_data(d)
-    assert calib.n + held.n == d.n
-    ev = Evaluator(model, held, FAST)
+    d = data(64, seed=3, hw=16)
     budget = Budget(max_rel_error=0.2)
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=budget, settings=FAST, align=8,
-                        min_layer_speedup=0.0, latency_cache=tmp_path / "c.json")
+    res, roles, select, report = run_auto(model, d, budget, AutoOptions(align=8, min_layer_speedup=0.0),
+                                          latency_cache=tmp_path / "c.json")
+    assert roles.fit.n + roles.select.n + roles.report.n == d.n
     rep = res.report
     assert [p.name for p in rep.passes] == ["fold_bn", "auto"]
     auto = rep.extra["auto"]
     assert auto["candidates"] and all(c["layer"] in ("conv1", "conv2") for c in auto["candidates"])
-    final = ev.measure(res.model)
-    assert final.accuracy["rel_l2_error"] <= 0.2 + 1e-6  # the budget holds on held-out data
+    assert all(c["data"] == "select" for c in auto["checks"])
+    if rep.passes[1].rewritten:  # kept only when certified on the select data
+        assert res.certificate is not None and res.certificate.ok
+        assert res.certificate.bounds["max_rel_error"] <= 0.2
+        assert res.final.role == "report" and res.final.samples == roles.report.n
     assert rep.final is not None and rep.to_json()
     for p in rep.passes[1].rewritten:
         assert p.node in auto["chosen"]
 
 
-def test_every_step_checks_the_whole_sequence_and_takes_the_largest_passing_step() -> None:
+def test_auto_selects_by_fixed_sequence_on_the_select_data() -> None:
     model = two_conv_model(c=32, hw=16)
-    calib, held = split_eval_data(data(48, seed=3, hw=16))
     seen: list[tuple[int, float]] = []
-    res = auto_optimize(model, calib=calib, evaluator=Evaluator(model, held, FAST), budget=Budget(max_rel_error=0.2),
-                        settings=FAST, min_layer_speedup=0.0, calib_margin=0.0, every_step=True,
-                        on_step=lambda k, m, meas: seen.append((k, meas.accuracy["rel_l2_error"])))
+    res, *_ = run_auto(model, data(64, seed=3, hw=16), Budget(max_rel_error=0.2),
+                       AutoOptions(min_layer_speedup=0.0, every_step=True),
+                       on_step=lambda k, m, meas: seen.append((k, meas.accuracy.rel_l2_error)))
     auto = res.report.extra["auto"]
     n = len(auto["sequence"]) - 1
-    assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step, in order, no bisection
-    calib_checks = [c for c in auto["checks"] if c["data"] == "calibration"]
-    assert [c["rel_l2_error"] for c in calib_checks] == [e for _, e in seen]
-    from convopt.auto.select import largest_within
-
-    best = largest_within([k for k, _ in seen], [e / 0.2 for _, e in seen])
-    finals = [c for c in auto["checks"] if c["data"] == "evaluation"]
-    assert (finals[0]["step"] if finals else 0) == best
+    assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step measured, in order
+    checks = auto["checks"]
+    assert [c["rel_l2_error"] for c in checks] == [e for _, e in seen]
+    first_fail = next((c["step"] for c in checks if not c["ok"]), n + 1)
+    certified = [c["step"] for c in checks if c["ok"] and c["step"] < first_fail]
+    kept = len(res.report.passes[1].rewritten) > 0
+    chosen_step = max((c["step"] for c in checks if c["ok"] and c["step"] < first_fail and c["speedup"] > 1),
+                      default=0)
+    assert (chosen_step > 0) == kept
+    assert all(c["bound"]["max_rel_error"] <= 0.2 for c in checks if c["step"] in certified)
 
 
 def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:
     model = two_conv_model()
-    calib, held = split_eval_data(data(16))
-    ev = Evaluator(model, held, FAST)
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_rel_error=1.0), settings=FAST,
-                        min_layer_speedup=1e9)  # no rewrite can be that much faster
+    res, *_ = run_auto(model, data(24), Budget(max_rel_error=1.0), AutoOptions(min_layer_speedup=1e9))
     auto = res.report.passes[1]
     assert auto.status == "no_change" and not auto.rewritten
     assert {s.node for s in auto.skipped} == {"conv1", "conv2"}
@@ -296,47 +310,34 @@ def test_auto_optimize_never_keeps_a_rewrite_that_is_not_faster() -> None:
 
 def test_auto_optimize_rolls_back_when_nothing_meets_a_zero_budget() -> None:
     model = two_conv_model()
-    calib, held = split_eval_data(data(16))
-    ev = Evaluator(model, held, FAST)
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_rel_error=0.0), settings=FAST,
-                        min_layer_speedup=0.0)
+    res, roles, _, report = run_auto(model, data(24), Budget(max_rel_error=0.0), AutoOptions(min_layer_speedup=0.0))
     assert not res.report.passes[1].rewritten
     assert [n.op_type for n in res.model.graph.node].count("Conv") == 2
-    out = make_session(res.model, FAST).run(None, {"x": held.inputs["x"][:4]})[0]
-    np.testing.assert_allclose(out, ev.reference[0][:4], rtol=1e-5, atol=1e-6)
+    out = make_session(res.model, FAST).run(None, {"x": roles.report.inputs["x"][:4]})[0]
+    np.testing.assert_allclose(out, report.reference[0][:4], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not (SHARED / "models" / "mnist-cntk.onnx").is_file(), reason=f"shared models not found at {SHARED}")
-def test_auto_on_mnist_meets_one_point_on_held_out_digits() -> None:
+def test_auto_on_mnist_certifies_two_points_on_select_digits() -> None:
     from convopt.measure.data import load_eval_data
 
     model = onnx.load(SHARED / "models" / "mnist-cntk.onnx")
-    d = load_eval_data(model, SHARED / "data" / "digits28.npz", limit=600)
-    calib, held = split_eval_data(d, calib_fraction=0.4)
-    ev = Evaluator(model, held, OrtSettings(threads=1, warmup=2, repeats=10))
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=Budget(max_accuracy_drop=1.0),
-                        settings=OrtSettings(threads=1, warmup=2, repeats=10))
+    d = load_eval_data(model, SHARED / "data" / "digits28.npz", limit=900)
+    res, roles, *_ = run_auto(model, d, Budget(max_accuracy_drop=2.0))
     final = res.report.final
-    assert final is not None and final["accuracy"]["top1_drop"] <= 1.0 + 1e-9
-    if res.report.passes[1].rewritten:  # kept only when measured faster end to end
-        assert final["latency"]["speedup"] > 1.0
-
-
-def test_calibration_budget_holds_back_a_margin() -> None:
-    from convopt.auto.optimize import calib_budget
-
-    b = calib_budget(Budget(max_accuracy_drop=1.0, min_agreement=98.0, max_rel_error=0.1), 0.5)
-    assert b.max_accuracy_drop == 0.5 and b.min_agreement == 99.0 and b.max_rel_error == pytest.approx(0.08)
-    assert calib_budget(Budget(max_rel_error=0.1), 0.0).max_rel_error == pytest.approx(0.1)
+    assert final is not None and final.samples == roles.report.n
+    if res.report.passes[1].rewritten:  # kept only when certified and measured faster
+        assert res.certificate is not None and res.certificate.bounds["max_accuracy_drop"] <= 2.0
+        assert res.report.passes[1].measurement.speedup > 1.0
 
 
 def test_pareto_spread_drops_dominated_candidates_and_keeps_both_ends() -> None:
     from types import SimpleNamespace
 
-    from convopt.auto.optimize import pareto_spread
+    from convopt.auto.search import pareto_spread
 
     def cand(speed: float, err: float) -> SimpleNamespace:
-        return SimpleNamespace(speedup=speed, record=SimpleNamespace(weight_rel_error=err))
+        return SimpleNamespace(speedup=speed, weight_rel_error=err)
 
     cs = [cand(1.2, 0.1), cand(1.5, 0.2), cand(1.4, 0.3), cand(2.0, 0.5), cand(3.0, 0.9), cand(2.5, 0.6)]
     front = pareto_spread(cs, 10)  # type: ignore[arg-type]
@@ -351,12 +352,11 @@ def test_default_budget_is_relative_error_without_class_scores() -> None:
     model.graph.node[-1].CopyFrom(helper.make_node("Identity", ["r2"], ["out"], name="flat"))
     del model.graph.node[-2]
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None))
-    calib, held = split_eval_data(data(8))
-    ev = Evaluator(model, held, FAST)
-    assert ev.scored_index is None
-    res = auto_optimize(model, calib=calib, evaluator=ev, budget=None, settings=FAST, min_layer_speedup=1e9)
+    res, _, select, _ = run_auto(model, data(12), None, AutoOptions(min_layer_speedup=1e9))
+    assert select.scored_index is None
     assert res.report.extra["auto"]["budget"] == {"max_accuracy_drop": None, "min_agreement": None,
-                                                  "max_rel_error": 0.05}
+                                                  "max_rel_error": 0.05, "max_metric_drop": None,
+                                                  "confidence": 0.95, "source": "default"}
 
 
 def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:

@@ -144,7 +144,8 @@ def test_row8_limit_bounds_what_is_read_from_a_2gib_npz(work: Path) -> None:
     assert r.exit_code == 0, r.output
     import json
 
-    assert json.loads((work / "r.json").read_text())["baseline"]["samples"] == 4
+    rows = 2**31 // (3 * 8 * 8 * 4)
+    assert f"(4 of {rows} samples)" in (work / "r.json").read_text()
     count(CASES, "row8")
 
 
@@ -218,7 +219,7 @@ def test_row13_nul_byte_in_an_external_data_location(work: Path) -> None:
 
 
 @pytest.mark.parametrize("option,value", [
-    ("--seed", "-1"), ("--seed", str(2**40)), ("--threads", "-1"), ("--warmup", "-1"), ("--repeats", "0"),
+    ("--seed", "-1"), ("--threads", "-1"), ("--warmup", "-1"), ("--repeats", "0"),
     ("--latency-batch", "0"), ("--align", "0"), ("--limit", "0"), ("--max-model-bytes", "0"),
     ("--fail-under-speedup", "nan"), ("--fail-under-speedup", "-1"), ("--max-accuracy-drop", "-1"),
     ("--min-agreement", "101"), ("--max-rel-error", "inf"),

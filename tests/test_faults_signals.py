@@ -135,14 +135,16 @@ def small(tmp_path: Path) -> Path:
 def test_signal_while_staging_the_report_writes_neither(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = small / "out"
     before = snapshot(out)
-    real = convopt.writes.stage
+    import convopt.io
+
+    real = convopt.io.stage
 
     def stage(target: Path, chunks):  # noqa: ANN001, ANN202
         if Path(target).name == "r.json":
             raise convopt.writes.Interrupted(signal.SIGTERM)
         return real(target, chunks)
 
-    monkeypatch.setattr(convopt.writes, "stage", stage)
+    monkeypatch.setattr(convopt.io, "stage", stage)  # the model is staged, the report is interrupted
     r = runner.invoke(app, ["optimize", str(small / "small.onnx"), "-o", str(out / "o.onnx"), "--report",
                             str(out / "r.json"), "--no-eval", "-q", "--full-rank"])
     assert r.exit_code == 143, r.output

@@ -91,12 +91,12 @@ def test_row4_row16_error_messages_are_one_escaped_line(tmp_path: Path, monkeypa
         assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
         _clean(r.output, "checker error")
     # an ORT-style message with inner newlines and trailing blank lines
-    import convopt.pipeline
+    import convopt.api
 
     def ort_fails(*_a: object, **_k: object) -> None:
         raise DataError("[ONNXRuntimeError] : 1 : FAIL : bad node 'x\ny'\n\n\n")
 
-    monkeypatch.setattr(convopt.pipeline, "optimize", ort_fails)
+    monkeypatch.setattr(convopt.api, "optimize_model", ort_fails)
     (tmp_path / "ok.onnx").write_bytes(named_model(["c"]).SerializeToString())
     r = runner.invoke(app, ["optimize", str(tmp_path / "ok.onnx"), "--no-eval", "-q"])
     assert r.exit_code == 2 and r.output == "error: [ONNXRuntimeError] : 1 : FAIL : bad node 'x\\ny'\n", r.output

@@ -120,12 +120,12 @@ def test_valid_models_have_no_structural_problem() -> None:
 # ------------------------------------------------------------------ the CLI boundary, and the >2 GB path through optimize
 
 def test_unexpected_exception_in_optimize_is_one_line_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import convopt.pipeline
+    import convopt.uniform
 
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("simulated bug\nsecond line")
 
-    monkeypatch.setattr(convopt.pipeline, "optimize", boom)
+    monkeypatch.setattr(convopt.uniform, "optimize_uniform", boom)
     p = tmp_path / "m.onnx"
     p.write_bytes(conv_model(batch=1, hw=(8, 8)).SerializeToString())
     r = runner.invoke(app, ["optimize", str(p), "--no-eval", "-q"])
@@ -162,10 +162,10 @@ def test_malformed_report_never_a_traceback(tmp_path: Path) -> None:
 def test_demo_ctrl_c_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
     import convopt.cli
 
-    def interrupt(**_k: object) -> int:
+    def interrupt(*_a: object, **_k: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(convopt.cli, "run_optimize", interrupt)
+    monkeypatch.setattr(convopt.cli, "_run_optimize", interrupt)
     r = runner.invoke(app, ["demo", "-q"])
     assert r.exit_code == 130, r.output
     assert "interrupted" in r.output

@@ -21,14 +21,14 @@ def hwm():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 import numpy, onnx, onnxruntime  # noqa: F401
-import convopt.io, convopt.graph, convopt.pipeline
+import convopt.io, convopt.graph, convopt.core.driver
 from tests.helpers import conv_model
 convopt.io.validate_model(conv_model(), "warm-up")  # first-use costs of the checker and shape inference
-convopt.pipeline.conv_shapes(conv_model(), None)
+convopt.core.driver.conv_shapes(conv_model(), None)
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
 base = hwm()
 m = convopt.io.load_model(sys.argv[1])
-convopt.pipeline.conv_shapes(m, None)
+convopt.core.driver.conv_shapes(m, None)
 print(json.dumps({"base": base, "peak": hwm()}))
 """
 

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from convopt.errors import DataError, InputError, ModelLoadError, RewriteError
 from convopt.measure.data import EvalData
-from convopt.measure.evaluator import ACCURACY_KEYS, Budget, Evaluator, Measurement
+from convopt.core.budget import Budget
+from convopt.measure.evaluator import ACCURACY_KEYS, Accuracy, Evaluator, Measurement
 from convopt.measure.ort import OrtSettings
 from tests.test_measure_helpers import classifier_weights, image_model_output_model, tiny_classifier
 
@@ -34,9 +35,9 @@ def with_bias(model: onnx.ModelProto, bias: np.ndarray) -> onnx.ModelProto:
 def test_baseline_is_the_original_against_itself() -> None:
     ev = Evaluator(tiny_classifier("N"), data(), FAST)
     b = ev.baseline()
-    assert b.accuracy["top1_agreement"] == 100.0 and b.accuracy["top5_overlap"] == 100.0
-    assert b.accuracy["rel_l2_error"] == 0.0 and b.accuracy["max_abs_error"] == 0.0
-    assert b.accuracy["labelled_top1"] is None and b.accuracy["top1_drop"] == 0.0
+    assert b.accuracy.top1_agreement == 100.0 and b.accuracy.top5_overlap == 100.0
+    assert b.accuracy.rel_l2_error == 0.0 and b.accuracy.max_abs_error == 0.0
+    assert b.accuracy.labelled_top1 is None and b.accuracy.top1_drop == 0.0
     assert b.latency is not None and b.latency.speedup == 1.0 and b.latency.candidate.repeats == 3
     assert b.latency.candidate.batch == 1  # dynamic batch: timed at settings.latency_batch (default 1)
     assert b.samples == 12 and b.scored_output == "Y" and ev.baseline() is b
@@ -51,11 +52,11 @@ def test_candidate_agreement_against_cached_reference() -> None:
     m = ev.measure(with_bias(tiny_classifier("N"), forced), "bias")
     expected = float(np.mean(ref_argmax == 3) * 100)
     assert 0 < expected < 100  # the case is informative
-    assert m.accuracy["top1_agreement"] == pytest.approx(expected)
-    assert m.accuracy["top1_drop"] == pytest.approx(100 - expected)
-    assert m.accuracy["rel_l2_error"] > 1 and m.desc == "bias"
+    assert m.accuracy.top1_agreement == pytest.approx(expected)
+    assert m.accuracy.top1_drop == pytest.approx(100 - expected)
+    assert m.accuracy.rel_l2_error > 1 and m.desc == "bias"
     same = ev.measure(tiny_classifier("N"), "same")
-    assert same.accuracy["top1_agreement"] == 100.0 and same.accuracy["rel_l2_error"] < 1e-6
+    assert same.accuracy.top1_agreement == 100.0 and same.accuracy.rel_l2_error < 1e-6
     assert same.latency is not None and same.latency.original.repeats == 3
     assert same.latency.speedup == pytest.approx(same.latency.original.median_ms / same.latency.candidate.median_ms)
 
@@ -66,14 +67,14 @@ def test_labelled_accuracy_of_original_and_candidate() -> None:
     labels[:3] = (labels[:3] + 1) % 4  # 9 of 12 right
     ev = Evaluator(tiny_classifier("N"), data(labels=labels), FAST, measure_latency=False)
     assert ev.original_accuracy is not None and ev.original_accuracy["top1"] == pytest.approx(75.0)
-    assert ev.baseline().accuracy["labelled_top1"] == pytest.approx(75.0)
+    assert ev.baseline().accuracy.labelled_top1 == pytest.approx(75.0)
     _, b = classifier_weights()
     forced = b.copy()
     forced[0] += 100.0
     m = ev.measure(with_bias(tiny_classifier("N"), forced))
-    assert m.accuracy["labelled_top1"] == pytest.approx(np.mean(labels == 0) * 100)
-    assert m.accuracy["labelled_top5"] == 100.0  # 4 classes: every label is in the top 4
-    assert m.accuracy["top1_drop"] == pytest.approx(75.0 - np.mean(labels == 0) * 100)
+    assert m.accuracy.labelled_top1 == pytest.approx(np.mean(labels == 0) * 100)
+    assert m.accuracy.labelled_top5 == 100.0  # 4 classes: every label is in the top 4
+    assert m.accuracy.top1_drop == pytest.approx(75.0 - np.mean(labels == 0) * 100)
     assert m.latency is None
 
 
@@ -84,25 +85,24 @@ def test_fixed_batch_model_timed_at_its_batch() -> None:
 
 
 def measurement(**acc: float | None) -> Measurement:
-    full = {k: None for k in ACCURACY_KEYS} | acc
-    return Measurement("m", 10, "d", full, (), None)
+    return Measurement("m", 10, "d", Accuracy(**acc), (), None)
 
 
 def test_check_reasons() -> None:
     ev = Evaluator(tiny_classifier("N"), data(), FAST, measure_latency=False)
     labelled = measurement(labelled_top1=58.5, top1_drop=2.3, top1_agreement=96.0, rel_l2_error=0.02)
-    assert ev.check(labelled, Budget(max_accuracy_drop=1.0)) == "top-1 dropped 2.30 points (> --max-accuracy-drop 1.0)"
-    assert ev.check(labelled, Budget(max_accuracy_drop=2.3)) is None
-    assert ev.check(labelled, Budget(min_agreement=99.0)) == "top-1 agreement 96.00% (< --min-agreement 99.0)"
-    assert ev.check(labelled, Budget(max_rel_error=0.01)) == "relative L2 error 0.02 (> --max-rel-error 0.01)"
-    assert ev.check(labelled, Budget(max_accuracy_drop=3, min_agreement=95, max_rel_error=0.05)) is None
-    both = ev.check(labelled, Budget(max_accuracy_drop=1.0, max_rel_error=0.01))
+    assert Budget(max_accuracy_drop=1.0).check(labelled.accuracy) == "top-1 dropped 2.30 points (> --max-accuracy-drop 1.0)"
+    assert Budget(max_accuracy_drop=2.3).check(labelled.accuracy) is None
+    assert Budget(min_agreement=99.0).check(labelled.accuracy) == "top-1 agreement 96.00% (< --min-agreement 99.0)"
+    assert Budget(max_rel_error=0.01).check(labelled.accuracy) == "relative L2 error 0.02 (> --max-rel-error 0.01)"
+    assert Budget(max_accuracy_drop=3, min_agreement=95, max_rel_error=0.05).check(labelled.accuracy) is None
+    both = Budget(max_accuracy_drop=1.0, max_rel_error=0.01).check(labelled.accuracy)
     assert both is not None and both.count(";") == 1
     unlabelled = measurement(top1_agreement=97.5, top1_drop=2.5, rel_l2_error=None)
-    assert ev.check(unlabelled, Budget(max_accuracy_drop=0.5)) == (
+    assert Budget(max_accuracy_drop=0.5).check(unlabelled.accuracy) == (
         "top-1 agreement dropped 2.50 points (> --max-accuracy-drop 0.5)")
-    assert ev.check(unlabelled, Budget(max_rel_error=1.0)) == "relative L2 error not finite (> --max-rel-error 1.0)"
-    assert ev.check(unlabelled, Budget()) is None and Budget().is_empty and not Budget(min_agreement=1).is_empty
+    assert Budget(max_rel_error=1.0).check(unlabelled.accuracy) == "relative L2 error not finite (> --max-rel-error 1.0)"
+    assert Budget().check(unlabelled.accuracy) is None and Budget().is_empty and not Budget(min_agreement=1).is_empty
 
 
 def test_budget_validation() -> None:
@@ -112,10 +112,11 @@ def test_budget_validation() -> None:
         Budget(min_agreement=150)
     x = np.random.default_rng(0).random((3, 2, 4, 4), dtype=np.float32)
     ev = Evaluator(image_model_output_model(), EvalData({"X": x}, None, "t"), FAST, measure_latency=False)
+    scored, labelled = ev.scored_index is not None, ev.data.labels is not None
     with pytest.raises(InputError, match="use --max-rel-error"):
-        ev.validate_budget(Budget(min_agreement=99))
-    ev.validate_budget(Budget(max_rel_error=0.01))
-    assert ev.baseline().accuracy["top1_agreement"] is None and ev.baseline().accuracy["top1_drop"] is None
+        Budget(min_agreement=99).validate(scored, labelled)
+    Budget(max_rel_error=0.01).validate(scored, labelled)
+    assert ev.baseline().accuracy.top1_agreement is None and ev.baseline().accuracy.top1_drop is None
 
 
 def test_labels_without_class_scores_is_a_data_error() -> None:

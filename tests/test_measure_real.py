@@ -6,7 +6,8 @@ import onnx
 import pytest
 
 from convopt.measure.data import RANDOM_DATA_WARNING, load_eval_data
-from convopt.measure.evaluator import Budget, Evaluator
+from convopt.core.budget import Budget
+from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
 from tests.test_measure_helpers import SHARED, needs_shared
 
@@ -26,7 +27,7 @@ def test_mnist_digits_top1_is_88_9() -> None:
     assert ev.original_accuracy["top1"] == pytest.approx(1597 / 1797 * 100)
     assert round(ev.original_accuracy["top1"], 1) == 88.9
     b = ev.baseline()
-    assert b.accuracy["labelled_top1"] == ev.original_accuracy["top1"] and b.latency.candidate.batch == 1
+    assert b.accuracy.labelled_top1 == ev.original_accuracy["top1"] and b.latency.candidate.batch == 1
 
 
 def test_squeezenet_small_sample_runs_one_image_at_a_time() -> None:
@@ -38,7 +39,7 @@ def test_squeezenet_small_sample_runs_one_image_at_a_time() -> None:
     np.testing.assert_allclose(ev.reference[0].sum(axis=1).ravel(), 1.0, rtol=1e-4)  # softmax
     b = ev.baseline()
     assert b.scored_output == "softmaxout_1" and b.outputs[0]["classes"] == 1000
-    assert ev.check(b, Budget(max_accuracy_drop=0.0, min_agreement=100.0, max_rel_error=0.0)) is None
+    assert Budget(max_accuracy_drop=0.0, min_agreement=100.0, max_rel_error=0.0).check(b.accuracy) is None
 
 
 def test_candy_style_random_inputs_compare_outputs_only() -> None:
@@ -48,7 +49,7 @@ def test_candy_style_random_inputs_compare_outputs_only() -> None:
     ev = Evaluator(model, data, OrtSettings(batch_size=2), measure_latency=False)
     assert ev.reference[0].shape == (2, 3, 720, 720) and ev.scored_index is None
     b = ev.baseline()
-    assert b.accuracy["top1_agreement"] is None and b.accuracy["rel_l2_error"] == 0.0
+    assert b.accuracy.top1_agreement is None and b.accuracy.rel_l2_error == 0.0
     assert b.warning == RANDOM_DATA_WARNING
 
 

@@ -7,12 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from convopt.graph import infer_tensor_shapes
-from convopt.passes import PASSES, get_pass
-from convopt.passes.base import RankPolicy, run_conv_pass
-from convopt.pipeline import conv_shapes
+from convopt.core.driver import conv_shapes
+from convopt.passes import PASSES, RankPolicy
+from convopt.uniform import run_pass
 
-from tests.helpers import FULL_RANK_RTOL, conv_model, op_types, random_feeds, rel_l2, run
+from tests.helpers import FULL_RANK_RTOL, conv_model, op_types, random_feeds, rel_l2, rewrite_node, run
 
 FULL = RankPolicy(mode="full")
 
@@ -39,6 +38,9 @@ GEOMETRIES = [
     ("k7", dict(k=(7, 7), pads=(3, 3, 3, 3))),
     ("k7_stride2", dict(k=(7, 7), pads=(3, 3, 3, 3), stride=(2, 2), hw=(19, 16))),
     ("k3x5_rect", dict(k=(3, 5), pads=(1, 2, 1, 2))),
+    ("k1", dict(cin=24, cout=16, k=(1, 1))),
+    ("k1_stride2_pads", dict(cin=24, cout=16, k=(1, 1), stride=(2, 2), pads=(1, 0, 1, 1))),
+    ("k1_nobias_batch1", dict(cin=16, cout=32, k=(1, 1), bias=False, batch=1)),
 ]
 
 
@@ -46,7 +48,9 @@ def _applies(pass_name: str, kw: dict) -> bool:
     k = kw["k"]
     if pass_name == "split5x5":
         return k == (5, 5)
-    return True
+    if pass_name == "lowrank":
+        return k == (1, 1)
+    return k != (1, 1)
 
 
 CASES = [(p, gid, kw) for p in PASSES for gid, kw in GEOMETRIES if _applies(p, kw)]
@@ -56,7 +60,7 @@ CASES = [(p, gid, kw) for p in PASSES for gid, kw in GEOMETRIES if _applies(p, k
 def test_full_rank_rewrite_is_exact_in_ort(pass_name: str, gid: str, kw: dict) -> None:
     model = conv_model(**kw)
     before = model.SerializeToString()
-    out = run_conv_pass(model, get_pass(pass_name), FULL, conv_shapes(model, None))
+    out = run_pass(model, pass_name, FULL)
     assert model.SerializeToString() == before, "the pass mutated its input model"
     assert len(out.rewritten) == 1, out.skipped
     assert "Conv" in op_types(out.model) and len([n for n in out.model.graph.node if n.op_type == "Conv"]) >= 2
@@ -77,12 +81,13 @@ RANK_GRIDS = {
     "split5x5": ("rank", [4, 8, 16, 32, 48, 72]),
     "depthwise": ("multiplier", [1, 2, 3, 5, 7, 9]),
     "bottleneck": ("rank_in", [1, 2, 4, 6, 8]),
+    "lowrank": ("rank", [1, 2, 4, 6, 8]),
 }
 
 
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_error_does_not_grow_with_rank(pass_name: str) -> None:
-    k = (5, 5) if pass_name == "split5x5" else (3, 3)
+    k = {"split5x5": (5, 5), "lowrank": (1, 1)}.get(pass_name, (3, 3))
     model = conv_model(cin=8, cout=16, k=k, pads=(k[0] // 2,) * 4, batch=2, hw=(12, 10))
     feeds = random_feeds(model)
     (ref,) = run(model, feeds)
@@ -90,10 +95,9 @@ def test_error_does_not_grow_with_rank(pass_name: str) -> None:
     w_errs, y_errs = [], []
     for r in grid:
         ranks = {key: r} if pass_name != "bottleneck" else {"rank_in": r, "rank_out": 2 * r}
-        policy = RankPolicy(mode="full", overrides={"conv": ranks})
-        out = run_conv_pass(model, get_pass(pass_name), policy, conv_shapes(model, None))
-        assert len(out.rewritten) == 1
-        w_errs.append(out.rewritten[0].weight_rel_error)
+        out = rewrite_node(model, pass_name, ranks)
+        assert len(out.records) == 1
+        w_errs.append(out.records[0].weight_rel_error)
         y_errs.append(rel_l2(ref, run(out.model, feeds)[0]))
     assert all(b <= a + 1e-6 for a, b in zip(w_errs, w_errs[1:])), w_errs
     assert all(b <= a * 1.02 + 1e-6 for a, b in zip(y_errs, y_errs[1:])), y_errs
@@ -103,7 +107,7 @@ def test_error_does_not_grow_with_rank(pass_name: str) -> None:
 
 def test_weights_held_as_constant_nodes_are_rewritten_and_cleaned_up() -> None:
     model = conv_model(k=(3, 3), pads=(1, 1, 1, 1), weights_as_constant=True)
-    out = run_conv_pass(model, get_pass("factorize"), FULL, conv_shapes(model, None))
+    out = run_pass(model, "factorize", FULL)
     assert len(out.rewritten) == 1
     assert "Constant" not in op_types(out.model), "the old weight constants should be removed"
     feeds = random_feeds(model)
@@ -112,7 +116,7 @@ def test_weights_held_as_constant_nodes_are_rewritten_and_cleaned_up() -> None:
 
 def test_ir3_model_keeps_initializers_listed_as_inputs() -> None:
     model = conv_model(k=(3, 3), pads=(1, 1, 1, 1), opset=7, ir_version=3)
-    out = run_conv_pass(model, get_pass("depthwise"), FULL, conv_shapes(model, None))
+    out = run_pass(model, "depthwise", FULL)
     inputs = {i.name for i in out.model.graph.input}
     assert {t.name for t in out.model.graph.initializer} <= inputs
     assert "W" not in inputs
@@ -123,21 +127,20 @@ def test_ir3_model_keeps_initializers_listed_as_inputs() -> None:
 
 def test_depthwise_emits_tiled_form_for_multiplier_above_one() -> None:
     model = conv_model(cin=8, cout=16, k=(3, 3), pads=(1, 1, 1, 1))
-    policy = RankPolicy(mode="full", overrides={"conv": {"multiplier": 3}})
-    out = run_conv_pass(model, get_pass("depthwise"), policy, conv_shapes(model, None))
+    out = rewrite_node(model, "depthwise", {"multiplier": 3})
     nodes = out.model.graph.node
     concat = [n for n in nodes if n.op_type == "Concat"]
     assert len(concat) == 1 and list(concat[0].input) == ["x"] * 3
     dw = [n for n in nodes if n.op_type == "Conv" and "dw" in n.name][0]
     assert [a.i for a in dw.attribute if a.name == "group"] == [24]
-    assert out.rewritten[0].form.startswith("tile3")
+    assert out.records[0].form.startswith("tile3")
 
 
 # ---------------------------------------------------------------- refusals leave the graph unchanged
 
 
 def _assert_unchanged(model: onnx.ModelProto, pass_name: str, reason_part: str, policy: RankPolicy = FULL) -> None:
-    out = run_conv_pass(model, get_pass(pass_name), policy, conv_shapes(model, None))
+    out = run_pass(model, pass_name, policy)
     assert out.rewritten == []
     assert out.model.SerializeToString() == model.SerializeToString()
     reasons = [s.reason for s in out.skipped]
@@ -164,12 +167,20 @@ def test_bottleneck_1x1_kernel_no_rewrite() -> None:
     _assert_unchanged(conv_model(k=(1, 1)), "bottleneck", "1x1 kernel")
 
 
+def test_lowrank_kxk_kernel_no_rewrite() -> None:
+    _assert_unchanged(conv_model(k=(3, 3), pads=(1, 1, 1, 1)), "lowrank", "lowrank rewrites 1x1 convs")
+
+
+def test_lowrank_grouped_no_rewrite() -> None:
+    _assert_unchanged(conv_model(cin=8, cout=8, k=(1, 1), group=2), "lowrank", "group 2 1x1 conv")
+
+
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_pass_no_mac_saving_no_rewrite(pass_name: str) -> None:
-    k = (5, 5) if pass_name == "split5x5" else (3, 3)
+    k = {"split5x5": (5, 5), "lowrank": (1, 1)}.get(pass_name, (3, 3))
     policy = RankPolicy(mode="fraction", value=1.0, align=1)
     _assert_unchanged(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), pass_name, "", policy)
-    out = run_conv_pass(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), get_pass(pass_name), policy, {})
+    out = run_pass(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), pass_name, policy)
     assert any("lower MACs" in s.reason or "keep every channel" in s.reason for s in out.skipped), out.skipped
 
 
@@ -225,8 +236,8 @@ def test_pass_quantized_conv_no_rewrite(pass_name: str) -> None:
 def test_pass_already_rewritten_no_rewrite(pass_name: str) -> None:
     model = conv_model(k=(5, 5), pads=(2, 2, 2, 2))
     first = "factorize" if pass_name != "factorize" else "depthwise"
-    once = run_conv_pass(model, get_pass(first), FULL, conv_shapes(model, None)).model
-    out = run_conv_pass(once, get_pass(pass_name), FULL, infer_tensor_shapes(once))
+    once = run_pass(model, first, FULL).model
+    out = run_pass(once, pass_name, FULL)
     assert out.rewritten == []
     assert out.model.SerializeToString() == once.SerializeToString()
     assert any(f"already rewritten by {first}" in s.reason for s in out.skipped)
@@ -235,7 +246,7 @@ def test_pass_already_rewritten_no_rewrite(pass_name: str) -> None:
 def test_same_with_stride_and_unknown_size_is_refused_with_reason() -> None:
     model = conv_model(k=(3, 3), auto_pad="SAME_UPPER", stride=(2, 2))
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
-    out = run_conv_pass(model, get_pass("factorize"), FULL, conv_shapes(model, None))
+    out = run_pass(model, "factorize", FULL)
     assert out.rewritten == []
     assert any("needs a known input size" in s.reason for s in out.skipped)
 
@@ -258,9 +269,9 @@ def test_nhwc_input_transposed_to_nchw_is_rewritten_exactly() -> None:
     shapes = conv_shapes(model, None)
     assert shapes["x"] == (1, 8, 12, 10)
     for name in PASSES:
-        if name == "split5x5":
+        if name in ("split5x5", "lowrank"):  # a 3×3 conv
             continue
-        out = run_conv_pass(model, get_pass(name), FULL, shapes)
+        out = run_pass(model, name, FULL)
         assert len(out.rewritten) == 1, (name, out.skipped)
         feeds = random_feeds(model)
         assert rel_l2(run(model, feeds)[0], run(out.model, feeds)[0]) <= FULL_RANK_RTOL
@@ -271,7 +282,7 @@ def test_rewrite_keeps_metadata_opset_and_producer() -> None:
     onnx.helper.set_model_props(model, {"author": "me", "license": "MIT"})
     model.doc_string = "exported by a test"
     model.model_version = 7
-    out = run_conv_pass(model, get_pass("factorize"), FULL, conv_shapes(model, None)).model
+    out = run_pass(model, "factorize", FULL).model
     assert {p.key: p.value for p in out.metadata_props} == {"author": "me", "license": "MIT"}
     assert out.doc_string == model.doc_string and out.model_version == 7
     assert list(out.opset_import) == list(model.opset_import) and out.ir_version == model.ir_version

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from convopt.cli import app
 from convopt.measure.data import load_eval_data
-from convopt.measure.evaluator import Budget, Evaluator
+from convopt.core.budget import Budget
+from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
 from convopt.passes.base import RankPolicy
-from convopt.pipeline import optimize
+from convopt.uniform import optimize_uniform as optimize
 from convopt.render import validate_report
 
 from tests.helpers import NO_SHARED, SHARED, SHARED_MODELS, conv_model
@@ -50,30 +51,31 @@ def _classifier(tmp_path: Path) -> tuple[onnx.ModelProto, Path]:
 
 def test_impossible_budget_rolls_the_pass_back(tmp_path: Path) -> None:
     model, _ = _classifier(tmp_path)
-    data = load_eval_data(model, None, random_samples=16, seed=0)
-    ev = Evaluator(model, data, FAST)
-    result = optimize(model, ["factorize"], RankPolicy(mode="fraction", value=0.1), evaluator=ev,
+    select, report = (Evaluator(model, load_eval_data(model, None, random_samples=16, seed=s), FAST) for s in (0, 1))
+    result = optimize(model, ["factorize"], RankPolicy(mode="fraction", value=0.1), select=select, report=report,
                       budget=Budget(max_rel_error=1e-9))
     p = result.report.passes[-1]
     assert p.name == "factorize" and len(p.rewritten) == 1
     assert p.status == "rolled_back" and "error" in (p.rollback_reason or "")
-    assert p.measurement is not None and p.measurement["accuracy"]["rel_l2_error"] > 1e-9
+    assert p.measurement is not None and p.measurement.accuracy.rel_l2_error > 1e-9
     assert result.model.SerializeToString() == model.SerializeToString(), "a rolled-back pass must leave the model as it was"
     assert result.report.macs_after == result.report.macs_before
-    assert result.report.final == result.report.baseline
+    assert result.report.final.accuracy.rel_l2_error == 0.0 and result.report.final.role == "evaluation"
 
 
 def test_pass_within_budget_is_kept_and_measured(tmp_path: Path) -> None:
     model, _ = _classifier(tmp_path)
-    data = load_eval_data(model, None, random_samples=16, seed=0)
-    ev = Evaluator(model, data, FAST)
-    result = optimize(model, ["split5x5"], RankPolicy(mode="full"), evaluator=ev, budget=Budget(max_rel_error=1e-4))
+    select, report = (Evaluator(model, load_eval_data(model, None, random_samples=16, seed=s), FAST) for s in (0, 1))
+    result = optimize(model, ["split5x5"], RankPolicy(mode="full"), select=select, report=report,
+                      budget=Budget(max_rel_error=1e-4))
     p = result.report.passes[-1]
     assert p.status == "kept", p.rollback_reason
-    acc = p.measurement["accuracy"]
-    assert acc["rel_l2_error"] < 1e-4 and acc["top1_agreement"] == 100.0
-    lat = p.measurement["latency"]
-    assert lat["speedup"] > 0 and lat["candidate"]["repeats"] == 3
+    acc = p.measurement.accuracy
+    assert acc.rel_l2_error < 1e-4 and acc.top1_agreement == 100.0
+    lat = p.measurement.latency
+    assert lat.speedup > 0 and lat.candidate.repeats == 3
+    table = p.latency  # the report's one timing run: the same original median as the final row
+    assert table.original.median_ms == result.report.final.latency.original.median_ms
     d = result.report.to_dict()
     validate_report(d)
     assert d["baseline"]["accuracy"]["top1_agreement"] == 100.0
@@ -131,6 +133,6 @@ def test_squeezenet_report_baseline_matches_reference_top1(tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     d = json.loads(rep.read_text())
     validate_report(d)
-    assert d["baseline"]["samples"] == 1000
-    assert d["baseline"]["accuracy"]["labelled_top1"] == pytest.approx(60.8, abs=1e-9)
+    assert d["baseline"]["samples"] == 500 and d["settings"]["data"]["select"]["samples"] == 500
+    assert 55.0 < d["baseline"]["accuracy"]["labelled_top1"] < 67.0  # 60.8 on all 1000 (test_measure_real)
     assert d["passes"][-1]["status"] == "no_change"  # SqueezeNet has no 5×5 conv

@@ -24,8 +24,9 @@ from convopt.cli import app
 from convopt.graph import ConvSkip, ConvSpec, model_problem, read_convs
 from convopt.io import validate_model
 from convopt.passes import PASSES
-from convopt.passes.base import RankPolicy, run_conv_pass
-from convopt.pipeline import conv_shapes
+from convopt.passes.base import RankPolicy
+from convopt.uniform import run_pass
+from convopt.core.driver import conv_shapes
 
 from tests.helpers import FULL_RANK_RTOL, conv_model, random_feeds, rel_l2, run
 
@@ -87,12 +88,12 @@ def test_full_rank_rewrites_match_ort(geo: dict[str, Any]) -> None:
     policy = RankPolicy(mode="full", seed=geo["seed"])
     for name, cls in PASSES.items():
         p = cls()
-        reason = p.check(item)
+        reason = p.applies(item)
         if reason is not None:
             assert reason.strip()
             COUNTS[f"{name}:refused"] += 1
             continue
-        outcome = run_conv_pass(m, p, policy, shapes)
+        outcome = run_pass(m, name, policy)
         if not outcome.rewritten:
             (skip,) = outcome.skipped
             assert skip.reason.strip()

@@ -8,7 +8,7 @@ import pytest
 from convopt.io import load_model
 from convopt.passes import PASSES
 from convopt.passes.base import RankPolicy
-from convopt.pipeline import optimize
+from convopt.uniform import optimize_uniform as optimize
 
 from tests.helpers import FULL_RANK_RTOL, NO_SHARED, SHARED_MODELS, random_feeds, rel_l2, run
 
@@ -21,7 +21,7 @@ MODELS = {
 }
 # which passes find at least one conv in each model
 EXPECTED = {
-    "squeezenet1.1.onnx": {"bottleneck", "factorize", "depthwise"},
+    "squeezenet1.1.onnx": {"bottleneck", "factorize", "depthwise", "lowrank"},
     "mnist-cntk.onnx": {"bottleneck", "split5x5", "factorize", "depthwise"},
     "candy-style.onnx": {"bottleneck", "factorize", "depthwise"},
 }

@@ -1,46 +1,41 @@
-"""Candidate rewrites per Conv: the applicable passes × a few aligned ranks.
-
-Each candidate is built once as a single-layer model (the pass's own rewrite of the real weights), which is
-both what gets timed and what gets spliced into the full model (so the SVD/ALS runs once per candidate).
-"""
+"""Candidate rewrites of one Conv for auto mode: every applicable pass × its rank grid, decomposed once
+(the factors are reused by timing, pricing, refits and the final plan)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import onnx
-
 from convopt import decompose
-from convopt.graph import ConvSpec, Replacement
-from convopt.passes import get_pass
-from convopt.passes.base import RankPolicy
-from convopt.report import NodeRewrite
-from convopt.auto.latency import rewrite_single
-
-FACTORIZE_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-BOTTLENECK_FRACTIONS = (0.25, 0.5, 0.75)
-DEPTHWISE_MULTIPLIERS = (1, 2, 3, 4)
-SPLIT5_FRACTIONS = (0.5, 1.0, 1.5, 2.0, 3.0)  # × min(I, O)
+from convopt.core.plan import Choice
+from convopt.graph import ConvSpec
+from convopt.measure.measurement import Accuracy
+from convopt.passes import FitContext, get_pass
+from convopt.passes.base import describe
 
 
 @dataclass
 class Candidate:
+    """One rewrite of ``layer``: its choice (with factors), MACs, and what auto measured of it."""
+
     layer: str
-    pass_name: str
-    side: str  # bottleneck side ("in" / "out" / "both"), else ""
-    ranks: dict[str, int]
-    single: onnx.ModelProto  # the rewritten single-layer model (input "x", output "y")
-    record: NodeRewrite
+    choice: Choice
+    macs_before: int
+    macs_after: int
+    form: str
     dense_ms: float = float("nan")
     ms: float = float("nan")
     cost: float | None = None
-    calib: dict[str, float | None] = field(default_factory=dict)
+    calib: Accuracy | None = None
     status: str = "built"
+    refit: Choice | None = field(default=None, repr=False)  # the choice with its last factor refit alone
 
     @property
     def key(self) -> str:
-        r = ",".join(f"{k}={v}" for k, v in sorted(self.ranks.items()))
-        return f"{self.pass_name}{('-' + self.side) if self.side else ''}[{r}]"
+        return self.choice.key
+
+    @property
+    def weight_rel_error(self) -> float:
+        assert self.choice.factors is not None
+        return self.choice.factors.weight_rel_error
 
     @property
     def speedup(self) -> float:
@@ -50,111 +45,35 @@ class Candidate:
     def saved_ms(self) -> float:
         return self.dense_ms - self.ms
 
-    def replacement(self, conv: ConvSpec, single: onnx.ModelProto | None = None) -> Replacement:
-        """Nodes and initializers of the single-layer rewrite (``single``, default this candidate's own, e.g.
-        a refit copy of it), wired to ``conv``'s input and output."""
-        single = self.single if single is None else single
-        nodes = []
-        for n in single.graph.node:
-            m = onnx.NodeProto()
-            m.CopyFrom(n)
-            for i, v in enumerate(m.input):
-                if v == "x":
-                    m.input[i] = conv.x
-            for i, v in enumerate(m.output):
-                if v == "y":
-                    m.output[i] = conv.y
-            nodes.append(m)
-        inits = [t for t in single.graph.initializer if t.name not in ("W", "B")]
-        return Replacement(conv, nodes, inits)
-
-    def batch_free_single(self) -> onnx.ModelProto:
-        """A copy of the single-layer model whose batch dimension is symbolic (to run many samples at once)."""
-        m = onnx.ModelProto()
-        m.CopyFrom(self.single)
-        m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-        del m.graph.value_info[:]
-        return m
-
     def to_dict(self) -> dict[str, object]:
-        return {"layer": self.layer, "candidate": self.key, "form": self.record.form, "ranks": self.ranks,
-                "macs_before": self.record.macs_before, "macs_after": self.record.macs_after,
-                "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup, "cost": self.cost,
-                "calib": self.calib, "status": self.status}
+        calib = None if self.calib is None else {k: v for k, v in self.calib.to_dict().items()
+                                                 if k in ("rel_l2_error", "top1_drop", "top1_agreement")}
+        return {"layer": self.layer, "candidate": self.key, "form": self.form, "ranks": dict(self.choice.ranks),
+                "macs_before": self.macs_before, "macs_after": self.macs_after, "weight_rel_error":
+                self.weight_rel_error, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
+                "cost": self.cost, "calib": calib, "status": self.status}
 
 
-def _rank_specs(conv: ConvSpec, passes: list[str], align: int) -> list[tuple[str, str, dict[str, int]]]:
-    O, I, kh, kw = conv.W.shape
-    out: list[tuple[str, str, dict[str, int]]] = []
-    seen: set[tuple] = set()
-
-    def add(p: str, side: str, ranks: dict[str, int]) -> None:
-        k = (p, side, tuple(sorted(ranks.items())))
-        if k not in seen:
-            seen.add(k)
-            out.append((p, side, ranks))
-
-    for p in passes:
-        if p == "factorize":
-            full = min(I * kh, O * kw)
-            for f in FACTORIZE_FRACTIONS:
-                add(p, "", {"rank": decompose.align_rank(math.ceil(f * full), align, full)})
-        elif p == "bottleneck":
-            fin, fout = min(I, O * kh * kw), min(O, I * kh * kw)
-            for f in BOTTLENECK_FRACTIONS:
-                ri = decompose.align_rank(math.ceil(f * fin), align, fin)
-                ro = decompose.align_rank(math.ceil(f * fout), align, fout)
-                if ri < I:
-                    add(p, "in", {"rank_in": ri})
-                if ro < O:
-                    add(p, "out", {"rank_out": ro})
-                if ri < I and ro < O:
-                    add(p, "both", {"rank_in": ri, "rank_out": ro})
-        elif p == "depthwise":
-            for m in DEPTHWISE_MULTIPLIERS:
-                if m <= min(O, kh * kw):
-                    add(p, "", {"multiplier": m})
-        elif p == "split5x5":
-            full = 9 * min(I, O)
-            for f in SPLIT5_FRACTIONS:
-                add(p, "", {"rank": decompose.align_rank(math.ceil(f * min(I, O)), align, full)})
-    return out
-
-
-def build_candidates(conv: ConvSpec, passes: list[str], batch: int, align: int = 8, seed: int = 0,
-                     max_macs_ratio: float = 1.0) -> tuple[list[Candidate], list[str]]:
-    """Candidates for ``conv`` whose rewrite lowers MACs to at most ``max_macs_ratio`` of the dense layer,
-    plus the reasons the others were refused. By default every rewrite that lowers MACs at all is kept for
-    timing: MACs do not predict ORT's speed, the measured latency decides."""
-    cands: list[Candidate] = []
+def build_candidates(conv: ConvSpec, passes: list[str], align: int = 8,
+                     fit: FitContext = FitContext()) -> tuple[list[Candidate], list[str]]:
+    """Candidates for ``conv`` (each lowers MACs), plus the reasons the other grid points were refused.
+    Every rewrite that lowers MACs at all is kept for timing: MACs do not predict ORT's speed."""
+    out: dict[str, Candidate] = {}
     refused: list[str] = []
-    with decompose.svd_reuse():  # one SVD per unfolding of this kernel, shared by every rank and side
-        for p, side, ranks in _rank_specs(conv, passes, align):
-            _build_one(conv, p, side, ranks, batch, align, seed, max_macs_ratio, cands, refused)
-    # two rank requests can clamp to the same ranks: keep one
-    uniq: dict[str, Candidate] = {}
-    for c in cands:
-        uniq.setdefault(c.key, c)
-    return list(uniq.values()), refused
-
-
-def _build_one(conv: ConvSpec, p: str, side: str, ranks: dict[str, int], batch: int, align: int, seed: int,
-               max_macs_ratio: float, cands: list[Candidate], refused: list[str]) -> None:
-    """Build one candidate into ``cands``, or its refusal into ``refused``."""
-    cp = get_pass(p)
-    reason = cp.check(conv)
-    if reason is not None:
-        refused.append(f"{p}: {reason}")
-        return
-    policy = RankPolicy(mode="fraction", value=1.0, align=align, bottleneck_side=side or "both",  # type: ignore[arg-type]
-                        seed=seed, overrides={conv.name: dict(ranks)})
-    res = rewrite_single(conv, cp, policy, batch)
-    if isinstance(res, str):
-        refused.append(f"{p}{('-' + side) if side else ''} {ranks}: {res}")
-        return
-    single, rec = res
-    if rec.macs_after > max_macs_ratio * rec.macs_before:
-        refused.append(f"{p}{('-' + side) if side else ''} {ranks}: MACs ratio "
-                       f"{rec.macs_after / rec.macs_before:.2f} > {max_macs_ratio}")
-        return
-    cands.append(Candidate(conv.name, p, side, {k: int(v) for k, v in rec.ranks.items()}, single, rec))
+    with decompose.svd_reuse(), decompose.one_blas_thread():  # one SVD per unfolding, shared by every rank
+        for name in passes:
+            p = get_pass(name)
+            reason = p.applies(conv)
+            if reason is not None:
+                refused.append(f"{name}: {reason}")
+                continue
+            for ranks in p.rank_grid(conv, align):
+                reason = p.saving_refusal(conv, ranks)
+                if reason is not None:
+                    refused.append(f"{name} {describe(ranks)}: {reason}")
+                    continue
+                factors = p.decompose(conv, ranks, fit)
+                choice = Choice(name, dict(factors.ranks), factors)
+                out.setdefault(choice.key, Candidate(conv.name, choice, p.dense_macs(conv),
+                                                     p.macs(conv, factors.ranks), p.form(conv, factors.ranks)))
+    return list(out.values()), refused

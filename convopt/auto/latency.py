@@ -14,11 +14,10 @@ import onnx
 from onnx import helper
 
 from convopt.auto.latency_cache import LayerLatencyCache
+from convopt.core.plan import Choice, Plan, apply_plan, conv_table
 from convopt.graph import ConvSpec, make_conv, tensor
 from convopt.measure.latency import time_sessions
 from convopt.measure.ort import OrtSettings, make_session
-from convopt.passes.base import ConvPass, RankPolicy, run_conv_pass
-from convopt.report import NodeRewrite
 
 OPSET = 13
 
@@ -38,8 +37,9 @@ def settings_key(settings: OrtSettings) -> str:
     return f"{settings.provider}|t{settings.threads}|{settings.graph_optimization_level}|{spin}|ort{ort.__version__}"
 
 
-def single_conv_model(conv: ConvSpec, batch: int) -> onnx.ModelProto:
-    """A model with one input (batch, C, H, W) → this Conv (its real weights and attributes) → one output."""
+def single_conv_model(conv: ConvSpec, batch: int | str) -> onnx.ModelProto:
+    """A model with one input x (batch, C, H, W) → this Conv (its real weights and attributes) → one output y;
+    ``batch`` a number, or a name for a dynamic batch."""
     assert conv.in_shape is not None and conv.pads is not None
     _, c, h, w = conv.in_shape
     inits = [tensor("W", conv.W)]
@@ -56,20 +56,14 @@ def single_conv_model(conv: ConvSpec, batch: int) -> onnx.ModelProto:
     return m
 
 
-def single_layer_shapes(conv: ConvSpec, batch: int) -> dict[str, tuple[int, ...]]:
-    assert conv.in_shape is not None and conv.out_shape is not None
-    return {"x": (batch, *conv.in_shape[1:]), "y": (batch, *conv.out_shape[1:])}
-
-
-def rewrite_single(conv: ConvSpec, conv_pass: ConvPass, policy: RankPolicy,
-                   batch: int) -> tuple[onnx.ModelProto, NodeRewrite] | str:
-    """The single-layer model of ``conv`` rewritten by ``conv_pass`` under ``policy`` and the pass's record,
-    or the pass's refusal."""
+def candidate_model(conv: ConvSpec, choice: Choice, batch: int | str) -> onnx.ModelProto:
+    """The single-layer model of ``conv`` with ``choice`` applied: what auto times, and the vehicle of a
+    candidate's refit on the layer's own input (the factors are read back, never the nodes)."""
     single = single_conv_model(conv, batch)
-    out = run_conv_pass(single, conv_pass, policy, single_layer_shapes(conv, batch), only={conv.name})
-    if not out.rewritten:
-        return out.skipped[0].reason if out.skipped else "not rewritten"
-    return out.model, out.rewritten[0]
+    n = batch if isinstance(batch, int) else 1
+    assert conv.in_shape is not None and conv.out_shape is not None
+    shapes = {"x": (n, *conv.in_shape[1:]), "y": (n, *conv.out_shape[1:])}
+    return apply_plan(single, Plan({conv.name: choice}), conv_table(single, shapes)).model
 
 
 def time_layers(models: list[onnx.ModelProto], in_shape: tuple[int, ...], settings: OrtSettings,

@@ -8,6 +8,7 @@ targets) and the normal equations are accumulated batch by batch (convopt.auto.l
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +17,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
-from convopt.graph import attrs, used_names
+from convopt.core.plan import Plan, apply_plan
+from convopt.graph import ConvSpec, attrs, used_names
+from convopt.graph.edit import with_outputs
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 
@@ -31,39 +34,6 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
         for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
             out |= used_names(g)
     return out
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A model whose graph outputs are exactly ``names`` (intermediate tensors), holding only the nodes and
-    initializers those tensors depend on: ONNX Runtime does not drop dead nodes, so without this pruning
-    reading an early layer's activation would still run (and load) the whole network."""
-    g = model.graph
-    nodes = list(g.node)
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    need, keep = list(names), set()
-    seen: set[str] = set()
-    while need:
-        t = need.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        i = producer.get(t)
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        need.extend(v for v in nodes[i].input if v)
-        need.extend(_subgraph_names(nodes[i]))
-    m = onnx.ModelProto()
-    m.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
-                               opset_import=model.opset_import, functions=model.functions))
-    m.graph.name = g.name
-    m.graph.node.extend(n for i, n in enumerate(nodes) if i in keep)
-    m.graph.initializer.extend(t for t in g.initializer if t.name in seen)
-    m.graph.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in seen)
-    m.graph.input.extend(i for i in g.input if i.name in seen or i.name in names)
-    m.graph.value_info.extend(v for v in g.value_info if v.name in seen)
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    return m
 
 
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
@@ -129,11 +99,16 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
 
 @dataclass
 class RefitInfo:
+    """One layer's refit: its output error on the sampled calibration pixels before (data-free last factor)
+    and after; when kept, the new weight and bias of the last factor."""
+
     layer: str
-    rel_error_before: float  # layer output error of the data-free last factor, on the sampled calibration pixels
+    rel_error_before: float
     rel_error_after: float
     kept: bool
     rows: int
+    weight: np.ndarray | None = field(default=None, repr=False)
+    bias: np.ndarray | None = field(default=None, repr=False)
 
 
 def _init_index(model: onnx.ModelProto) -> dict[str, int]:
@@ -197,19 +172,25 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
         before = ne.rel_error(W.reshape(O, -1), b)
         Wn, bn = ne.solve(ridge)
         after = ne.rel_error(Wn, bn)
-    kept = bool(np.isfinite(after) and after < before)
-    if kept:
-        t = numpy_helper.from_array(Wn.reshape(W.shape).astype(np.float32), node.input[1])
-        model.graph.initializer[idx[node.input[1]]].CopyFrom(t)
-        if has_b:
-            model.graph.initializer[idx[node.input[2]]].CopyFrom(numpy_helper.from_array(bn.astype(np.float32), node.input[2]))
-        else:
-            bname = node.input[1] + "/refit_B"
-            model.graph.initializer.append(numpy_helper.from_array(bn.astype(np.float32), bname))
-            if model.ir_version < 4:  # IR 3: every initializer is also a graph input
-                model.graph.input.append(helper.make_tensor_value_info(bname, onnx.TensorProto.FLOAT, [O]))
-            node.input.append(bname)
-    return RefitInfo(layer, before, after if kept else before, kept, ne.rows)
+    if not (np.isfinite(after) and after < before):
+        return RefitInfo(layer, before, before, False, ne.rows)
+    W32, b32 = Wn.reshape(W.shape).astype(np.float32), bn.astype(np.float32)
+    _write_last_factor(model, node, idx, W32, b32)
+    return RefitInfo(layer, before, after, True, ne.rows, W32, b32)
+
+
+def _write_last_factor(model: onnx.ModelProto, node: onnx.NodeProto, idx: dict[str, int], W: np.ndarray,
+                       b: np.ndarray) -> None:
+    """Set the weight and bias of ``node`` (adding a bias input when it has none), in place."""
+    model.graph.initializer[idx[node.input[1]]].CopyFrom(numpy_helper.from_array(W, node.input[1]))
+    if len(node.input) > 2 and node.input[2]:
+        model.graph.initializer[idx[node.input[2]]].CopyFrom(numpy_helper.from_array(b, node.input[2]))
+        return
+    bname = node.input[1] + "/refit_B"
+    model.graph.initializer.append(numpy_helper.from_array(b, bname))
+    if model.ir_version < 4:  # IR 3: every initializer is also a graph input
+        model.graph.input.append(helper.make_tensor_value_info(bname, onnx.TensorProto.FLOAT, [len(b)]))
+    node.input.append(bname)
 
 
 def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targets: Targets, data: EvalData,
@@ -226,3 +207,20 @@ def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targ
             say(f"  refit {i}/{len(layers)} {layer}: layer error {info.rel_error_before:.3f} -> "
                 f"{info.rel_error_after:.3f}")
     return m, infos
+
+
+def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], targets: Targets,
+             data: EvalData, settings: OrtSettings, say: Say | None = None) -> tuple[Plan, list[RefitInfo]]:
+    """``plan`` with the last factor of every planned layer refit in graph order on the activations of
+    ``model`` with the plan (and the earlier refits) applied: the factors carry the refits, so applying the
+    returned plan gives the refit model."""
+    order = [n for n in convs if n in plan]
+    applied = apply_plan(model, plan, convs)
+    _, infos = refit_sequential(applied.model, [(n, convs[n].y) for n in order], targets, data, settings, say)
+    choices = dict(applied.plan.items())
+    for info in infos:
+        if info.kept:
+            c = choices[info.layer]
+            assert c.factors is not None and info.weight is not None and info.bias is not None
+            choices[info.layer] = c.with_factors(c.factors.with_last(info.weight, info.bias))
+    return Plan(choices), infos

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from convopt.errors import DataError, InputError, ShapeError
+# model inputs and their shapes live in the graph layer (the one resolver); these names stay importable from here
+from convopt.graph.shapes import graph_inputs, input_dtype, parse_input_shape, resolve_input_shapes  # noqa: F401
 from convopt.limits import check_data_memory
 from convopt.measure.labels import LABEL_KEYS, as_labels, resolve_labels
 from convopt.measure.npz import ArrayHeader, NpzFile, check_real, npy_header, read_npy
@@ -32,6 +33,7 @@ class EvalData:
     labels: np.ndarray | None
     source: str
     warning: str | None = None
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sample ids (default 0..n-1)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -42,6 +44,10 @@ class EvalData:
                 f"evaluation data from {self.source}: every input needs the same number of samples on axis 0, "
                 f"got {counts}"
             )
+        if self.index.size == 0:
+            object.__setattr__(self, "index", np.arange(self.n))
+        if self.index.shape != (self.n,):
+            raise DataError(f"evaluation data from {self.source}: {self.n} samples but {self.index.size} ids")
         if self.labels is not None and self.labels.shape != (self.n,):
             raise DataError(
                 f"evaluation data from {self.source}: {self.n} samples but labels have shape "
@@ -53,141 +59,11 @@ class EvalData:
         """Number of samples."""
         return int(next(iter(self.inputs.values())).shape[0])
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Model inputs and their shapes
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph's real inputs: graph inputs that are not initializers (old opsets list weights as inputs)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in initializers]
-
-
-def input_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
-    """numpy dtype of a tensor-typed graph input."""
-    if not vi.type.HasField("tensor_type"):
-        raise InputError(f"input '{vi.name}' is not a tensor; convopt can only feed tensor inputs")
-    return np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-
-
-def _declared_dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
-    """Declared dims: int when fixed, the dim_param name when symbolic, None when unset (or 0/negative).
-    None when the input declares no shape at all (not even its rank)."""
-    if not vi.type.tensor_type.HasField("shape"):
-        return None
-    dims: list[int | str | None] = []
-    for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param:
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return dims
-
-
-def _example_shape(dims: Sequence[int | str | None]) -> tuple[int, ...]:
-    """A plausible concrete shape for an error message: batch 1, known dims kept, image-like guesses otherwise."""
-    out = []
-    rank = len(dims)
-    nhwc = rank == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3)
-    for i, d in enumerate(dims):
-        if isinstance(d, int):
-            out.append(d)
-        elif i == 0:
-            out.append(1)
-        elif rank == 4 and i == (3 if nhwc else 1):
-            out.append(3)
-        elif rank == 4:
-            out.append(224)
-        else:
-            out.append(1)
-    return tuple(out)
-
-
-def _fmt_dims(dims: Sequence[int | str | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-
-
-def _fmt_shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def resolve_input_shapes(
-    model: onnx.ModelProto, hints: Mapping[str, tuple[int, ...]] | None = None
-) -> dict[str, tuple[int, ...]]:
-    """Concrete shape of every real graph input (inputs that are not initializers), in graph order.
-
-    A hint (from ``--input-shape NAME:1x3x224x224``) gives the whole shape of one input; it must have the
-    declared rank and agree with every fixed dim. Without a hint, the leading (batch) dimension alone may be
-    dynamic and then defaults to 1; any other dynamic dimension (symbolic or unset) raises ShapeError
-    naming the input and the ``--input-shape`` option to pass. An input that declares no shape at all needs a
-    hint. The leading dim only describes one run: evaluation batches follow OrtSettings.batch_size (or the
-    model's fixed batch).
-    """
-    hints = dict(hints or {})
-    inputs = graph_inputs(model)
-    names = [vi.name for vi in inputs]
-    unknown = sorted(set(hints) - set(names))
-    if unknown:
-        raise ShapeError(
-            f"--input-shape given for {', '.join(repr(u) for u in unknown)}, which is not a model input; "
-            f"the model's inputs are: {', '.join(repr(n) for n in names) or '(none)'}"
-        )
-    shapes: dict[str, tuple[int, ...]] = {}
-    for vi in inputs:
-        declared = _declared_dims(vi)
-        if declared is None and vi.name not in hints:
-            raise ShapeError(
-                f"input '{vi.name}' has no declared shape (not even its rank); pass --input-shape "
-                f"{vi.name}:1x3x224x224 with the shape the model expects"
-            )
-        hint = tuple(int(h) for h in hints[vi.name]) if vi.name in hints else None
-        dims = declared if declared is not None else [None] * len(hint or ())
-        if hint is not None:
-            if len(hint) != len(dims) or any(h <= 0 for h in hint):
-                raise ShapeError(
-                    f"--input-shape {vi.name}:{_fmt_shape(hint)} does not fit input '{vi.name}' of shape "
-                    f"{_fmt_dims(dims)} (rank {len(dims)}); pass e.g. --input-shape "
-                    f"{vi.name}:{_fmt_shape(_example_shape(dims))}"
-                )
-            clash = [i for i, (d, h) in enumerate(zip(dims, hint)) if isinstance(d, int) and d != h]
-            if clash:
-                raise ShapeError(
-                    f"--input-shape {vi.name}:{_fmt_shape(hint)} contradicts the fixed dims of input '{vi.name}' "
-                    f"(shape {_fmt_dims(dims)}, axis {clash[0]}); pass e.g. --input-shape "
-                    f"{vi.name}:{_fmt_shape(_example_shape(dims))}"
-                )
-            shapes[vi.name] = hint
-            continue
-        if not dims:
-            shapes[vi.name] = ()
-            continue
-        if any(not isinstance(d, int) for d in dims[1:]):
-            raise ShapeError(
-                f"input '{vi.name}' has a dynamic dimension (shape {_fmt_dims(dims)}); pass --input-shape "
-                f"{vi.name}:{_fmt_shape(_example_shape(dims))}"
-            )
-        shapes[vi.name] = tuple(d if isinstance(d, int) else 1 for d in dims)
-    return shapes
-
-
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` into ("NAME", (1, 3, 224, 224)). The name may itself contain ':'."""
-    name, sep, dims = text.rpartition(":")
-    try:
-        if not sep or not name:
-            raise ValueError("missing NAME:")
-        shape = tuple(int(p) for p in dims.lower().split("x"))
-        if not shape or any(d <= 0 for d in shape):
-            raise ValueError("dims must be positive integers")
-    except ValueError:
-        raise InputError(
-            f"cannot read --input-shape {text!r}: write NAME:DIMS with positive integer dims separated by 'x', "
-            "e.g. data_0:1x3x224x224"
-        ) from None
-    return name, shape
+    def subset(self, index: np.ndarray, note: str) -> "EvalData":
+        """The samples at ``index`` (labels too), described as this source with ``note``."""
+        return EvalData({k: a[index] for k, a in self.inputs.items()},
+                        None if self.labels is None else self.labels[index], f"{self.source} [{note}]", self.warning,
+                        self.index[index])
 
 
 # ---------------------------------------------------------------------------------------------------------

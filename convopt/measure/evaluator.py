@@ -3,107 +3,27 @@ is compared with them (accuracy) and timed interleaved with the original in one 
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from convopt.errors import DataError, InputError, ModelLoadError, RewriteError
+from convopt.errors import DataError, ModelLoadError, RewriteError
 from convopt.measure.data import EvalData
-from convopt.measure.latency import LatencyStats, speedup, time_sessions
-from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy, top1_drop_ci95
+from convopt.measure.latency import speedup, time_sessions
+from convopt.measure import stats
+from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparison, Measurement, Outcomes
+from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy
+from convopt.measure.outcomes import outcomes, with_intervals
+from convopt.measure.plugin import TaskMetric
 from convopt.measure.ort import (
     ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, run_model,
 )
-
-ACCURACY_KEYS = (
-    "top1_agreement", "top5_overlap", "rel_l2_error", "cosine", "max_abs_error",
-    "labelled_top1", "labelled_top5", "top1_drop", "top1_drop_ci95",
-)
-"""Keys of Measurement.accuracy. top1_drop: points of labelled top-1 lost vs the original when there are
-labels, else 100 − top1_agreement; None when neither applies. top1_drop_ci95: half-width of its 95 %
-confidence interval on these samples (metrics.top1_drop_ci95)."""
-
-_EPS = 1e-9  # budget comparisons forgive float round-off in the last digits
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much a pass may cost. max_accuracy_drop: points of labelled top-1 (or of top-1 agreement when there
-    are no labels); min_agreement: % top-1 agreement with the original; max_rel_error: relative L2 error."""
-
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    max_rel_error: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_accuracy_drop", "min_agreement", "max_rel_error"):
-            v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                raise InputError(f"--{name.replace('_', '-')} must be a non-negative number, got {v}")
-        if self.min_agreement is not None and self.min_agreement > 100:
-            raise InputError(f"--min-agreement is a percentage (0..100), got {self.min_agreement}")
-
-    @property
-    def is_empty(self) -> bool:
-        """True when no limit is set (every pass is kept on accuracy grounds)."""
-        return self.max_accuracy_drop is None and self.min_agreement is None and self.max_rel_error is None
-
-
-@dataclass(frozen=True)
-class LatencyComparison:
-    """Candidate and original timed in the same interleaved run; speedup = original / candidate median."""
-
-    candidate: LatencyStats
-    original: LatencyStats
-    speedup: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"candidate": self.candidate.to_dict(), "original": self.original.to_dict(),
-                "speedup": _finite(self.speedup)}
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One model measured against the original on the evaluation data (keys of accuracy: ACCURACY_KEYS)."""
-
-    desc: str
-    samples: int
-    data_source: str
-    accuracy: dict[str, float | None]
-    outputs: tuple[dict[str, Any], ...]
-    latency: LatencyComparison | None
-    scored_output: str | None = None
-    warning: str | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: plain floats and lists, non-finite numbers as None."""
-        return {
-            "desc": self.desc,
-            "samples": self.samples,
-            "data": self.data_source,
-            "warning": self.warning,
-            "scored_output": self.scored_output,
-            "accuracy": {k: _finite(v) for k, v in self.accuracy.items()},
-            "outputs": [{k: (_finite(v) if isinstance(v, float) else v) for k, v in o.items()} for o in self.outputs],
-            "latency": self.latency.to_dict() if self.latency is not None else None,
-            "seconds": _finite(self.seconds),
-        }
-
-
-def _finite(v: float | None) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 @contextmanager
@@ -122,11 +42,12 @@ def _progress(enabled: bool, label: str, total: int) -> Iterator[Progress | None
 
 
 class Evaluator:
-    """Measures candidates against ``original`` on ``data`` with ``settings``.
+    """Measures candidates against ``original`` on ``data`` (one data role: ``role``) with ``settings``.
 
-    The original runs once here (reference outputs, and labelled accuracy when ``data`` has labels);
-    raises ModelLoadError if ORT cannot load it, DataError if the data does not fit it (missing input
-    arrays, ORT refusing the arrays, labels without a class-score output).
+    The original runs once here (reference outputs, labelled accuracy when ``data`` has labels, the task
+    metric's scores when ``metric`` is given); raises ModelLoadError if ORT cannot load it, DataError if the
+    data does not fit it (missing input arrays, ORT refusing the arrays, labels without a class-score output,
+    or labels on which the original scores no better than chance).
     """
 
     def __init__(
@@ -137,11 +58,11 @@ class Evaluator:
         *,
         measure_latency: bool = True,
         progress: bool = False,
+        metric: TaskMetric | None = None,
+        role: str = "evaluation",
     ) -> None:
-        self.data = data
-        self.settings = settings
-        self.measure_latency = measure_latency
-        self.progress = progress
+        self.data, self.settings, self.role = data, settings, role
+        self.measure_latency, self.progress, self.metric = measure_latency, progress, metric
         try:
             self._session = make_session(original, settings)
         except ORT_ERRORS as e:
@@ -154,15 +75,32 @@ class Evaluator:
             raise DataError(f"ONNX Runtime cannot run the model on {data.source}: {e}") from None
         self.scored_index = next((k for k, r in enumerate(self.reference) if class_scores(r) is not None), None)
         self.original_accuracy: dict[str, float] | None = None
-        if data.labels is not None:
-            if self.scored_index is None:
-                raise DataError(
-                    f"labels were given but no model output is class scores (output shapes "
-                    f"{[list(r.shape) for r in self.reference]}); drop the labels to compare with the original"
-                )
-            self.original_accuracy = labelled_accuracy(self.reference[self.scored_index], data.labels)
+        if data.labels is not None and metric is None:
+            self.original_accuracy = self._check_labels()
+        self.reference_scores = None if metric is None else self._score(self.reference)
         self._feeds = batch_feeds(self._session, data, 0, latency_batch(self._session, settings))
         self._baseline: Measurement | None = None
+
+    def _check_labels(self) -> dict[str, float]:
+        """The original's labelled accuracy; DataError when the labels cannot be judged on this model."""
+        if self.scored_index is None:
+            raise DataError(
+                f"labels were given but no model output is class scores (output shapes "
+                f"{[list(r.shape) for r in self.reference]}); drop the labels to compare with the original")
+        ref = self.reference[self.scored_index]
+        acc = labelled_accuracy(ref, self.data.labels)  # type: ignore[arg-type]
+        classes, n = class_scores(ref).shape[1], self.data.n  # type: ignore[union-attr]
+        k = int(round(acc["top1"] * n / 100.0))
+        low = stats.rate_interval(k, n, 0.95)[0]
+        if low <= 1.0 / classes:
+            raise DataError(
+                f"the original model scores {acc['top1']:.1f} % top-1 on these labels ({n} samples, "
+                f"{classes} classes: no better than chance); check --preprocess or the labels")
+        return acc
+
+    def _score(self, outputs: list[np.ndarray]) -> np.ndarray:
+        assert self.metric is not None
+        return self.metric.score(dict(zip(self.output_names, outputs)), self.data.labels, self.data.inputs)
 
     # -- running ------------------------------------------------------------------------------------------
 
@@ -179,34 +117,32 @@ class Evaluator:
         orig, cand = time_sessions([self._session, candidate], self._feeds, self.settings)
         return LatencyComparison(cand, orig, speedup(orig, cand))
 
+    def _outcomes(self, outputs: list[np.ndarray]) -> Outcomes:
+        o = outcomes(self.reference, outputs, self.data.index, self.scored_index,
+                     None if self.original_accuracy is None else self.data.labels)
+        if self.metric is None:
+            return o
+        return replace(o, score_before=self.reference_scores, score_after=self._score(outputs))
+
     def _measurement(self, desc: str, outputs: list[np.ndarray], latency: LatencyComparison | None,
                      t0: float) -> Measurement:
         cmp = compare_outputs(self.reference, outputs, self.output_names)
-        acc: dict[str, float | None] = {k: cmp[k] for k in ("top1_agreement", "top5_overlap", "rel_l2_error",
-                                                             "cosine", "max_abs_error")}
-        acc["labelled_top1"] = acc["labelled_top5"] = None
-        if self.original_accuracy is not None and self.scored_index is not None and self.data.labels is not None:
-            lab = labelled_accuracy(outputs[self.scored_index], self.data.labels)
-            acc["labelled_top1"], acc["labelled_top5"] = lab["top1"], lab["top5"]
-            acc["top1_drop"] = self.original_accuracy["top1"] - lab["top1"]
-            acc["top1_drop_ci95"] = top1_drop_ci95(self.reference[self.scored_index], outputs[self.scored_index],
-                                                   self.data.labels)
-        else:
-            agree = acc["top1_agreement"]
-            acc["top1_drop"] = None if agree is None else 100.0 - agree
-            acc["top1_drop_ci95"] = None if agree is None or self.scored_index is None else top1_drop_ci95(
-                self.reference[self.scored_index], outputs[self.scored_index])
+        acc = Accuracy(**{k: cmp[k] for k in ("top1_agreement", "top5_overlap", "rel_l2_error", "cosine",
+                                              "max_abs_error")})
+        if self.metric is not None:
+            acc = replace(acc, metric=self.metric.name)
+        if self.original_accuracy is not None:
+            lab = labelled_accuracy(outputs[self.scored_index], self.data.labels)  # type: ignore[index,arg-type]
+            acc = replace(acc, labelled_top1=lab["top1"], labelled_top5=lab["top5"],
+                          top1_drop=self.original_accuracy["top1"] - lab["top1"])
+        elif acc.top1_agreement is not None:
+            acc = replace(acc, top1_drop=100.0 - acc.top1_agreement)
+        o = self._outcomes(outputs)
         return Measurement(
-            desc=desc,
-            samples=self.data.n,
-            data_source=self.data.source,
-            accuracy=acc,
-            outputs=tuple(cmp["outputs"]),
-            latency=latency,
+            desc=desc, samples=self.data.n, data_source=self.data.source, accuracy=with_intervals(acc, o),
+            outputs=tuple(cmp["outputs"]), latency=latency,
             scored_output=self.output_names[self.scored_index] if self.scored_index is not None else None,
-            warning=self.data.warning,
-            seconds=time.perf_counter() - t0,
-        )
+            warning=self.data.warning, seconds=time.perf_counter() - t0, outcomes=o, role=self.role)
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -217,10 +153,8 @@ class Evaluator:
             self._baseline = self._measurement("original", self.reference, self._latency(None), t0)
         return self._baseline
 
-    def measure(self, candidate: onnx.ModelProto, desc: str = "") -> Measurement:
-        """Compare ``candidate`` with the cached reference outputs and time it interleaved with the original.
-        A candidate ORT cannot load or run, or whose outputs differ in number or shape, is a RewriteError."""
-        t0 = time.perf_counter()
+    def session(self, candidate: onnx.ModelProto, desc: str = "") -> ort.InferenceSession:
+        """An ORT session of a rewritten model with the original's inputs and outputs (else RewriteError)."""
         what = f"the rewritten model ({desc})" if desc else "the rewritten model"
         try:
             session = make_session(candidate, self.settings)
@@ -230,45 +164,31 @@ class Evaluator:
                                 ("outputs", [o.name for o in session.get_outputs()], self.output_names)):
             if got != want:
                 raise RewriteError(f"{what} has {kind} {got}, the original has {want}")
+        return session
+
+    def measure(self, candidate: onnx.ModelProto, desc: str = "", *, timed: bool = True) -> Measurement:
+        """Compare ``candidate`` with the cached reference outputs and (``timed``) time it interleaved with the
+        original. A candidate ORT cannot load or run, or whose outputs differ in number or shape, is a
+        RewriteError."""
+        t0 = time.perf_counter()
+        session = self.session(candidate, desc)
+        what = f"the rewritten model ({desc})" if desc else "the rewritten model"
         try:
             outputs = self._run(session, desc or "candidate")
         except ORT_ERRORS as e:
             raise RewriteError(f"ONNX Runtime cannot run {what}: {e}") from None
         try:
-            return self._measurement(desc, outputs, self._latency(session), t0)
+            return self._measurement(desc, outputs, self._latency(session) if timed else None, t0)
         except ValueError as e:
             raise RewriteError(f"{what} changed its outputs: {e}") from None
 
-    def validate_budget(self, budget: Budget) -> None:
-        """InputError if the budget asks for something these data cannot measure (agreement without any
-        class-score output)."""
-        needs_classes = budget.min_agreement is not None or (
-            budget.max_accuracy_drop is not None and self.data.labels is None)
-        if needs_classes and self.scored_index is None:
-            raise InputError(
-                "--max-accuracy-drop (without labels) and --min-agreement need a class-score output, but the "
-                f"model's outputs have shapes {[list(r.shape) for r in self.reference]}; use --max-rel-error"
-            )
+    def time_models(self, candidates: list[onnx.ModelProto]) -> tuple[LatencyComparison, list[LatencyComparison]]:
+        """The original and every candidate timed in ONE interleaved run: (the original against itself, each
+        candidate against the original), so every figure of a table shares one baseline."""
+        sessions = [self._session] + [self.session(m) for m in candidates]
+        times = time_sessions(sessions, self._feeds, self.settings)
+        orig = times[0]
+        return LatencyComparison(orig, orig, 1.0), [LatencyComparison(t, orig, speedup(orig, t)) for t in times[1:]]
 
-    def check(self, m: Measurement, budget: Budget) -> str | None:
-        """A human reason when ``m`` breaks ``budget`` (all broken limits, joined by '; '), else None.
-        A metric that could not be computed (None, NaN) breaks any limit on it."""
-        reasons: list[str] = []
-        acc = m.accuracy
-        if budget.max_accuracy_drop is not None:
-            drop = acc.get("top1_drop")
-            what = "top-1" if acc.get("labelled_top1") is not None else "top-1 agreement"
-            if drop is None or not drop <= budget.max_accuracy_drop + _EPS:
-                shown = "an unmeasurable amount" if drop is None else f"{drop:.2f} points"
-                reasons.append(f"{what} dropped {shown} (> --max-accuracy-drop {float(budget.max_accuracy_drop)})")
-        if budget.min_agreement is not None:
-            agree = acc.get("top1_agreement")
-            if agree is None or not agree >= budget.min_agreement - _EPS:
-                shown = "unmeasurable" if agree is None else f"{agree:.2f}%"
-                reasons.append(f"top-1 agreement {shown} (< --min-agreement {float(budget.min_agreement)})")
-        if budget.max_rel_error is not None:
-            rel = acc.get("rel_l2_error")
-            if rel is None or not rel <= budget.max_rel_error:
-                shown = "not finite" if rel is None or not math.isfinite(rel) else f"{rel:.4g}"
-                reasons.append(f"relative L2 error {shown} (> --max-rel-error {float(budget.max_rel_error)})")
-        return "; ".join(reasons) or None
+
+__all__ = ["ACCURACY_KEYS", "Accuracy", "Evaluator", "LatencyComparison", "Measurement"]

@@ -1,30 +1,39 @@
-"""The decomposition passes, one per module, and the registry the pipeline and CLI use."""
+"""The decomposition passes. Each module of this package defines one ``ConvPass`` subclass, which registers
+itself when the module is imported; this package imports them all, so the registry is the set of modules."""
 from __future__ import annotations
 
-from convopt.errors import InputError
-from convopt.passes.base import ConvPass, RankPolicy, run_conv_pass
-from convopt.passes.bottleneck import Bottleneck
-from convopt.passes.depthwise import Depthwise
-from convopt.passes.factorize import Factorize
-from convopt.passes.split5x5 import Split5x5
+import importlib
+import pkgutil
 
-PASSES: dict[str, type[ConvPass]] = {p.name: p for p in (Bottleneck, Split5x5, Factorize, Depthwise)}
+from convopt.errors import InputError
+from convopt.passes.base import REGISTRY, ConvPass, Factors, FitContext, RankPolicy, Ranks
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+PASSES = REGISTRY  # name → pass class, in registration order
 
 
 def get_pass(name: str) -> ConvPass:
     try:
-        return PASSES[name]()
+        return REGISTRY[name]()
     except KeyError:
-        raise InputError(f"unknown pass {name!r}; choose from {', '.join(PASSES)}") from None
+        raise InputError(f"unknown pass {name!r}; choose from {', '.join(REGISTRY)}") from None
 
 
 def parse_passes(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     if not names:
-        raise InputError("--passes is empty; choose from " + ", ".join(PASSES))
+        raise InputError("--passes is empty; choose from " + ", ".join(REGISTRY))
     for n in names:
         get_pass(n)
     return names
 
 
-__all__ = ["PASSES", "ConvPass", "RankPolicy", "get_pass", "parse_passes", "run_conv_pass"]
+def auto_passes() -> list[str]:
+    """The passes auto mode tries by default."""
+    return [name for name, cls in REGISTRY.items() if cls.in_auto]
+
+
+__all__ = ["PASSES", "REGISTRY", "ConvPass", "Factors", "FitContext", "RankPolicy", "Ranks", "auto_passes",
+           "get_pass", "parse_passes"]

@@ -1,41 +1,37 @@
-"""What every decomposition pass shares: rank policy, the check/rewrite protocol, and the pass driver.
+"""What every decomposition pass is: a registered class that owns one factorization of a Conv.
 
-A pass maps one Conv y = conv(x, W) to a chain of convs whose composed kernel approximates W
-(exactly at full rank); the driver splices the chains into a copy of the model.
+A pass maps y = conv(x, W) to a chain of convs whose composed kernel approximates W (exactly at full rank).
+It answers, for one Conv: whether it applies (or why not), its exact ranks, the rank grid auto mode may try,
+the ranks a uniform policy picks, the MACs at given ranks, the factors at given ranks (pure numpy), and the
+nodes that carry them (through a graph ``Builder``). Passes register themselves by subclassing ``ConvPass``:
+nothing else in convopt names a pass.
 """
 from __future__ import annotations
 
+import inspect
 import math
-import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
-import onnx
 
-from convopt import decompose
-from convopt.graph import (
-    ConvSkip,
-    ConvSpec,
-    NameScope,
-    Replacement,
-    apply_replacements,
-    conv_macs,
-    conv_out_size,
-    read_convs,
-    tensor,
-)
-from convopt.report import NodeRewrite, NodeSkip
+from convopt import datafit, decompose
+from convopt.datafit import Moments
+from convopt.graph import Builder, ConvSpec, conv_macs, conv_out_size
 
 RankMode = Literal["full", "fraction", "energy"]
+Ranks = dict[str, int]
 MARK = "convopt:"  # doc_string prefix on every node a pass creates
-NOMINAL_HW = 56  # input size assumed for MAC estimates when a layer's size is unknown
+NOMINAL_HW = 56  # input size assumed to decide MAC savings when a layer's size is unknown
+
+REGISTRY: dict[str, type["ConvPass"]] = {}
 
 
 @dataclass(frozen=True)
 class RankPolicy:
-    """How each pass picks its rank.
+    """How uniform mode picks ranks.
 
     full: the exact rank (a verification mode: always rewrites, MACs usually grow);
     fraction: ceil(value × exact rank); energy: keep ``value`` of the squared singular values
@@ -49,7 +45,6 @@ class RankPolicy:
     bottleneck_side: Literal["both", "in", "out"] = "both"
     als_iters: int = 30
     seed: int = 0
-    overrides: dict[str, dict[str, int]] = field(default_factory=dict)  # node name → ranks (auto mode)
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "fraction", "energy"):
@@ -69,29 +64,79 @@ class RankPolicy:
             r = decompose.rank_for_energy(np.asarray(spectrum), self.value)
         return decompose.align_rank(r, self.align if align else 1, full)
 
-    def pick_for(
-        self, node: str, key: str, full: int, spectra: list[np.ndarray] | None = None, align: bool = True
-    ) -> int:
-        """Rank ``key`` of ``node``: an override if one is set, else the largest rank any group needs."""
-        override = self.overrides.get(node, {}).get(key)
-        if override is not None:
-            return max(1, min(int(override), full))
-        if not spectra:
-            return self.pick(full, None, align)
+    def pick_groups(self, full: int, spectra: list[np.ndarray], align: bool = True) -> int:
+        """The largest rank any group's spectrum needs."""
         return max(self.pick(full, s, align) for s in spectra)
 
+    @property
+    def fit(self) -> "FitContext":
+        return FitContext(seed=self.seed, als_iters=self.als_iters)
+
     def to_dict(self) -> dict[str, object]:
-        return {
-            "mode": self.mode,
-            "value": None if self.mode == "full" else self.value,
-            "align": self.align,
-            "bottleneck_side": self.bottleneck_side,
-            "als_iters": self.als_iters,
-            "seed": self.seed,
-        }
+        return {"mode": self.mode, "value": None if self.mode == "full" else self.value, "align": self.align,
+                "bottleneck_side": self.bottleneck_side, "als_iters": self.als_iters, "seed": self.seed}
 
 
-@dataclass
+@dataclass(frozen=True)
+class FitContext:
+    """Options of a decomposition: the seed and sweeps of the iterative fits (split5x5's ALS), and, for
+    data-aware factors, each layer's input-patch moments on the fit data (node name → Moments, im2col order
+    (c, a, b) as convopt.auto.lstsq.im2col_at gives it). Without moments a pass fits the kernel alone."""
+
+    seed: int = 0
+    als_iters: int = 30
+    moments: Mapping[str, Moments] = field(default_factory=dict)
+
+    def moments_for(self, conv: ConvSpec) -> Moments | None:
+        """The layer's moments when its factors can use them (dense convs: one group)."""
+        m = self.moments.get(conv.name)
+        return m if m is not None and conv.group == 1 and m.dim == int(np.prod(conv.W.shape[1:])) else None
+
+
+@dataclass(frozen=True)
+class Factors:
+    """A pass's factors for one Conv, pure numpy: ``arrays`` holds each conv's weight of the chain in order
+    (the last one is the chain's last conv, which also carries ``bias``); ``ranks`` the ranks they have;
+    ``weight_rel_error`` = ‖W − compose(factors)‖ / ‖W‖; ``output_error``: for data-aware factors, the layer's
+    relative output error on the fit data (‖Δy‖/‖y‖ from the moments, bias corrected), else None."""
+
+    ranks: Ranks
+    arrays: dict[str, np.ndarray]
+    bias: np.ndarray | None
+    weight_rel_error: float
+    output_error: float | None = None
+
+    @property
+    def last(self) -> str:
+        return list(self.arrays)[-1]
+
+    def with_last(self, weight: np.ndarray, bias: np.ndarray) -> "Factors":
+        """These factors with the last conv's weight and bias replaced (a least-squares refit)."""
+        arrays = dict(self.arrays)
+        arrays[self.last] = np.ascontiguousarray(weight.reshape(arrays[self.last].shape), np.float32)
+        return Factors(self.ranks, arrays, np.ascontiguousarray(bias, np.float32), self.weight_rel_error,
+                       self.output_error)
+
+
+def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_hat: np.ndarray,
+                 moments: Moments | None) -> Factors:
+    """Factors with their errors; with ``moments`` the last bias is corrected for the mean shift of the output
+    (b + (W − Ŵ)μ) and the output error on the fit data is recorded."""
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+    err = decompose.relative_error(conv.W, W_hat)
+    if moments is None:
+        return Factors(dict(ranks), arrays, conv.B, err)
+    W, Wh = conv.W.reshape(conv.W.shape[0], -1).astype(np.float64), W_hat.reshape(conv.W.shape[0], -1)
+    bias = datafit.bias_correction(W, Wh, conv.B, moments.mean)
+    D = W - Wh
+    num = float(np.sum((D @ moments.covariance) * D))
+    b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
+    den = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    out_err = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+    return Factors(dict(ranks), arrays, bias.astype(np.float32), err, out_err)
+
+
+@dataclass(frozen=True)
 class Geometry:
     """Sizes a pass needs for MAC accounting: input H×W and output H×W (nominal when unknown)."""
 
@@ -112,26 +157,38 @@ class Geometry:
         return cls(h, w, max(oh, 1), max(ow, 1), False)
 
 
-@dataclass
-class Rewritten:
-    """A pass's answer for one Conv: the replacement chain and its record."""
-
-    replacement: Replacement
-    record: NodeRewrite
-
-
 def split_groups(W: np.ndarray, group: int) -> list[np.ndarray]:
     """W (O, I/g, kh, kw) → g blocks of (O/g, I/g, kh, kw)."""
     return list(W.reshape(group, W.shape[0] // group, *W.shape[1:]))
 
 
+def aligned(fraction: float, full: int, align: int) -> int:
+    """ceil(fraction × full) rounded up to a multiple of ``align`` (at most ``full``)."""
+    return decompose.align_rank(math.ceil(fraction * full), align, full)
+
+
 class ConvPass(ABC):
-    """A decomposition pass: declares its name, refuses Convs with a reason, rewrites the rest."""
+    """A decomposition pass. Subclasses set ``name`` and ``summary`` and register themselves on definition;
+    ``in_auto`` says whether auto mode tries it by default."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    in_auto: ClassVar[bool] = True
 
-    def check(self, conv: ConvSpec) -> str | None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not name:
+            return
+        other = REGISTRY.get(name)
+        if other is not None and other.__qualname__ != cls.__qualname__:
+            raise TypeError(f"two passes are named {name!r}: {other.__qualname__} and {cls.__qualname__}")
+        if not inspect.isabstract(cls):
+            REGISTRY[name] = cls
+
+    # -- what a pass declares ------------------------------------------------------------------------------
+
+    def applies(self, conv: ConvSpec) -> str | None:
         """Reason this pass refuses ``conv`` (None: it applies)."""
         if conv.pads is None:
             return conv.pads_reason or "pads cannot be resolved"
@@ -139,113 +196,87 @@ class ConvPass(ABC):
             return f"already rewritten by {conv.node.doc_string[len(MARK):]}"
         if not np.all(np.isfinite(conv.W)):
             return "weight has NaN or Inf values"
-        return self.check_kernel(conv)
+        return self.refuses(conv)
 
     @abstractmethod
-    def check_kernel(self, conv: ConvSpec) -> str | None:
-        """Pass-specific refusal reason."""
+    def refuses(self, conv: ConvSpec) -> str | None:
+        """Pass-specific refusal reason (the kernel or grouping it cannot rewrite)."""
 
     @abstractmethod
-    def rewrite(self, conv: ConvSpec, policy: RankPolicy, names: NameScope) -> Rewritten | str:
-        """The replacement for ``conv``, or the reason not to rewrite it (e.g. no MAC saving)."""
+    def full_ranks(self, conv: ConvSpec) -> Ranks:
+        """The ranks at which the rewrite is exact."""
 
-    # helpers shared by the passes -------------------------------------------------------
+    @abstractmethod
+    def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
+        """The ranks auto mode may try for ``conv`` (before the MAC check)."""
 
-    def node_name(self, names: NameScope, conv: ConvSpec, role: str) -> str:
-        return names.fresh(f"{self.name}/{conv.name}/{role}")
+    @abstractmethod
+    def pick(self, conv: ConvSpec, policy: RankPolicy) -> Ranks | str:
+        """The ranks ``policy`` gives ``conv`` (uniform mode), or why it gives none."""
 
-    def bias(self, conv: ConvSpec, names: NameScope, node: str, inits: list[onnx.TensorProto]) -> str | None:
-        """The original bias as a new initializer for ``node`` (the chain's last conv), or None without bias."""
-        if conv.B is None:
-            return None
-        name = names.fresh(node + "/B")
-        inits.append(tensor(name, conv.B))
-        return name
+    @abstractmethod
+    def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
+        """Multiply-accumulates of the rewrite for one sample (nominal geometry when the size is unknown)."""
 
-    def finish(
-        self,
-        conv: ConvSpec,
-        ranks: dict[str, int],
-        macs_after: int,
-        W_hat: np.ndarray,
-        nodes: list[onnx.NodeProto],
-        inits: list[onnx.TensorProto],
-        form: str,
-    ) -> Rewritten:
-        """The Rewritten answer: the replacement chain and its record (params counted from ``inits``)."""
+    @abstractmethod
+    def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
+        """The factors at ``ranks`` (pure numpy)."""
+
+    @abstractmethod
+    def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
+        """Build the chain that carries ``factors``, from ``conv.x`` to ``conv.y``."""
+
+    @abstractmethod
+    def form(self, conv: ConvSpec, ranks: Ranks) -> str:
+        """The chain's shape in a few characters, for reports (e.g. "3x1+1x3")."""
+
+    # -- derived --------------------------------------------------------------------------------------------
+
+    def rewrite(self, conv: ConvSpec, ranks: Ranks, builder: Builder, fit: FitContext = FitContext()) -> Factors:
+        """Decompose ``conv`` at explicit ``ranks`` and emit the chain into ``builder``."""
+        factors = self.decompose(conv, ranks, fit)
+        self.emit(conv, factors, builder)
+        return factors
+
+    def dense_macs(self, conv: ConvSpec) -> int:
         g = Geometry.of(conv)
-        record = NodeRewrite(
-            node=conv.name,
-            kernel=tuple(conv.kernel),
-            channels_in=conv.in_channels,
-            channels_out=conv.out_channels,
-            ranks=ranks,
-            macs_before=conv_macs(conv.W.shape, g.out_h, g.out_w),
-            macs_after=int(macs_after),
-            params_before=conv.params,
-            params_after=sum(int(np.prod(t.dims)) for t in inits),
-            weight_rel_error=float(decompose.relative_error(conv.W, W_hat)),
-            new_nodes=tuple(n.name for n in nodes),
-            form=form,
-        )
-        return Rewritten(Replacement(conv, nodes, inits), record)
+        return conv_macs(conv.W.shape, g.out_h, g.out_w)
 
-    def saves(self, conv: ConvSpec, policy: RankPolicy, macs_after: int, what: str) -> str | None:
-        """Reason to refuse when the rewrite would not lower MACs (never refused in full-rank mode)."""
-        if policy.mode == "full":
-            return None
-        g = Geometry.of(conv)
-        before = conv_macs(conv.W.shape, g.out_h, g.out_w)
-        if macs_after >= before:
-            return f"{what} would not lower MACs ({macs_after:,} >= {before:,})"
+    def saving_refusal(self, conv: ConvSpec, ranks: Ranks) -> str | None:
+        """Why ``ranks`` are not worth rewriting: they do not lower MACs."""
+        after, before = self.macs(conv, ranks), self.dense_macs(conv)
+        if after >= before:
+            return f"{describe(ranks)} would not lower MACs ({after:,} >= {before:,})"
         return None
 
-
-@dataclass
-class PassOutcome:
-    """The rewritten model and what the pass did to each Conv."""
-
-    model: onnx.ModelProto
-    rewritten: list[NodeRewrite]
-    skipped: list[NodeSkip]
-    seconds: float
-
-
-def run_conv_pass(
-    model: onnx.ModelProto,
-    conv_pass: ConvPass,
-    policy: RankPolicy,
-    shapes: dict[str, tuple[int, ...]],
-    only: set[str] | None = None,
-) -> PassOutcome:
-    """Apply ``conv_pass`` to every Conv of ``model`` (or those named in ``only``); never mutates ``model``."""
-    t0 = time.perf_counter()
-    names = NameScope(model.graph)
-    replacements: list[Replacement] = []
-    rewritten: list[NodeRewrite] = []
-    skipped: list[NodeSkip] = []
-    with decompose.one_blas_thread():
-        for item in read_convs(model, shapes):
-            if only is not None and item.name not in only:
-                continue
-            if isinstance(item, ConvSkip):
-                skipped.append(NodeSkip(item.name, item.reason))
-                continue
-            reason = conv_pass.check(item)
-            if reason is None:
-                result = conv_pass.rewrite(item, policy, names)
-                if isinstance(result, str):
-                    reason = result
-                else:
-                    replacements.append(result.replacement)
-                    rewritten.append(result.record)
-                    continue
-            skipped.append(NodeSkip(item.name, reason))
-    new_model = apply_replacements(model, replacements) if replacements else _copy(model)
-    return PassOutcome(new_model, rewritten, skipped, time.perf_counter() - t0)
+    def choose(self, conv: ConvSpec, policy: RankPolicy) -> tuple[Ranks, Factors | None] | str:
+        """Uniform mode: the policy's ranks (and the factors when picking them already computed them), or
+        why ``conv`` is not rewritten. Full mode always rewrites; otherwise the rewrite must lower MACs."""
+        ranks = self.pick(conv, policy)
+        if isinstance(ranks, str):
+            return ranks
+        if policy.mode != "full":
+            reason = self.saving_refusal(conv, ranks)
+            if reason:
+                return reason
+        return ranks, None
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
+def describe(ranks: Ranks) -> str:
+    """'rank 32', 'ranks in=16 out=24', 'multiplier 2'."""
+    if len(ranks) == 1:
+        (k, v), = ranks.items()
+        return f"{k.replace('_', ' ')} {v}"
+    return "ranks " + " ".join(f"{k.removeprefix('rank_')}={v}" for k, v in ranks.items())
+
+
+def ranks_key(ranks: Ranks) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(ranks.items()))
+
+
+def unique(grid: list[Ranks]) -> list[Ranks]:
+    """``grid`` without repeated rank dicts (two requests can clamp to the same ranks), first kept."""
+    seen: dict[str, Ranks] = {}
+    for r in grid:
+        seen.setdefault(ranks_key(r), r)
+    return list(seen.values())

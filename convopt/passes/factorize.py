@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt import decompose
-from convopt.graph import ConvSpec, NameScope, make_conv, tensor
-from convopt.passes.base import ConvPass, Geometry, RankPolicy, Rewritten, split_groups
+from convopt import datafit, decompose
+from convopt.graph import Builder, ConvSpec
+from convopt.passes.base import (
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, make_factors, split_groups, unique,
+)
+
+FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)  # auto mode's rank grid, × the exact rank
 
 
 class Factorize(ConvPass):
     name = "factorize"
     summary = "k×k → k×1 then 1×k (spatial SVD, Inception-v3 asymmetric)"
 
-    def check_kernel(self, conv: ConvSpec) -> str | None:
+    def refuses(self, conv: ConvSpec) -> str | None:
         kh, kw = conv.kernel
         if kh == 1 and kw == 1:
             return "1x1 kernel: nothing to factorize"
@@ -21,35 +25,44 @@ class Factorize(ConvPass):
             return f"{kh}x{kw} kernel is already separable"
         return None
 
-    def rewrite(self, conv: ConvSpec, policy: RankPolicy, names: NameScope) -> Rewritten | str:
-        g = conv.group
+    def full_ranks(self, conv: ConvSpec) -> Ranks:
         O, Ig, kh, kw = conv.W.shape
-        Og = O // g
-        full = min(Ig * kh, Og * kw)
-        blocks = split_groups(conv.W, g)
-        R = policy.pick_for(conv.name, "rank", full, [decompose.spatial_svd_spectrum(bk) for bk in blocks])
+        return {"rank": min(Ig * kh, O // conv.group * kw)}
+
+    def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
+        full = self.full_ranks(conv)["rank"]
+        return unique([{"rank": aligned(f, full, align)} for f in FRACTIONS])
+
+    def pick(self, conv: ConvSpec, policy: RankPolicy) -> Ranks:
+        spectra = [decompose.spatial_svd_spectrum(bk) for bk in split_groups(conv.W, conv.group)]
+        return {"rank": policy.pick_groups(self.full_ranks(conv)["rank"], spectra)}
+
+    def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
+        R, g = ranks["rank"], conv.group
+        O, Ig, kh, kw = conv.W.shape
         geo = Geometry.of(conv)
-        assert conv.pads is not None
-        t, l, b, r = conv.pads
-        mid_h = geo.out_h
-        mid_w = geo.in_w
-        macs_after = g * R * Ig * kh * mid_h * mid_w + O * R * kw * geo.out_h * geo.out_w
-        reason = self.saves(conv, policy, macs_after, f"rank {R}")
-        if reason:
-            return reason
-        Vs, Hs = zip(*(decompose.spatial_svd(bk, R) for bk in blocks))
-        V = np.concatenate(Vs, axis=0)  # (g·R, Ig, kh, 1)
-        H = np.concatenate(Hs, axis=0)  # (O, R, 1, kw)
+        return g * R * Ig * kh * geo.out_h * geo.in_w + O * R * kw * geo.out_h * geo.out_w
+
+    def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
+        m = fit.moments_for(conv)
+        if m is not None:  # whitened on the vertical patches, H refit under the patch covariance
+            Vs, Hs = zip(*[datafit.spatial_datafit(conv.W, m.covariance, ranks["rank"])])
+        else:
+            Vs, Hs = zip(*(decompose.spatial_svd(bk, ranks["rank"]) for bk in split_groups(conv.W, conv.group)))
         W_hat = np.concatenate([decompose.compose_spatial(v, h) for v, h in zip(Vs, Hs)], axis=0)
-        n1 = self.node_name(names, conv, f"{kh}x1")
-        n2 = self.node_name(names, conv, f"1x{kw}")
-        v_name, h_name, mid = names.fresh(n1 + "/W"), names.fresh(n2 + "/W"), names.fresh(n1 + "/out")
-        inits = [tensor(v_name, V), tensor(h_name, H)]
-        b_name = self.bias(conv, names, n2, inits)
-        nodes = [
-            make_conv(n1, conv.x, v_name, None, mid, kernel=(kh, 1), strides=(conv.strides[0], 1),
-                      pads=(t, 0, b, 0), dilations=(conv.dilations[0], 1), group=g, pass_name=self.name),
-            make_conv(n2, mid, h_name, b_name, conv.y, kernel=(1, kw), strides=(1, conv.strides[1]),
-                      pads=(0, l, 0, r), dilations=(1, conv.dilations[1]), group=g, pass_name=self.name),
-        ]
-        return self.finish(conv, {"rank": int(R)}, macs_after, W_hat, nodes, inits, f"{kh}x1+1x{kw}")
+        kh, kw = conv.kernel
+        arrays = {f"{kh}x1": np.concatenate(Vs, axis=0),  # (g·R, Ig, kh, 1)
+                  f"1x{kw}": np.concatenate(Hs, axis=0)}  # (O, R, 1, kw)
+        return make_factors(conv, {"rank": int(Vs[0].shape[0])}, arrays, W_hat, m)
+
+    def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
+        (r1, V), (r2, H) = factors.arrays.items()
+        assert conv.pads is not None
+        t, left, bottom, right = conv.pads
+        mid = b.conv_node(r1, conv.x, V, strides=(conv.strides[0], 1), pads=(t, 0, bottom, 0),
+                          dilations=(conv.dilations[0], 1), group=conv.group)
+        b.conv_node(r2, mid, H, bias=factors.bias, y=conv.y, strides=(1, conv.strides[1]),
+                    pads=(0, left, 0, right), dilations=(1, conv.dilations[1]), group=conv.group)
+
+    def form(self, conv: ConvSpec, ranks: Ranks) -> str:
+        return f"{conv.kernel[0]}x1+1x{conv.kernel[1]}"

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from convopt.graph import ConstantTable, NameScope, attrs, node_display_name, remove_unused_constants, tensor
-from convopt.passes.base import PassOutcome
 from convopt.report import NodeRewrite, NodeSkip
 
 NAME = "fold_bn"
 
 
-def fold_batchnorm(model: onnx.ModelProto) -> PassOutcome:
+@dataclass
+class Folded:
+    """The model with BatchNormalization folded, what was folded and what was not (with the reason)."""
+
+    model: onnx.ModelProto
+    rewritten: list[NodeRewrite]
+    skipped: list[NodeSkip]
+    seconds: float
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> Folded:
     """A copy of ``model`` with every foldable Conv→BatchNormalization pair merged into the Conv."""
     t0 = time.perf_counter()
     m = onnx.ModelProto()
@@ -90,7 +100,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> PassOutcome:
         if m.ir_version < 4:
             g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits)
         remove_unused_constants(m, old_consts)
-    return PassOutcome(m, rewritten, skipped, time.perf_counter() - t0)
+    return Folded(m, rewritten, skipped, time.perf_counter() - t0)
 
 
 def _refusal(
