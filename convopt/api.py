@@ -229,6 +229,7 @@ def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m
     """`convopt optimize`: check the outputs, load, optimize, gate, write the model and the report."""
     from convopt.io import load_model_report, save_outputs
     from convopt.limits import cap_threads
+    from convopt.text import json_safe
     from convopt.writes import sweep_note
 
     strategy_of(opts)
@@ -247,6 +248,7 @@ def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m
     report = result.report if verdict is None else replace(result.report, gate=verdict)
     out = opts.output_path
     check_outputs(opts, loaded.data_files)  # again: files may have changed during the run
-    extra = [] if opts.report is None else [(opts.report, (report.to_json() + "\n").encode())]
+    # the JSON holds no raw control or bidi character either (escaped as \uXXXX: the same values)
+    extra = [] if opts.report is None else [(opts.report, (json_safe(report.to_json()) + "\n").encode())]
     save_outputs(result.model, out, extra)  # model and report renamed together
     return RunResult(report, out, opts.report, verdict)
