@@ -43,6 +43,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert r.exit_code == 0, r.output
     _clean(r.output, "optimize output")
     assert "conv\\x1b[2J\\x1b]0;PWNED\\x07" in r.output
+    _clean((d / "r.json").read_text(encoding="utf-8"), "the JSON report")  # \uXXXX escapes, same values
+    nodes = {p["node"] for p in json.loads((d / "r.json").read_text())["passes"][-1]["rewritten"]}
+    assert nodes and nodes <= set(HOSTILE_NAMES + LONG)
     return d
 
 
