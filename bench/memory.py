@@ -43,11 +43,11 @@ def hwm():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 import numpy, onnx, onnxruntime  # noqa: F401  the fixed cost
-import convopt.cli, convopt.pipeline, convopt.measure.evaluator  # noqa: F401
+import convopt.cli, convopt.api, convopt.auto, convopt.measure.evaluator  # noqa: F401
 base = hwm()
 code = 0
 try:
-    convopt.cli.app(sys.argv[1:], standalone_mode=False)
+    code = convopt.cli.app(sys.argv[1:], standalone_mode=False) or 0
 except SystemExit as e:
     code = e.code or 0
 print(json.dumps({"base": base, "peak": hwm(), "code": code}))

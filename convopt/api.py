@@ -62,6 +62,8 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
     if opts.fail_under_speedup is not None and not (math.isfinite(opts.fail_under_speedup)
                                                     and opts.fail_under_speedup > 0):
         raise InputError(f"--fail-under-speedup must be a positive number, got {opts.fail_under_speedup}")
+    if opts.time_budget is not None and strategy != "auto":
+        raise InputError("--time-budget is for --strategy auto")
     if opts.no_budget and not opts.budget.is_empty:
         raise InputError("--no-budget and a budget option contradict each other; drop one")
     return strategy  # type: ignore[return-value]
@@ -153,12 +155,13 @@ class Setup:
 def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
     """Data roles, one evaluator per decision and report role, the budget (the default unless --no-budget) and
     whether the decision data can certify it at all."""
-    from convopt.measure.plugin import load_metric
+    from convopt.measure.plugin import TaskMetric, load_metric
 
     roles = load_roles(model, opts, strategy)
     if roles.select.warning:
         warn(roles.select.warning)
-    metric = None if opts.metric is None else load_metric(opts.metric)
+    metric = None if opts.metric is None else (
+        load_metric(opts.metric) if isinstance(opts.metric, str) else TaskMetric.from_callable(opts.metric))
     select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select")
     report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report")
     budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
@@ -210,7 +213,7 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
         result = auto_optimize(model, fit=setup.roles.fit, select=setup.select, report=setup.report,
                                settings=opts.ort, budget=setup.budget, options=AutoOptions(
                                    passes=tuple(passes), align=opts.rank.align, seed=opts.seed,
-                                   refit_samples=opts.refit_samples),
+                                   refit_samples=opts.refit_samples, time_budget=opts.time_budget),
                                input_shapes=opts.data.input_shapes, latency_cache=cache,
                                on_event=say, **names)
         result.report = replace(result.report, settings={**result.report.settings, **settings})

@@ -254,6 +254,9 @@ def optimize(
                                              rich_help_panel=STRATEGY)] = False,
     latency_cache: Annotated[Optional[str], typer.Option(
         help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
+    time_budget: Annotated[Optional[float], typer.Option(
+        metavar="SECONDS", help="auto: stop early with the best plan found so far.", min=0.0,
+        rich_help_panel=STRATEGY)] = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs, data splits and ALS.", min=0, metavar="N",
                                       rich_help_panel=STRATEGY)] = 0,
     full_rank: Annotated[bool, typer.Option("--full-rank", metavar="", help="Exact rewrites (verification: MACs usually grow).",
@@ -338,7 +341,8 @@ def optimize(
         ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
                         latency_batch=latency_batch),
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
-        latency_cache=_out_path(latency_cache, "--latency-cache"), max_model_bytes=max_model_bytes)
+        latency_cache=_out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
+        max_model_bytes=max_model_bytes)
     raise typer.Exit(_run_optimize(opts, quiet))
 
 

@@ -58,7 +58,7 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str,
     try:
         fd = os.open(p, flags)
     except FileNotFoundError:
-        raise error(f"{what} not found: {safe(p)}") from None
+        raise error(f"file not found: {safe(p)} (expected {what})") from None
     except OSError as exc:
         raise error(f"cannot read {what} {safe(p)}: {safe(exc.strerror or exc)}") from None
     st = os.fstat(fd)

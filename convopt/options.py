@@ -9,6 +9,7 @@ from convopt.core.budget import Budget
 from convopt.errors import InputError
 from convopt.limits import DEFAULT_MAX_MODEL_BYTES
 from convopt.measure.ort import OrtSettings
+from convopt.measure.plugin import MetricFn
 from convopt.passes import RankPolicy
 
 Strategy = Literal["auto", "uniform"]
@@ -78,7 +79,7 @@ class OptimizeOptions:
     data: DataOptions = DataOptions()
     budget: Budget = Budget()
     no_budget: bool = False
-    metric: str | None = None
+    metric: str | MetricFn | None = None  # FILE.py:FN, package.module:FN, or the function itself
     fail_under_speedup: float | None = None
     ort: OrtSettings = OrtSettings()
     require_faster: bool = True
@@ -88,6 +89,7 @@ class OptimizeOptions:
     latency_cache: Path | None = None
     random_samples: int = 8
     refit_samples: int = 128
+    time_budget: float | None = None
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES  # the model file and its external data, read at most
 
     @property

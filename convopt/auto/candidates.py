@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from convopt import decompose
 from convopt.core.plan import Choice
 from convopt.graph import ConvSpec
-from convopt.measure.measurement import Accuracy
 from convopt.passes import FitContext, get_pass
 from convopt.passes.base import describe
 
@@ -24,7 +23,6 @@ class Candidate:
     dense_ms: float = float("nan")
     ms: float = float("nan")
     cost: float | None = None
-    calib: Accuracy | None = None
     status: str = "built"
     refit: Choice | None = field(default=None, repr=False)  # the choice with its last factor refit alone
 
@@ -38,6 +36,13 @@ class Candidate:
         return self.choice.factors.weight_rel_error
 
     @property
+    def error(self) -> float:
+        """The layer's relative output error on the fit data (data-aware factors), else its weight error."""
+        assert self.choice.factors is not None
+        f = self.choice.factors
+        return f.weight_rel_error if f.output_error is None else f.output_error
+
+    @property
     def speedup(self) -> float:
         return self.dense_ms / self.ms if self.ms > 0 else float("nan")
 
@@ -46,12 +51,11 @@ class Candidate:
         return self.dense_ms - self.ms
 
     def to_dict(self) -> dict[str, object]:
-        calib = None if self.calib is None else {k: v for k, v in self.calib.to_dict().items()
-                                                 if k in ("rel_l2_error", "top1_drop", "top1_agreement")}
         return {"layer": self.layer, "candidate": self.key, "form": self.form, "ranks": dict(self.choice.ranks),
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "weight_rel_error":
-                self.weight_rel_error, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
-                "cost": self.cost, "calib": calib, "status": self.status}
+                self.weight_rel_error, "output_error": self.choice.factors.output_error  # type: ignore[union-attr]
+                if self.choice.factors else None, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
+                "cost": self.cost, "status": self.status}
 
 
 def build_candidates(conv: ConvSpec, passes: list[str], align: int = 8,

@@ -209,18 +209,37 @@ def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targ
     return m, infos
 
 
+RefitCache = dict[tuple[tuple[str, str], ...], RefitInfo]  # the plan up to a layer (graph order) → its refit
+
+
 def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], targets: Targets,
-             data: EvalData, settings: OrtSettings, say: Say | None = None) -> tuple[Plan, list[RefitInfo]]:
+             data: EvalData, settings: OrtSettings, say: Say | None = None,
+             cache: RefitCache | None = None) -> tuple[Plan, list[RefitInfo]]:
     """``plan`` with the last factor of every planned layer refit in graph order on the activations of
     ``model`` with the plan (and the earlier refits) applied: the factors carry the refits, so applying the
-    returned plan gives the refit model."""
+    returned plan gives the refit model. A layer's refit depends only on the plan up to it: with ``cache``,
+    the refits of the longest already-seen prefix are reused, not recomputed."""
     order = [n for n in convs if n in plan]
-    applied = apply_plan(model, plan, convs)
-    _, infos = refit_sequential(applied.model, [(n, convs[n].y) for n in order], targets, data, settings, say)
-    choices = dict(applied.plan.items())
+    keys = [tuple((n, plan.choices[n].key) for n in order[:i + 1]) for i in range(len(order))]
+    cache = {} if cache is None else cache
+    done = 0
+    while done < len(order) and keys[done] in cache:
+        done += 1
+    infos = [cache[k] for k in keys[:done]]
+    prefix = _with_refits(plan, infos)
+    applied = apply_plan(model, prefix, convs)
+    _, fresh = refit_sequential(applied.model, [(n, convs[n].y) for n in order[done:]], targets, data, settings, say)
+    for key, info in zip(keys[done:], fresh):
+        cache[key] = info
+    return _with_refits(applied.plan, fresh), infos + fresh
+
+
+def _with_refits(plan: Plan, infos: list[RefitInfo]) -> Plan:
+    """``plan`` with the refit last factors of ``infos`` that were kept."""
+    choices = dict(plan.items())
     for info in infos:
         if info.kept:
             c = choices[info.layer]
             assert c.factors is not None and info.weight is not None and info.bias is not None
             choices[info.layer] = c.with_factors(c.factors.with_last(info.weight, info.bias))
-    return Plan(choices), infos
+    return Plan(choices)
