@@ -167,8 +167,7 @@ class AutoSearch:
         """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit
         data (collected a memory-bounded group of layers at a time, dropped once the group's factors exist)."""
         built: dict[str, list[Candidate]] = {}
-        rows = max(REFIT_ROWS_PER_SAMPLE, 4 * 4096 // max(self.fit_data.n, 1))
-        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, rows, self.options.seed)
+        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed)
         by_name = {c.name: c for c in eligible}
         for moments in groups:
             if self.out_of_time([c.name for c in eligible if c.name not in built]):

@@ -20,6 +20,7 @@ from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
 
 MOMENT_BYTES = 512 << 20  # moments accumulated in one pass over the data (float64 F×F each); more: more passes
+MIN_ROWS, MAX_ROWS = 4000, 16000  # patch rows sampled per layer (see rows_for)
 
 
 def geometry(conv: ConvSpec) -> ConvGeom:
@@ -42,18 +43,25 @@ def _groups(convs: Sequence[ConvSpec], max_bytes: int) -> Iterator[list[ConvSpec
         yield group
 
 
+def rows_for(features: int) -> int:
+    """Patch rows to sample for a layer with ``features`` inputs per output pixel: twice the features (a
+    well-conditioned moment), between MIN_ROWS and MAX_ROWS (the cost is rows × features²)."""
+    return int(min(max(2 * features, MIN_ROWS), MAX_ROWS))
+
+
 def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalData, settings: OrtSettings,
-                  rows_per_sample: int, seed: int = 0, max_bytes: int = MOMENT_BYTES) -> Iterator[dict[str, Moments]]:
-    """Moments of each layer's input patches (im2col rows at ``rows_per_sample`` sampled output pixels per
-    sample), yielded a group of layers at a time (one pass over ``data`` per group; a group's moments take at
-    most ``max_bytes``), so a caller can use and drop them before the next group."""
+                  seed: int = 0, max_bytes: int = MOMENT_BYTES) -> Iterator[dict[str, Moments]]:
+    """Moments of each layer's input patches (im2col rows at sampled output pixels, ``rows_for`` the layer in
+    all, spread over the samples), yielded a group of layers at a time (one pass over ``data`` per group; a
+    group's moments take at most ``max_bytes``), so a caller can use and drop them before the next group."""
     rng = np.random.default_rng(seed)
     for group in _groups(convs, max_bytes):
         acc = {c.name: MomentAccumulator(int(np.prod(c.W.shape[1:]))) for c in group}
+        per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}
         for _, xs in iter_batches(model, [c.x for c in group], data, settings):
             for c, x in zip(group, xs):
                 assert c.out_shape is not None
-                pos = sample_positions(x.shape[0], c.out_shape[2], c.out_shape[3], rows_per_sample, rng)
+                pos = sample_positions(x.shape[0], c.out_shape[2], c.out_shape[3], per[c.name], rng)
                 acc[c.name].add(im2col_at(x, geometry(c), pos))
         yield {name: a.moments() for name, a in acc.items()}
 

@@ -86,6 +86,7 @@ class FitContext:
     seed: int = 0
     als_iters: int = 30
     moments: Mapping[str, Moments] = field(default_factory=dict)
+    refine: bool = False  # data-aware: also try least-squares-refined factors under the full patch moment (slow)
 
     def moments_for(self, conv: ConvSpec) -> Moments | None:
         """The layer's moments when its factors can use them (dense convs: one group)."""
@@ -118,6 +119,21 @@ class Factors:
                        self.output_error)
 
 
+_ENERGY: dict[tuple[int, str], float] = {}
+
+
+def _output_energy(conv: ConvSpec, moments: Moments) -> float:
+    """E‖y‖² of the dense layer's output (per pixel) on the fit data, once per layer and moments."""
+    key = (id(moments), conv.name)
+    if key not in _ENERGY:
+        if len(_ENERGY) > 1024:
+            _ENERGY.clear()
+        W = conv.W.reshape(conv.W.shape[0], -1).astype(np.float64)
+        b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
+        _ENERGY[key] = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    return _ENERGY[key]
+
+
 def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_hat: np.ndarray,
                  moments: Moments | None) -> Factors:
     """Factors with their errors; with ``moments`` the last bias is corrected for the mean shift of the output
@@ -130,8 +146,7 @@ def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_
     bias = datafit.bias_correction(W, Wh, conv.B, moments.mean)
     D = W - Wh
     num = float(np.sum((D @ moments.covariance) * D))
-    b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
-    den = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    den = _output_energy(conv, moments)
     out_err = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
     return Factors(dict(ranks), arrays, bias.astype(np.float32), err, out_err)
 

@@ -74,7 +74,7 @@ class Bottleneck(ConvPass):
         r_in, r_out = ranks.get("rank_in"), ranks.get("rank_out")
         m = fit.moments_for(conv)
         if m is not None:  # output PCA of the responses, whitened input side, then refit under the covariance
-            factors = [datafit.tucker2_datafit(conv.W, m.covariance, r_in, r_out)]
+            factors = [datafit.tucker2_datafit(conv.W, m.covariance, r_in, r_out, refine=fit.refine)]
         else:
             factors = [decompose.tucker2(bk, r_in, r_out) for bk in split_groups(conv.W, conv.group)]
         W_hat = np.concatenate([decompose.compose_tucker2(*f) for f in factors], axis=0)

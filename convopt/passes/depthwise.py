@@ -55,7 +55,7 @@ class Depthwise(ConvPass):
         I = Ig * conv.group
         moments = fit.moments_for(conv)
         if moments is not None:  # per input channel, whitened by its k×k patch moment; P refit under the covariance
-            factors = [datafit.depthwise_datafit(conv.W, moments.covariance, m)]
+            factors = [datafit.depthwise_datafit(conv.W, moments.covariance, m, refine=fit.refine)]
         else:
             factors = [decompose.depthwise_svd(bk, m) for bk in split_groups(conv.W, conv.group)]
         W_hat = np.concatenate([decompose.compose_depthwise(D, P) for D, P in factors], axis=0)

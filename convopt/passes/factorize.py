@@ -46,7 +46,7 @@ class Factorize(ConvPass):
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         m = fit.moments_for(conv)
         if m is not None:  # whitened on the vertical patches, H refit under the patch covariance
-            Vs, Hs = zip(*[datafit.spatial_datafit(conv.W, m.covariance, ranks["rank"])])
+            Vs, Hs = zip(*[datafit.spatial_datafit(conv.W, m.covariance, ranks["rank"], refine=fit.refine)])
         else:
             Vs, Hs = zip(*(decompose.spatial_svd(bk, ranks["rank"]) for bk in split_groups(conv.W, conv.group)))
         W_hat = np.concatenate([decompose.compose_spatial(v, h) for v, h in zip(Vs, Hs)], axis=0)

@@ -75,7 +75,8 @@ class Split5x5(ConvPass):
         if R >= self.full_ranks(conv)["rank"]:
             fits = [decompose.split5x5_shift(bk) for bk in blocks]
         elif m is not None:  # ALS on activations (or the input-channel whitening on wide layers)
-            fits = [datafit.split5x5_datafit(conv.W, m.covariance, R, n_iter=fit.als_iters, rng=fit.seed)]
+            fits = [datafit.split5x5_datafit(conv.W, m.covariance, R, n_iter=fit.als_iters, rng=fit.seed,
+                                                  refine=fit.refine)]
         else:
             fits = [decompose.split5x5_als(bk, R, n_iter=fit.als_iters, rng=fit.seed) for bk in blocks]
         return self._factors(conv, {"rank": int(fits[0][0].shape[0])}, fits, m)
