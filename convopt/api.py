@@ -3,6 +3,7 @@ run the strategy on the driver, apply the CI gate, write the outputs. The CLI pa
 ``OptimizeOptions``, calls ``run`` and renders what it returns."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
+from convopt.outputs import InputFile, OutputTarget, guard_outputs, model_data_target
 from convopt.passes import auto_passes, parse_passes
 from convopt.measure.roles import DataRoles
 from convopt.report import BudgetReport, GateResult, Report
@@ -57,6 +59,9 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
         raise InputError("--calib is for --strategy auto")
     if opts.no_eval and opts.fail_under_speedup is not None:
         raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+    if opts.fail_under_speedup is not None and not (math.isfinite(opts.fail_under_speedup)
+                                                    and opts.fail_under_speedup > 0):
+        raise InputError(f"--fail-under-speedup must be a positive number, got {opts.fail_under_speedup}")
     if opts.time_budget is not None and strategy != "auto":
         raise InputError("--time-budget is for --strategy auto")
     if opts.no_budget and not opts.budget.is_empty:
@@ -64,15 +69,27 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
     return strategy  # type: ignore[return-value]
 
 
-def check_outputs(opts: OptimizeOptions) -> None:
-    """Refuse, before any work, outputs that would overwrite the input or each other."""
-    from convopt.io import same_file
+def output_files(opts: OptimizeOptions) -> tuple[list[InputFile], list[OutputTarget]]:
+    """(what optimize reads, what it writes), for the write guard (convopt.outputs)."""
+    model_out = OutputTarget(opts.output_path, "model", "-o")
+    targets = [model_out, model_data_target(model_out)]
+    if opts.report is not None:
+        targets.append(OutputTarget(opts.report, "report", "--report"))
+    if opts.latency_cache is not None:
+        targets.append(OutputTarget(opts.latency_cache, "cache", "--latency-cache"))
+    inputs = [InputFile(opts.model, "the input model", replaceable=True)]
+    for role, path in (("--data", opts.data.data), ("--labels", opts.data.labels), ("--calib", opts.data.calib)):
+        if path is not None:
+            inputs.append(InputFile(Path(path), f"the {role} input"))
+    return inputs, targets
 
-    out = opts.output_path
-    if same_file(out, opts.model) and not opts.overwrite:
-        raise InputError(f"refusing to overwrite the input model {opts.model}; choose another -o or pass --overwrite")
-    if opts.report is not None and (same_file(opts.report, opts.model) or same_file(opts.report, out)):
-        raise InputError("--report must not be the input or the output model")
+
+def check_outputs(opts: OptimizeOptions, data_files: tuple[Path, ...] = (), kinds: bool = True) -> None:
+    """Refuse, before any work, outputs that would overwrite an input (``data_files``: the input model's
+    external data) or each other, or replace a file that is not convopt's (convopt.outputs.guard_outputs)."""
+    inputs, targets = output_files(opts)
+    inputs += [InputFile(f, "an external-data file of the input model") for f in data_files]
+    guard_outputs(inputs, targets, opts.overwrite, kinds=kinds)
 
 
 def gate(final: Measurement | None, fail_under_speedup: float | None) -> GateResult | None:
@@ -173,6 +190,11 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
                    warn: Say = lambda _m: None, progress: bool = False) -> OptimizeResult:
     """Run the chosen strategy on a loaded model (``warn`` hears about data it could not use as asked)."""
     strategy = strategy_of(opts)
+    cache = None
+    if strategy == "auto" and opts.latency_cache is not None:  # checked before any work; --overwrite replaces
+        from convopt.auto import LayerLatencyCache  # a file that is not a cache
+
+        cache = LayerLatencyCache(opts.latency_cache, replace_invalid=opts.overwrite)
     passes = parse_passes(",".join(opts.passes)) if opts.passes else list(
         auto_passes() if strategy == "auto" else DEFAULT_UNIFORM_PASSES)
     policy = opts.rank.policy(opts.seed)
@@ -192,7 +214,7 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
                                settings=opts.ort, budget=setup.budget, options=AutoOptions(
                                    passes=tuple(passes), align=opts.rank.align, seed=opts.seed,
                                    refit_samples=opts.refit_samples, time_budget=opts.time_budget),
-                               input_shapes=opts.data.input_shapes, latency_cache=opts.latency_cache,
+                               input_shapes=opts.data.input_shapes, latency_cache=cache,
                                on_event=say, **names)
         result.report = replace(result.report, settings={**result.report.settings, **settings})
     else:
@@ -208,16 +230,28 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
 def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m: None,
         progress: bool = False) -> RunResult:
     """`convopt optimize`: check the outputs, load, optimize, gate, write the model and the report."""
-    from convopt.io import atomic_write_bytes, load_model, save_model
+    from convopt.io import load_model_report, save_outputs
+    from convopt.limits import cap_threads
+    from convopt.text import json_safe
+    from convopt.writes import sweep_note
 
     strategy_of(opts)
-    check_outputs(opts)
-    model = load_model(opts.model)
-    result = optimize_model(model, opts, say, warn, progress)
+    check_outputs(opts, kinds=False)  # the rest once the model (and its external-data files) is read
+    loaded = load_model_report(opts.model, max_bytes=opts.max_model_bytes)
+    check_outputs(opts, loaded.data_files)
+    note = sweep_note(t.path.parent for t in output_files(opts)[1])
+    if note:
+        say(note)
+    threads, note = cap_threads(opts.ort.threads)
+    if note:
+        warn(note)
+        opts = replace(opts, ort=replace(opts.ort, threads=threads))
+    result = optimize_model(loaded.model, opts, say, warn, progress)
     verdict = gate(result.final, opts.fail_under_speedup)
     report = result.report if verdict is None else replace(result.report, gate=verdict)
     out = opts.output_path
-    save_model(result.model, out, input_path=opts.model, overwrite=opts.overwrite)
-    if opts.report is not None:
-        atomic_write_bytes(opts.report, (report.to_json() + "\n").encode())
+    check_outputs(opts, loaded.data_files)  # again: files may have changed during the run
+    # the JSON holds no raw control or bidi character either (escaped as \uXXXX: the same values)
+    extra = [] if opts.report is None else [(opts.report, (json_safe(report.to_json()) + "\n").encode())]
+    save_outputs(result.model, out, extra)  # model and report renamed together
     return RunResult(report, out, opts.report, verdict)

@@ -3,10 +3,13 @@ Errors become exit codes here and nowhere else: 0 success, 1 the CI gate was mis
 3 internal rewrite error."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -17,7 +20,10 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 import convopt
-from convopt.errors import ConvOptError, InputError
+from convopt.errors import ConvOptError, InputError, OutputError
+from convopt.limits import DEFAULT_MAX_MODEL_BYTES
+from convopt.text import cell, json_safe, one_line, safe
+from convopt.writes import Interrupted, signals_handled
 
 class _Group(TyperGroup):
     """Usage errors of the CLI framework (an unknown option, a bad value) come out like convopt's own errors:
@@ -54,42 +60,80 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
 
 OUTPUT, STRATEGY, RANK, DATA, BUDGET, MEASURE = (
     "Output", "Strategy and passes", "Rank (uniform mode)", "Data", "Budget and CI gate", "Measurement")
 
 
 def _fail(exc: ConvOptError) -> typer.Exit:
-    err.print(f"error: {exc}", markup=False, soft_wrap=True)
+    err.print(f"error: {one_line(exc)}", markup=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(quiet: bool) -> Iterator[None]:
+    """Python warnings (numpy's, onnx checker's captured output) as one escaped line each; none under -q."""
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        else:
+            def show(message: Warning | str, *_a: Any, **_k: Any) -> None:
+                err.print(f"warning: {one_line(message)}", markup=False, soft_wrap=True)
+
+            warnings.showwarning = show  # type: ignore[assignment]
+        yield
+
+
 def guarded(fn: Callable[..., None]) -> Callable[..., None]:
-    """The CLI boundary: ConvOptError → its exit code, Ctrl-C → 130, any other exception → exit 3 with one
-    line (CONVOPT_DEBUG=1 re-raises it for the traceback). Typer reads the signature through functools.wraps."""
+    """The CLI boundary: ConvOptError → its exit code; SIGINT, SIGTERM, SIGHUP → 130, 143, 129 with every
+    temporary file removed and one line saying what is on disk (convopt.writes); any other exception → exit 3
+    with one line (CONVOPT_DEBUG=1 re-raises it for the traceback). Every line is escaped (convopt.text).
+    Typer reads the signature through functools.wraps."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except ConvOptError as exc:
-            raise _fail(exc) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: nothing was written", markup=False)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as exc:  # the one place convopt catches everything: report a bug in one line
-            if os.environ.get("CONVOPT_DEBUG") == "1":
+        with signals_handled() as journal, _warnings_as_lines(bool(kwargs.get("quiet", False))):
+            try:
+                fn(*args, **kwargs)
+            except ConvOptError as exc:
+                raise _fail(exc) from None
+            except KeyboardInterrupt as exc:
+                journal.signum = journal.signum or 2  # later signals must not break the clean-up
+                code = exc.exit_code if isinstance(exc, Interrupted) else 130
+                name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+                journal.cleanup()
+                err.print(f"interrupted by {name}: {journal.on_disk()}", markup=False, soft_wrap=True)
+                raise typer.Exit(code) from None
+            except (typer.Exit, typer.Abort, SystemExit):
                 raise
-            first = (str(exc).strip().splitlines() or [""])[0]
-            err.print(f"internal error: {type(exc).__name__}: {first} (a convopt bug, please report it; "
-                      "CONVOPT_DEBUG=1 shows the traceback)", markup=False, soft_wrap=True)
-            raise typer.Exit(3) from None
+            except Exception as exc:  # the one place convopt catches everything: report a bug in one line
+                if os.environ.get("CONVOPT_DEBUG") == "1":
+                    raise
+                first = safe((str(exc).strip().splitlines() or [""])[0])
+                err.print(f"internal error: {type(exc).__name__}: {first} (a convopt bug, please report it; "
+                          "CONVOPT_DEBUG=1 shows the traceback)", markup=False, soft_wrap=True)
+                raise typer.Exit(3) from None
 
     return wrapper
+
+
+def _out_path(spelled: str | None, option: str) -> Path | None:
+    """An output path as typed: a trailing separator means a folder (``-o opts/newdir/``), refused here
+    because a Path forgets it (convopt.outputs refuses the rest)."""
+    from convopt.outputs import OutputTarget
+
+    if spelled is None:
+        return None
+    if OutputTarget.of(spelled, "model", option).folder_syntax:
+        raise OutputError(f"{option} {safe(spelled)} ends with a path separator, so it names a folder; give a file "
+                          "name inside it")
+    return Path(spelled)
+
+
+MaxModelBytes = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Largest model (with its external data) to read, in bytes.")]
 
 
 def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -123,19 +167,20 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file")],
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
     input_shape: InputShape = None,
+    max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
 ) -> None:
     """One row per Conv: geometry, MACs, params, and which passes apply (or why not)."""
     from convopt.inspect import inspect_model
     from convopt.io import load_model
 
-    result = inspect_model(load_model(model), _shapes(input_shape))
+    result = inspect_model(load_model(model, max_bytes=max_model_bytes), _shapes(input_shape))
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        print(json_safe(json.dumps(result.to_dict(), indent=2, ensure_ascii=False)))
         return
     from convopt.passes import PASSES
 
     short = {"bottleneck": "bneck", "split5x5": "5x5", "factorize": "fact", "depthwise": "dw"}
-    table = Table(title=f"{model.name}: {len(result.rows)} conv layers", title_justify="left")
+    table = Table(title=escape(f"{cell(model.name)}: {len(result.rows)} conv layers"), title_justify="left")
     table.add_column("name", overflow="fold", min_width=14)
     table.add_column("in→out", justify="right")
     table.add_column("geometry")
@@ -149,7 +194,7 @@ def inspect(
     def verdict(v: str) -> str:
         if v == "applies":
             return "[green]yes[/]"
-        return f"no \\[{legend.setdefault(v, len(legend) + 1)}]"
+        return f"no \\[{legend.setdefault(safe(v), len(legend) + 1)}]"
 
     def num(v: int | None) -> str:
         return "?" if v is None else f"{v:,}"
@@ -162,7 +207,7 @@ def inspect(
             + ([f"g{r.groups}"] if r.groups and r.groups > 1 else []))
         io = "?" if r.channels_in is None else f"{r.channels_in}→{r.channels_out}"
         outsz = "?" if r.output_size is None else "x".join(map(str, r.output_size))
-        table.add_row(escape(r.name), io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
+        table.add_row(escape(cell(r.name)), io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
     table.add_section()
     table.add_row("total", "", "", "", num(result.total_macs), num(result.total_params),
                   *[str(result.applicable[p]) for p in PASSES])
@@ -189,12 +234,13 @@ def _pass_names() -> str:
 def optimize(
     model: Annotated[Optional[Path], typer.Argument(
         help="ONNX model file (none: the built-in example, as `convopt demo`).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option(
+    output: Annotated[Optional[str], typer.Option(
         "-o", "--output", help="Output model (default: MODEL.opt.onnx beside the input).", show_default=False,
         rich_help_panel=OUTPUT)] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Allow -o to be the input model.",
-                                            rich_help_panel=OUTPUT)] = False,
+    report: Annotated[Optional[str], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", metavar="", help="Allow -o to be the input model, and an output to replace a file that is "
+        "not convopt's own output of that kind.", rich_help_panel=OUTPUT)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.",
                                         rich_help_panel=OUTPUT)] = False,
     strategy: Annotated[Optional[str], typer.Option(
@@ -206,7 +252,7 @@ def optimize(
         rich_help_panel=STRATEGY)] = None,
     no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", metavar="", help="Do not fold BatchNormalization into convs.",
                                              rich_help_panel=STRATEGY)] = False,
-    latency_cache: Annotated[Optional[Path], typer.Option(
+    latency_cache: Annotated[Optional[str], typer.Option(
         help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
     time_budget: Annotated[Optional[float], typer.Option(
         metavar="SECONDS", help="auto: stop early with the best plan found so far.", min=0.0,
@@ -272,6 +318,7 @@ def optimize(
     latency_batch: Annotated[int, typer.Option(
         help="Samples per timed run for a dynamic batch (a fixed batch is used as is).", min=1, metavar="N",
         rich_help_panel=MEASURE)] = 1,
+    max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
 ) -> None:
     """Rewrite MODEL's convs, measuring accuracy and latency before and after each step."""
     from convopt.core.budget import Budget
@@ -282,9 +329,9 @@ def optimize(
         from convopt.models.example import example_data_path, example_model_path
 
         model, data = example_model_path(), data or example_data_path()
-        output = output or Path("example.opt.onnx")
+        output = output or "example.opt.onnx"
     opts = OptimizeOptions(
-        model=model, output=output, report=report, overwrite=overwrite,
+        model=model, output=_out_path(output, "-o"), report=_out_path(report, "--report"), overwrite=overwrite,
         strategy=strategy,  # type: ignore[arg-type]  (checked by the library)
         passes=None if passes is None else tuple(p.strip() for p in passes.split(",")),
         rank=RankOptions(full_rank, rank_fraction, energy, align, bottleneck_side),  # type: ignore[arg-type]
@@ -294,7 +341,8 @@ def optimize(
         ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
                         latency_batch=latency_batch),
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
-        latency_cache=latency_cache, time_budget=time_budget)
+        latency_cache=_out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
+        max_model_bytes=max_model_bytes)
     raise typer.Exit(_run_optimize(opts, quiet))
 
 
@@ -304,19 +352,19 @@ def _run_optimize(opts: Any, quiet: bool) -> int:
 
     def say(msg: str) -> None:
         if not quiet:
-            err.print(msg, markup=False)
+            err.print(safe(msg), markup=False, soft_wrap=True)
 
     def warn(msg: str) -> None:
         if not quiet:
-            err.print(f"warning: {msg}", markup=False)
+            err.print(f"warning: {safe(msg)}", markup=False, soft_wrap=True)
 
     result = api.run(opts, say, warn, progress=not quiet)
     if not quiet:
         render_table(result.report.to_dict(), out)
-        out.print(f"wrote {result.output}" + (f" and {result.report_path}" if result.report_path else ""),
+        out.print(f"wrote {safe(result.output)}" + (f" and {safe(result.report_path)}" if result.report_path else ""),
                   markup=False)
     if result.gate is not None and not result.gate.passed:
-        err.print(f"gate failed: {result.gate.reason}", markup=False)
+        err.print(f"gate failed: {safe(result.gate.reason)}", markup=False, soft_wrap=True)
     return result.exit_code
 
 
@@ -324,9 +372,9 @@ def _run_optimize(opts: Any, quiet: bool) -> int:
 @guarded
 def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.")] = False,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized example.")] = Path(
+    output: Annotated[str, typer.Option("-o", "--output", help="Where to write the optimized example.")] = (
         "example.opt.onnx"),
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    report: Annotated[Optional[str], typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
     """Run the whole pipeline on the built-in trained example with its 360 bundled labelled held-out digits
     (auto mode: 90 fit, 135 decide, 135 report). A budget of 3 points of top-1: 135 samples cannot certify
@@ -335,7 +383,8 @@ def demo(
     from convopt.models.example import example_data_path, example_model_path
     from convopt.options import DataOptions, OptimizeOptions
 
-    opts = OptimizeOptions(model=example_model_path(), output=output, report=report,
+    opts = OptimizeOptions(model=example_model_path(), output=_out_path(output, "-o"),
+                           report=_out_path(report, "--report"),
                            data=DataOptions(data=example_data_path()), budget=Budget(max_accuracy_drop=3.0))
     raise typer.Exit(_run_optimize(opts, quiet))
 
@@ -345,33 +394,41 @@ def demo(
 def report_cmd(
     report: Annotated[Path, typer.Argument(help="A JSON report written by convopt optimize --report.")],
     fmt: Annotated[str, typer.Option("--format", help="table, md or html.")] = "table",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", metavar="", help="Allow -o to replace a file that is not a report rendered by convopt.")] = False,
 ) -> None:
     """Render a saved report as a terminal table, Markdown, or a self-contained HTML page."""
     from convopt import render
+    from convopt.outputs import InputFile, OutputTarget, guard_outputs
+    from convopt.report_check import read_report
+    from convopt.writes import atomic_write_bytes
 
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"report not found: {report}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{report} is not a JSON report: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("passes"), list) or not all(
-        isinstance(p, dict) for p in data["passes"]
-    ):
-        raise InputError(f"{report} is not a convopt report (no list of passes)")
-    if fmt == "table":
+    kinds = {"table": "text", "md": "md", "html": "html"}
+    if fmt not in kinds:
+        raise InputError("--format must be table, md or html")
+    target = None if output is None else OutputTarget.of(output, kinds[fmt], "-o")  # type: ignore[arg-type]
+    if target is not None:
+        guard_outputs([InputFile(report, "the report being rendered")], [target], overwrite)
+        _say_swept([target.path.parent])
+    data = read_report(report)  # bounded, strict JSON, checked against the schema
+    if target is None and fmt == "table":
         render.render_table(data, out)
         return
-    if fmt not in ("md", "html"):
-        raise InputError("--format must be table, md or html")
-    text = render.render_markdown(data) if fmt == "md" else render.render_html(data)
-    if output is None:
+    text = {"table": render.render_text, "md": render.render_markdown, "html": render.render_html}[fmt](data)
+    if target is None:
         sys.stdout.write(text)
     else:
-        from convopt.io import atomic_write_bytes
+        atomic_write_bytes(target.path, text.encode("utf-8"))
 
-        atomic_write_bytes(output, text.encode("utf-8"))
+
+def _say_swept(folders: list[Path], quiet: bool = False) -> None:
+    """Remove temporary files that killed runs left in these folders, and say so in one line."""
+    from convopt.writes import sweep_note
+
+    note = sweep_note(folders)
+    if note and not quiet:
+        err.print(note, markup=False, soft_wrap=True)
 
 
 from convopt.models.cli import app as models_app  # noqa: E402  (after the commands it sits beside)

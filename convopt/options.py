@@ -7,6 +7,7 @@ from typing import Literal
 
 from convopt.core.budget import Budget
 from convopt.errors import InputError
+from convopt.limits import DEFAULT_MAX_MODEL_BYTES
 from convopt.measure.ort import OrtSettings
 from convopt.measure.plugin import MetricFn
 from convopt.passes import RankPolicy
@@ -89,6 +90,7 @@ class OptimizeOptions:
     random_samples: int = 8
     refit_samples: int = 128
     time_budget: float | None = None
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES  # the model file and its external data, read at most
 
     @property
     def output_path(self) -> Path:

@@ -1,7 +1,11 @@
 """Render a report dict (Report.to_dict()) as a terminal table, Markdown, or a self-contained HTML page.
 
 All three views are built from the same rows (:func:`pass_rows`, :func:`rewrite_rows`, :func:`skip_rows`);
-every string that comes from the model or the run is escaped for its target (rich Text, Markdown, HTML).
+every string that comes from the model or the run goes through :func:`convopt.text.safe` (no control
+character, bidi override or other non-printable reaches a terminal or a file raw), names longer than 200
+characters are shortened with a hash suffix in tables (:func:`convopt.text.cell`), and then each view
+escapes for its target (rich Text, Markdown, HTML). Reports read from a file are checked first
+(:mod:`convopt.report_check`).
 """
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ import html
 import json
 import math
 from collections import Counter
-from importlib import resources
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from convopt.report_check import report_schema, validate_report  # noqa: F401  (this module's API before)
+from convopt.text import cell, safe
 
 DASH = "–"
 
@@ -90,11 +96,11 @@ def pass_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for p in report.get("passes", []):
         note = p.get("rollback_reason") or ""
         rows.append([
-            str(p.get("name", "")), str(p.get("status", "")), str(len(p.get("rewritten", []))),
+            cell(p.get("name", "")), safe(p.get("status", "")), str(len(p.get("rewritten", []))),
             str(len(p.get("skipped", []))),
             f"{fmt_count(p.get('macs_after'))} ({_ratio(p.get('macs_after'), p.get('macs_before'))})",
             fmt_count(p.get("params_after")),
-            *_measure_cells(p.get("measurement"), labelled), note,
+            *_measure_cells(p.get("measurement"), labelled), safe(note),
         ])
     ma, pa = report.get("macs_after"), report.get("params_after")
     rows.append(["final", "", "", "", f"{fmt_count(ma)} ({_ratio(ma, mb)})", fmt_count(pa),
@@ -110,16 +116,16 @@ def rewrite_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for p in report.get("passes", []):
         for r in p.get("rewritten", []):
-            ranks = ", ".join(f"{k}={v}" for k, v in (r.get("ranks") or {}).items())
+            ranks = ", ".join(f"{safe(k)}={v}" for k, v in (r.get("ranks") or {}).items())
             rows.append([
-                str(p.get("name", "")), str(r.get("node", "")),
+                cell(p.get("name", "")), cell(r.get("node", "")),
                 "×".join(str(k) for k in r.get("kernel", [])),
-                f"{r.get('channels_in')}→{r.get('channels_out')}", str(r.get("form", "")), ranks,
+                f"{r.get('channels_in')}→{r.get('channels_out')}", safe(r.get("form", "")), ranks,
                 f"{fmt_count(r.get('macs_before'))}→{fmt_count(r.get('macs_after'))} "
                 f"({_ratio(r.get('macs_after'), r.get('macs_before'))})",
                 f"{fmt_count(r.get('params_before'))}→{fmt_count(r.get('params_after'))}",
                 _num(r.get("weight_rel_error"), ".2e"),
-                ", ".join(str(n) for n in r.get("new_nodes", [])),
+                ", ".join(cell(n) for n in r.get("new_nodes", [])),
             ])
     return rows
 
@@ -129,7 +135,7 @@ SKIP_HEADERS = ["pass", "node", "reason"]
 
 def skip_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row per skipped node."""
-    return [[str(p.get("name", "")), str(s.get("node", "")), str(s.get("reason", ""))]
+    return [[cell(p.get("name", "")), cell(s.get("node", "")), safe(s.get("reason", ""))]
             for p in report.get("passes", []) for s in p.get("skipped", [])]
 
 
@@ -138,17 +144,17 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     seen: list[str] = []
     for m in ms:
         w = _get(m, "warning")
-        if w and w not in seen:
-            seen.append(str(w))
+        if w and safe(w) not in seen:
+            seen.append(safe(w))
     return seen
 
 
 def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) lines for the page head."""
-    items = [("model", str(report.get("model", ""))), ("output", str(report.get("output") or DASH))]
+    items = [("model", safe(report.get("model", ""))), ("output", safe(report.get("output") or DASH))]
     data = _get(report.get("baseline"), "data")
     if data:
-        items.append(("data", str(data)))  # the data source already states how many samples it holds
+        items.append(("data", safe(data)))  # the data source already states how many samples it holds
     items.append(("MACs", f"{fmt_count(report.get('macs_before'))} → {fmt_count(report.get('macs_after'))} "
                           f"({_ratio(report.get('macs_after'), report.get('macs_before'))})"))
     items.append(("params", f"{fmt_count(report.get('params_before'))} → {fmt_count(report.get('params_after'))} "
@@ -158,12 +164,12 @@ def _summary(report: dict[str, Any]) -> list[tuple[str, str]]:
         items.append(("speedup", _num(sp, ".2f", "×")))
     gate = report.get("gate")
     if gate:
-        items.append(("gate", ", ".join(f"{k}={_plain(v)}" for k, v in gate.items())))
+        items.append(("gate", ", ".join(f"{safe(k)}={_plain(v)}" for k, v in gate.items())))
     return items
 
 
 def _plain(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
+    return safe(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True, default=str))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -173,15 +179,16 @@ def _plain(v: Any) -> str:
 def _skip_summary(report: dict[str, Any]) -> list[str]:
     out = []
     for p in report.get("passes", []):
-        reasons = Counter(str(s.get("reason", "")) for s in p.get("skipped", []))
+        reasons = Counter(safe(s.get("reason", "")) for s in p.get("skipped", []))
         if reasons:
-            out.append(f"{p.get('name', '')}: skipped " + "; ".join(f"{r} ×{n}" for r, n in reasons.most_common()))
+            out.append(f"{cell(p.get('name', ''))}: skipped " + "; ".join(f"{r} ×{n}" for r, n in reasons.most_common()))
     return out
 
 
 def render_table(report: dict[str, Any], console: Console) -> None:
     """Print the pass table, then one compact line per rewritten node and the skip reasons per pass.
-    Model strings go through rich Text, so markup in node names is shown literally, never interpreted."""
+    Model strings are escaped (:func:`safe`) and go through rich Text, so markup in node names is shown
+    literally, never interpreted."""
     for label, value in _summary(report):
         console.print(Text.assemble((f"{label}: ", "bold"), value))
     for w in _warnings(report):
@@ -206,6 +213,18 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         console.print(Text(f"  {line}", style="dim"))
 
 
+def render_text(report: dict[str, Any], width: int = 160) -> str:
+    """The terminal view (:func:`render_table`) as plain text for a file: a first line ``convopt report``
+    (how the write guard knows the file as convopt's), no colours or styles."""
+    import io
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, emoji=False, highlight=False,
+                      force_terminal=False, legacy_windows=False)
+    render_table(report, console)
+    return "convopt report\n\n" + buf.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Markdown
 
@@ -213,7 +232,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
 def _md(s: str) -> str:
     """Escape text for Markdown: '&' and '<' as entities (renderers pass raw HTML through, so a node named
     <script> must not become a tag), Markdown punctuation and pipes backslash-escaped, newlines flattened."""
-    s = s.replace("&", "&amp;").replace("<", "&lt;")
+    s = safe(s).replace("&", "&amp;").replace("<", "&lt;")
     s = s.replace("\\", "\\\\")
     for ch in "`*[]":  # Markdown syntax: no links, images, emphasis or code spans from model strings
         s = s.replace(ch, "\\" + ch)
@@ -247,7 +266,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
+    return html.escape(safe(s), quote=True)
 
 
 def _html_table(headers: list[str], rows: list[list[str]], status_col: int | None = None) -> str:
@@ -262,14 +281,14 @@ def _html_table(headers: list[str], rows: list[list[str]], status_col: int | Non
 def _kv_table(d: dict[str, Any]) -> str:
     if not d:
         return "<p>(none)</p>"
-    return _html_table(["key", "value"], [[str(k), _plain(v)] for k, v in d.items()])
+    return _html_table(["key", "value"], [[safe(k), _plain(v)] for k, v in d.items()])
 
 
 def chart_points(report: dict[str, Any]) -> tuple[str, list[tuple[str, str, float, float, float | None]]]:
     """(y label, [(label, status, speedup, y, median ms)]) for the baseline and every measured pass.
     y is labelled top-1 when the run has labels, else top-1 agreement, else relative L2 error."""
     ms = [("original", "baseline", report.get("baseline"))]
-    ms += [(str(p.get("name", "")), str(p.get("status", "")), p.get("measurement")) for p in report.get("passes", [])]
+    ms += [(cell(p.get("name", "")), safe(p.get("status", "")), p.get("measurement")) for p in report.get("passes", [])]
     for key, label in (("labelled_top1", "labelled top-1 (%)"), ("top1_agreement", "top-1 agreement (%)"),
                        ("rel_l2_error", "relative L2 error")):
         if any(_get(m, "accuracy", key) is not None for _, _, m in ms):
@@ -367,27 +386,3 @@ def render_html(report: dict[str, Any]) -> str:
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
         + "\n".join(body) + "\n</body></html>\n"
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Schema
-
-
-def report_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of Report.to_dict(), shipped as convopt/report_schema.json."""
-    text = resources.files("convopt").joinpath("report_schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-def validate_report(d: dict[str, Any]) -> None:
-    """Raise jsonschema.ValidationError if ``d`` does not match the report schema. Needs the optional
-    test dependency jsonschema (ImportError with the install hint otherwise)."""
-    try:
-        import jsonschema
-    except ImportError:
-        raise ImportError(
-            "validating a report needs jsonschema: pip install 'convopt[test]' (or pip install jsonschema)"
-        ) from None
-    schema = report_schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema).validate(d)

@@ -112,9 +112,15 @@ def test_broken_reports_fail(measurements: dict[str, dict], breakage) -> None:  
 def test_validate_without_jsonschema_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    from convopt.report_check import _validator
+
+    _validator.cache_clear()  # the validator is built once per process
     monkeypatch.setitem(sys.modules, "jsonschema", None)
-    with pytest.raises(ImportError, match="pip install"):
-        validate_report({})
+    try:
+        with pytest.raises(ImportError, match="pip install"):
+            validate_report({})
+    finally:
+        _validator.cache_clear()
 
 
 # -- HTML ---------------------------------------------------------------------------------------------------

@@ -1,22 +1,19 @@
 """Per-layer latency: a Conv and each candidate rewrite of it as single-layer ORT models, timed interleaved,
-cached by (geometry, form, ranks, batch, provider, threads, optimization level).
+cached by (geometry, form, ranks, batch, provider, threads, optimization level) in a LayerLatencyCache
+(convopt.auto.latency_cache).
 
 Weights do not change ORT's run time, so a repeated shape (SqueezeNet's fire modules, VGG's stages) is
 measured once; the cache can persist to a JSON file between runs.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from convopt.auto.latency_cache import LayerLatencyCache
 from convopt.core.plan import Choice, Plan, apply_plan, conv_table
 from convopt.graph import ConvSpec, make_conv, tensor
 from convopt.measure.latency import time_sessions
@@ -67,47 +64,6 @@ def candidate_model(conv: ConvSpec, choice: Choice, batch: int | str) -> onnx.Mo
     assert conv.in_shape is not None and conv.out_shape is not None
     shapes = {"x": (n, *conv.in_shape[1:]), "y": (n, *conv.out_shape[1:])}
     return apply_plan(single, Plan({conv.name: choice}), conv_table(single, shapes)).model
-
-
-@dataclass
-class LayerLatencyCache:
-    """Median ms of single-layer models, keyed by shape key and settings key; optional JSON persistence."""
-
-    path: Path | None = None
-    hits: int = 0
-    misses: int = 0
-
-    def __post_init__(self) -> None:
-        self._data: dict[str, float] = {}
-        if self.path is not None and Path(self.path).is_file():
-            try:
-                self._data = {str(k): float(v) for k, v in json.loads(Path(self.path).read_text()).items()}
-            except (OSError, ValueError):
-                self._data = {}
-
-    def get(self, key: str) -> float | None:
-        v = self._data.get(key)
-        if v is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return v
-
-    def put(self, key: str, ms: float) -> None:
-        self._data[key] = float(ms)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        p = Path(self.path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._data, f, indent=0, sort_keys=True)
-        os.replace(tmp, p)
 
 
 def time_layers(models: list[onnx.ModelProto], in_shape: tuple[int, ...], settings: OrtSettings,
