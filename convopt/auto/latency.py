@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from convopt.auto.latency_cache import LayerLatencyCache
+from convopt.core.deploy import FP32, Deployment
 from convopt.core.plan import Choice, Plan, apply_plan, conv_table
 from convopt.graph import ConvSpec, make_conv, tensor
 from convopt.measure.latency import time_sessions
@@ -81,10 +82,12 @@ def measure_candidates(
     batch: int,
     settings: OrtSettings,
     cache: LayerLatencyCache,
+    deploy: Deployment = FP32,
 ) -> tuple[float, dict[str, float]]:
-    """(dense ms, {candidate key: ms}) for ``conv`` and its single-layer candidates (key: form/ranks string).
-    Uncached ones are timed interleaved with the dense layer in one run; everything is stored in ``cache``."""
-    skey = settings_key(settings)
+    """(dense ms, {candidate key: ms}) for ``conv`` and its single-layer candidates (key: form/ranks string),
+    all in the precision ``deploy`` says. Uncached ones are timed interleaved with the dense layer in one run;
+    everything is stored in ``cache``."""
+    skey = settings_key(settings) + ("" if not deploy.quantized else f"|{deploy.name}")
     base = conv_key(conv, batch)
     dense_k = f"{base}|dense|{skey}"
     dense = cache.get(dense_k)
@@ -98,7 +101,9 @@ def measure_candidates(
             res[key] = v
     if todo or dense is None:
         assert conv.in_shape is not None
-        ms = time_layers([single_conv_model(conv, batch)] + [m for _, m in todo], (batch, *conv.in_shape[1:]), settings)
+        shape = (batch, *conv.in_shape[1:])
+        models = [deploy.layer(m, shape) for m in [single_conv_model(conv, batch)] + [m for _, m in todo]]
+        ms = time_layers(models, shape, settings)
         dense = ms[0]  # timed in the same interleaved run as the new candidates
         cache.put(dense_k, ms[0])
         for (key, _), v in zip(todo, ms[1:]):

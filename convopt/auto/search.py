@@ -194,7 +194,7 @@ class AutoSearch:
                 break
             c = self.driver.convs[name]
             models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
-            dense, ms = measure_candidates(c, models, batch, lat, self.cache)
+            dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
             fast = []
             for k in cands:
                 k.dense_ms, k.ms = dense, ms[k.key]
