@@ -27,7 +27,7 @@ def conv_key(conv: ConvSpec, batch: int) -> str:
     """Everything about a Conv that decides its run time (not its weight values)."""
     assert conv.in_shape is not None and conv.pads is not None
     return "conv:" + ",".join(str(v) for v in (
-        batch, *conv.in_shape[1:], *conv.W.shape, *conv.strides, *conv.pads, *conv.dilations, conv.group,
+        batch, *conv.in_shape[1:], *conv.w_shape, *conv.strides, *conv.pads, *conv.dilations, conv.group,
         int(conv.B is not None)))
 
 

@@ -21,16 +21,16 @@ class LowRank(ConvPass):
             return f"{conv.kernel[0]}x{conv.kernel[1]} kernel: lowrank rewrites 1x1 convs (use factorize or bottleneck)"
         if conv.group != 1:
             return f"group {conv.group} 1x1 conv: lowrank rewrites dense 1x1 convs"
-        O, I = conv.W.shape[:2]
+        O, I = conv.w_shape[:2]
         if datafit.max_paying_rank(I, O) < 1:
             return f"{I}→{O} channels: no rank saves MACs"
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        return {"rank": int(min(conv.W.shape[:2]))}
+        return {"rank": int(min(conv.w_shape[:2]))}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
-        O, I = conv.W.shape[:2]
+        O, I = conv.w_shape[:2]
         even = datafit.max_paying_rank(I, O)
         grid = [max(align, int(round(f * even / align)) * align) for f in FRACTIONS]
         return unique([{"rank": r} for r in grid if r <= min(I, O)])
@@ -40,7 +40,7 @@ class LowRank(ConvPass):
         return {"rank": policy.pick(self.full_ranks(conv)["rank"], s)}
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
-        O, I = conv.W.shape[:2]
+        O, I = conv.w_shape[:2]
         geo = Geometry.of(conv)
         return ranks["rank"] * (I + O) * geo.out_h * geo.out_w
 
