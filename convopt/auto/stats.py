@@ -15,6 +15,7 @@ from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
 from convopt.auto.refit import iter_batches
 from convopt.datafit import MomentAccumulator, Moments
 from convopt.graph import ConvSpec
+from convopt.graph.linear import nchw
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
@@ -61,6 +62,7 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
         for _, xs in iter_batches(model, [c.x for c in group], data, settings):
             for c, x in zip(group, xs):
                 assert c.out_shape is not None
+                x = nchw(x, c)
                 pos = sample_positions(x.shape[0], c.out_shape[2], c.out_shape[3], per[c.name], rng)
                 acc[c.name].add(im2col_at(x, geometry(c), pos))
         yield {name: a.moments() for name, a in acc.items()}

@@ -39,7 +39,7 @@ class Deployment:
             return single
         from convopt.quantize import quantize_int8
 
-        x = np.random.default_rng(seed).standard_normal((4, *in_shape[1:])).astype(np.float32)
+        x = np.random.default_rng(seed).standard_normal((4 * in_shape[0], *in_shape[1:])).astype(np.float32)
         return quantize_int8(single, EvalData({"x": x}, None, "random layer inputs")).model
 
 

@@ -36,8 +36,9 @@ Shapes = dict[str, tuple[int, ...]]
 
 
 def conv_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None) -> Shapes:
-    """Static shapes of every Conv's input and output tensor (batch 1 where dynamic)."""
-    wanted = [t for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") for t in (n.input[0], n.output[0])]
+    """Static shapes of every Conv's (and Gemm's) input and output tensor (batch 1 where dynamic)."""
+    wanted = [t for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")
+              for t in (n.input[0], n.output[0])]
     return infer_tensor_shapes(model, dict(input_shapes) if input_shapes else None, wanted)
 
 

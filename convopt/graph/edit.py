@@ -145,6 +145,22 @@ class Builder:
                                     pass_name=self.pass_name))
         return out
 
+    def gemm_node(self, role: str, x: str, weight: np.ndarray, *, bias: np.ndarray | None = None,
+                  y: str | None = None) -> str:
+        """A Gemm y = x · weightᵀ (+ bias), weight (O, I); returns its output tensor."""
+        n = self._node_name(role)
+        w = self.names.fresh(n + "/W")
+        self.initializers.append(tensor(w, weight))
+        inputs = [x, w]
+        if bias is not None:
+            inputs.append(self.names.fresh(n + "/B"))
+            self.initializers.append(tensor(inputs[-1], bias))
+        out = y if y is not None else self.names.fresh(n + "/out")
+        node = helper.make_node("Gemm", inputs, [out], name=n, transB=1)
+        node.doc_string = f"convopt:{self.pass_name}"
+        self.nodes.append(node)
+        return out
+
     def concat(self, role: str, inputs: list[str], axis: int) -> str:
         """A Concat of ``inputs`` along ``axis``; returns its output tensor."""
         n = self._node_name(role)

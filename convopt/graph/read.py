@@ -70,6 +70,8 @@ class ConvSpec:
     out_shape: tuple[int, int, int, int] | None
     pads_reason: str | None = None  # why pads could not be resolved
     weight: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    op: str = "Conv"  # "Gemm": a fully connected layer seen as a 1×1 conv (see convopt.graph.linear)
+    x_shape: tuple[int, ...] | None = None  # Gemm: the input's real shape (rows, I), batch 1
 
     @property
     def W(self) -> np.ndarray:
@@ -322,6 +324,11 @@ def read_convs(
             continue
         if node.op_type == "ConvTranspose":
             out.append(ConvSkip(idx, node, name, "ConvTranspose is not rewritten"))
+            continue
+        if node.op_type == "Gemm" and node.domain in ("", "ai.onnx"):
+            from convopt.graph.linear import read_gemm
+
+            out.append(read_gemm(idx, node, name, consts, shapes))
             continue
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
             continue

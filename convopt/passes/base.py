@@ -189,6 +189,7 @@ class ConvPass(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     in_auto: ClassVar[bool] = True
+    ops: ClassVar[tuple[str, ...]] = ("Conv",)  # the layer kinds it rewrites (a Gemm reads as a 1×1 conv)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,6 +206,8 @@ class ConvPass(ABC):
 
     def applies(self, conv: ConvSpec) -> str | None:
         """Reason this pass refuses ``conv`` (None: it applies)."""
+        if conv.op not in self.ops:
+            return f"{conv.op} layer: {self.name} rewrites {', '.join(self.ops)} layers"
         if conv.pads is None:
             return conv.pads_reason or "pads cannot be resolved"
         if conv.node.doc_string.startswith(MARK):
