@@ -14,9 +14,10 @@ from convopt.core.driver import OptimizeResult
 from convopt.errors import InputError
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
+from convopt.measure.executor import Executor, open_executor
 from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
-from convopt.passes import auto_passes, parse_passes
+from convopt.passes import RankPolicy, auto_passes, parse_passes
 from convopt.measure.roles import DataRoles
 from convopt.report import BudgetReport, GateResult, Report
 
@@ -131,27 +132,36 @@ class Setup:
     report: Evaluator
     budget: Budget | None
     message: str | None
+    executor: Executor
 
 
-def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
-    """Data roles, one evaluator per decision and report role, the budget (the default unless --no-budget) and
-    whether the decision data can certify it at all."""
+def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool,
+           say: Say | None = None) -> Setup:
+    """Data roles, one evaluator per decision and report role (both on the executor of --executor, which the
+    caller closes), the budget (the default unless --no-budget) and whether the decision data can certify it."""
     from convopt.measure.plugin import load_metric
 
-    roles = load_roles(model, opts, strategy)
-    if roles.select.warning:
-        warn(roles.select.warning)
-    metric = None if opts.metric is None else load_metric(opts.metric)
-    select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select")
-    report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report")
-    budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
-    if not opts.no_budget:
-        budget = opts.budget.defaulted(select.scored_index is not None)
-        budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
-        message = budget.feasibility(roles.select.n, roles.select.labels is not None)
-        if message:
-            warn(message)
-    return Setup(roles, select, report, budget, message)
+    executor = open_executor(opts.executor, opts.ort.threads, say)  # first: an unreachable cluster fails fast
+    try:
+        roles = load_roles(model, opts, strategy)
+        if roles.select.warning:
+            warn(roles.select.warning)
+        metric = None if opts.metric is None else load_metric(opts.metric)
+        select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select",
+                           executor=executor)
+        report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report",
+                           executor=executor)
+        budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
+        if not opts.no_budget:
+            budget = opts.budget.defaulted(select.scored_index is not None)
+            budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
+            message = budget.feasibility(roles.select.n, roles.select.labels is not None)
+            if message:
+                warn(message)
+    except BaseException:
+        executor.close()
+        raise
+    return Setup(roles, select, report, budget, message, executor)
 
 
 def budget_report(setup: Setup, result: OptimizeResult) -> BudgetReport:
@@ -179,7 +189,19 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
 
         return optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                 settings=report_settings(opts, strategy, None), on_event=say, **names)
-    setup = set_up(model, opts, strategy, warn, progress)
+    setup = set_up(model, opts, strategy, warn, progress, say)
+    try:
+        result = _run_strategy(model, opts, strategy, setup, passes, policy, names, say)
+    finally:
+        setup.executor.close()
+    settings = {**result.report.settings, "executor": setup.executor.info().to_dict()}  # workers, shards
+    result.report = replace(result.report, settings=settings, budget=budget_report(setup, result))
+    return result
+
+
+def _run_strategy(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, setup: Setup,
+                  passes: list[str], policy: RankPolicy, names: dict[str, str], say: Say) -> OptimizeResult:
+    """The strategy on the evaluators of ``setup`` (the caller closes their executor)."""
     settings = report_settings(opts, strategy, setup.roles)
     if strategy == "auto":
         from convopt.auto import AutoOptions, auto_optimize
@@ -198,7 +220,6 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
         result = optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                   select=setup.select, report=setup.report, budget=setup.budget,
                                   require_faster=opts.require_faster, settings=settings, on_event=say, **names)
-    result.report = replace(result.report, budget=budget_report(setup, result))
     return result
 
 

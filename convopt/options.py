@@ -7,6 +7,7 @@ from typing import Literal
 
 from convopt.core.budget import Budget
 from convopt.errors import InputError
+from convopt.measure.executor import ExecutorOptions
 from convopt.measure.ort import OrtSettings
 from convopt.passes import RankPolicy
 
@@ -80,6 +81,7 @@ class OptimizeOptions:
     metric: str | None = None
     fail_under_speedup: float | None = None
     ort: OrtSettings = OrtSettings()
+    executor: ExecutorOptions = ExecutorOptions()
     require_faster: bool = True
     no_eval: bool = False
     fold_bn: bool = True
