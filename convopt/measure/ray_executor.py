@@ -17,11 +17,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,14 +80,35 @@ def connect(address: str | None) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home from a CI job
     if address not in (None, "auto"):
         _probe(address)
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        where = "a running Ray cluster (auto)" if address == "auto" else f"the Ray cluster at {address}"
-        raise InputError(f"cannot reach {where}: {first}; start one with `ray start --head`, or check "
-                         "--ray-address") from None
+    with _held_interrupt() as interrupted:
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            ray.shutdown()
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = "a running Ray cluster (auto)" if address == "auto" else f"the Ray cluster at {address}"
+            raise InputError(f"cannot reach {where}: {first}; start one with `ray start --head`, or check "
+                             "--ray-address") from None
+    if interrupted:
+        ray.shutdown()
+        raise KeyboardInterrupt
     return True
+
+
+@contextmanager
+def _held_interrupt() -> Iterator[list[int]]:
+    """Ctrl-C held back until the block ends (the list then holds the signal). Interrupted inside ray.init,
+    Ray's core is left half set up and the process crashes at exit (seen with Ray 2.60); ray.init takes
+    seconds, so the interrupt waits that long at most. Only the main thread can hold signals."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
@@ -214,8 +238,9 @@ class RayExecutor:
 
     def __init__(self, options: ExecutorOptions, threads: int, say: Say | None = None) -> None:
         self.options = options
+        self._workers: list[Any] = []
+        self._closed, self._started = False, False
         self._started = connect(options.address)
-        self._closed = False
         try:
             cpus = max(1, threads)
             self._cpus_per_worker = cpus
@@ -341,7 +366,7 @@ class RayExecutor:
         if self._closed:
             return
         self._closed = True
-        for w in getattr(self, "_workers", []):
+        for w in self._workers:
             try:
                 ray.kill(w, no_restart=True)
             except Exception:  # noqa: BLE001 -- a worker already gone
