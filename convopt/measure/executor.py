@@ -23,7 +23,7 @@ from convopt.measure.data import EvalData
 from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, make_session, session_batch
 from convopt.measure.plugin import TaskMetric
 from convopt.measure.shards import (
-    DEFAULT_SHARD_SIZE, Comparison, Reducer, ShardPlan, add_in_order, compare_shard, merge, plan_shards,
+    DEFAULT_SHARD_SIZE, Comparison, Reducer, ShardPlan, ShardRun, add_in_order, compare_shard, merge, plan_shards,
     reduce_shard, run_shard, shard_data, timed_run,
 )
 
@@ -93,19 +93,41 @@ class Evaluation(Protocol):
 
 
 @dataclass(frozen=True)
+class CompareLog:
+    """One comparison (a candidate, or the original's reference run) on one data role: wall time on this
+    machine from submitting the shards to the merged answer, and where and how long each shard ran."""
+
+    role: str
+    seconds: float
+    runs: tuple[ShardRun, ...]
+
+
+@dataclass(frozen=True)
 class ExecutorInfo:
-    """What the report records about execution."""
+    """What the report records about execution: the executor, its workers, the shards per data role, the
+    work done (per role: comparisons, wall seconds here, seconds spent in shards), and worker restarts."""
 
     kind: ExecutorKind
     address: str | None
     workers: int
     shard_size: int
     shards: dict[str, int] = field(default_factory=dict)  # data role → shards
+    log: tuple[CompareLog, ...] = ()
     worker_restarts: int = 0  # worker processes restarted after a crash (their shards re-run)
+
+    def work(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for c in self.log:
+            w = out.setdefault(c.role, {"comparisons": 0, "wall_seconds": 0.0, "shard_seconds": 0.0})
+            w["comparisons"] += 1
+            w["wall_seconds"] += c.seconds
+            w["shard_seconds"] += sum(r.seconds for r in c.runs)
+        return {role: {k: round(v, 3) for k, v in w.items()} for role, w in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "address": self.address, "workers": self.workers, "shard_size": self.shard_size,
-                "shards": dict(self.shards), "worker_restarts": self.worker_restarts, "latency": LATENCY_NOTE}
+                "shards": dict(self.shards), "work": self.work(), "worker_restarts": self.worker_restarts,
+                "latency": LATENCY_NOTE}
 
 
 class Executor(Protocol):
@@ -139,8 +161,8 @@ def session_of(model: onnx.ModelProto, settings: OrtSettings) -> ort.InferenceSe
 class LocalEvaluation:
     """Every shard in this process, one after the other; the original's outputs kept here."""
 
-    def __init__(self, spec: EvaluationSpec, plan: ShardPlan) -> None:
-        self.spec, self.plan = spec, plan
+    def __init__(self, spec: EvaluationSpec, plan: ShardPlan, log: list[CompareLog]) -> None:
+        self.spec, self.plan, self._log = spec, plan, log
         self._shards = [shard_data(spec.data, a, b) for a, b in plan.ranges]
         self._refs: list[list[np.ndarray]] | None = None
 
@@ -150,18 +172,22 @@ class LocalEvaluation:
         return run_shard(session, shard, self.spec.settings, what, offset_progress(progress, start, self.plan.n))
 
     def compare(self, candidate: Candidate | None, progress: Progress | None = None) -> Comparison:
-        if self._refs is None:
-            self._refs = [self._run(self.spec.session, None, progress if candidate is None else None, i)
-                          for i in range(self.plan.count)]
+        t0 = time.perf_counter()
+        refs = self._refs if self._refs is not None else []
         parts = []
         for i, (start, stop) in enumerate(self.plan.ranges):
-            t0 = time.perf_counter()
-            ref = self._refs[i]
+            t_shard = time.perf_counter()
+            if self._refs is None:  # the original's outputs, once: part of its shard's work
+                refs.append(self._run(self.spec.session, None, progress if candidate is None else None, i))
+            ref = refs[i]
             cand = ref if candidate is None else self._run(candidate.session, candidate.what, progress, i)
             parts.append(compare_shard(ref, cand, self._shards[i], self.spec.names, labelled=self.spec.labelled,
                                        metric=self.spec.metric, what=None if candidate is None else candidate.what,
-                                       run=timed_run(i, start, stop, t0)))
-        return merge(parts)
+                                       run=timed_run(i, start, stop, t_shard)))
+        self._refs = refs
+        cmp = merge(parts)
+        self._log.append(CompareLog(self.spec.role, time.perf_counter() - t0, cmp.runs))
+        return cmp
 
     def reference_outputs(self) -> list[np.ndarray]:
         if self._refs is None:
@@ -176,11 +202,12 @@ class LocalExecutor:
     def __init__(self, shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         self.shard_size = shard_size
         self._shards: dict[str, int] = {}
+        self._log: list[CompareLog] = []
 
     def evaluation(self, spec: EvaluationSpec) -> LocalEvaluation:
         plan = plan_shards(spec.data.n, session_batch(spec.session, spec.settings), self.shard_size)
         self._shards[spec.role] = plan.count
-        return LocalEvaluation(spec, plan)
+        return LocalEvaluation(spec, plan, self._log)
 
     def map_reduce(self, model: onnx.ModelProto, names: Sequence[str], data: EvalData, reducer: Reducer,
                    settings: OrtSettings) -> tuple[np.ndarray, ...]:
@@ -194,7 +221,7 @@ class LocalExecutor:
                             for a, b in plan.ranges)
 
     def info(self) -> ExecutorInfo:
-        return ExecutorInfo("local", None, 1, self.shard_size, dict(self._shards))
+        return ExecutorInfo("local", None, 1, self.shard_size, dict(self._shards), tuple(self._log))
 
     def close(self) -> None:
         pass

@@ -35,7 +35,7 @@ import onnxruntime as ort
 from convopt.errors import ConvOptError, InputError
 from convopt.measure.data import EvalData
 from convopt.measure.executor import (
-    Candidate, EvaluationSpec, ExecutorInfo, ExecutorOptions, session_of,
+    Candidate, CompareLog, EvaluationSpec, ExecutorInfo, ExecutorOptions, session_of,
 )
 from convopt.measure.ort import OrtSettings, Progress, session_batch
 from convopt.measure.plugin import TaskMetric
@@ -141,6 +141,7 @@ class ShardWorker:
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._refs: dict[tuple[str, int], list[np.ndarray]] = {}
         self._candidate: tuple[str, ort.InferenceSession] | None = None
+        self._setup = 0.0  # seconds making sessions during the current task
         ctx = ray.get_runtime_context()
         self._name = f"{ctx.get_node_id()[:8]}:{os.getpid()}"
         self._restarted = bool(ctx.was_current_actor_reconstructed)
@@ -155,7 +156,9 @@ class ShardWorker:
         """The session of a model in the object store (``model``: its reference), made once per worker."""
         key = model.hex()
         if key not in self._sessions:
+            t0 = time.perf_counter()
             self._sessions[key] = session_of(onnx.load_from_string(ray.get(model)), _worker_settings(settings))
+            self._setup += time.perf_counter() - t0
         return self._sessions[key]
 
     def _reference(self, job: ShardJob) -> list[np.ndarray]:
@@ -167,15 +170,17 @@ class ShardWorker:
 
     def _candidate_session(self, key: str, blob: bytes, settings: OrtSettings) -> ort.InferenceSession:
         if self._candidate is None or self._candidate[0] != key:
+            t0 = time.perf_counter()
             self._candidate = None  # free the previous candidate first
             self._candidate = (key, session_of(onnx.load_from_string(blob), _worker_settings(settings)))
+            self._setup += time.perf_counter() - t0
         return self._candidate[1]
 
     def compare(self, job: ShardJob, candidate: bytes | None, candidate_key: str | None,
                 what: str | None) -> Any:
         """The shard's ShardPartial, or the ConvOptError that stopped it (returned: it names the user's
         problem in one line, which Ray's wrapping would bury)."""
-        t0 = time.perf_counter()
+        t0, self._setup = time.perf_counter(), 0.0
         try:
             ref = self._reference(job)
             shard = ray.get(job.shard)
@@ -183,7 +188,8 @@ class ShardWorker:
             if candidate is not None:
                 session = self._candidate_session(str(candidate_key), candidate, job.settings)
                 cand = run_shard(session, shard, _worker_settings(job.settings), what)
-            run = ShardRun(job.index, job.start, job.stop, time.perf_counter() - t0, self._name, self._restarted)
+            run = ShardRun(job.index, job.start, job.stop, time.perf_counter() - t0 - self._setup, self._name,
+                           self._restarted, self._setup)
             return compare_shard(ref, cand, shard, job.names, labelled=job.labelled, metric=job.metric,
                                  what=what, run=run)
         except ConvOptError as e:
@@ -221,11 +227,14 @@ class RayEvaluation:
                                spec.metric) for i, (a, b) in enumerate(plan.ranges)]
 
     def compare(self, candidate: Candidate | None, progress: Progress | None = None) -> Comparison:
+        t0 = time.perf_counter()
         blob = None if candidate is None else ray.put(candidate.model.SerializeToString())
         key = None if blob is None else blob.hex()
         what = None if candidate is None else candidate.what
         refs = [self._ex.worker(j.index).compare.remote(j, blob, key, what) for j in self._jobs]
-        return merge(self._ex.gather(refs, [j.stop - j.start for j in self._jobs], progress))
+        cmp = merge(self._ex.gather(refs, [j.stop - j.start for j in self._jobs], progress))
+        self._ex.log.append(CompareLog(self._spec.role, time.perf_counter() - t0, cmp.runs))
+        return cmp
 
     def reference_outputs(self) -> list[np.ndarray]:
         refs = [self._ex.worker(j.index).reference.remote(j) for j in self._jobs]
@@ -256,6 +265,7 @@ class RayExecutor:
         self._data: dict[int, tuple[weakref.ref[EvalData], ShardPlan, list[Any]]] = {}
         self._shards: dict[str, int] = {}
         self._seen: dict[int, set[str]] = {}  # worker index → the processes seen running its shards
+        self.log: list[CompareLog] = []
         if say is not None:
             where = "a local Ray instance" if options.address is None else f"the Ray cluster at {options.address}"
             say(f"executor: ray on {where}, {len(self._workers)} workers; latency is timed on this machine")
@@ -347,7 +357,7 @@ class RayExecutor:
     def info(self) -> ExecutorInfo:
         restarts = sum(len(p) - 1 for p in self._seen.values())
         return ExecutorInfo("ray", self.options.address or "local", len(self._workers), self.options.shard_size,
-                            dict(self._shards), restarts)
+                            dict(self._shards), tuple(self.log), restarts)
 
     def pids(self) -> list[int]:
         """The worker processes' ids (diagnostics, and the fault test)."""

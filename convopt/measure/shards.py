@@ -66,8 +66,9 @@ def shard_data(data: EvalData, start: int, stop: int) -> EvalData:
 
 @dataclass(frozen=True)
 class ShardRun:
-    """Where and how long one shard ran: ``worker`` names the process, ``restarted`` when it was a worker
-    restarted after a crash (its shard re-run)."""
+    """Where and how long one shard ran: ``seconds`` running and comparing it, ``setup`` making the ORT
+    sessions it needed first (a worker makes each once: per worker, not per shard), ``worker`` names the
+    process, ``restarted`` when it was a worker restarted after a crash (its shard re-run)."""
 
     index: int
     start: int
@@ -75,10 +76,7 @@ class ShardRun:
     seconds: float
     worker: str = "local"
     restarted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "samples": self.stop - self.start, "seconds": round(self.seconds, 4),
-                "worker": self.worker, "restarted": self.restarted}
+    setup: float = 0.0
 
 
 @dataclass(frozen=True)
