@@ -6,8 +6,10 @@ the scaling a larger cluster would bring, projected from the per-shard timings.
 
 The 2000 samples are the 1000 ImageNet-sample images (``--preprocess caffe``, labels.csv) and their
 horizontal flips with the same labels, written as one .npz in a temporary folder. Each run is
-``convopt optimize`` through the Python API (``convopt.api.run``) with its own layer-latency cache, so both
-time their candidates; the executor of each run is kept (by wrapping ``convopt.api.open_executor``) to read
+``convopt optimize`` through the Python API (``convopt.api.run``); the two share one layer-latency cache (the
+local run times the candidate layers, the Ray run reads the same timings), so that both build the same
+candidates and the same greedy sequence: only then can their decisions be compared. The executor of each run
+is kept (by wrapping ``convopt.api.open_executor``) to read
 its log: every comparison's wall time on this machine and every shard's seconds on its worker.
 
 Projection to W workers (stated again in the Markdown): a comparison on W workers takes its driver overhead
@@ -87,7 +89,7 @@ def run(kind: str, npz: Path, tmp: Path, budget: float) -> dict[str, Any]:
     opts = OptimizeOptions(model=MODEL, output=tmp / f"{kind}.onnx", report=tmp / f"{kind}.json",
                            data=DataOptions(data=npz), budget=Budget(max_accuracy_drop=budget),
                            ort=OrtSettings(threads=1), executor=ExecutorOptions(kind),  # type: ignore[arg-type]
-                           latency_cache=tmp / f"{kind}-latency.json")
+                           latency_cache=tmp / "latency.json")
     try:
         result = api.run(opts, say=clock, warn=lambda m: clock(f"warning: {m}"))
     finally:
@@ -248,6 +250,10 @@ def main() -> None:
     res["projection"] = project(runs["ray"])
     res["load_after"] = os.getloadavg()
     res["notes"] += [
+        "the runs share one layer-latency cache: the Ray run's 'auto latency' phase reads the local run's "
+        "timings (without it, each run's own timings give other candidates and another greedy sequence).",
+        "end-to-end speedups are timed in each run: the largest certified step is kept only if it measures "
+        "faster, so the kept step can still differ between two runs of either executor.",
         f"load average (1, 5, 15 min) before {_load(res['load_before'])}, after {_load(res['load_after'])}: "
         "the machine is shared, so the figures carry other processes' load.",
         f"building the 2000-sample .npz took {res['build_npz_s']:.0f} s (not in the table).",

@@ -150,7 +150,8 @@ def test_executor_options_are_checked() -> None:
 
 def test_missing_ray_extra_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
-    monkeypatch.delitem(sys.modules, "convopt.measure.ray_executor", raising=False)
+    for name in ("convopt.measure.ray_executor", "convopt.measure.ray_connect"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_classifier("N").SerializeToString())
     out = tmp_path / "o.onnx"
@@ -171,6 +172,7 @@ def test_report_records_the_executor(tmp_path: Path) -> None:
     ex = json.loads(rep.read_text())["settings"]["executor"]
     assert ex["kind"] == "local" and ex["workers"] == 1 and ex["shards"] == {"select": 1, "report": 1}
     assert "never on workers" in ex["latency"] and ex["worker_restarts"] == 0
+    assert ex["work"]["select"]["comparisons"] >= 1 and ex["work"]["report"]["comparisons"] == 2  # original, final
 
 
 def test_two_outputs_merge_like_one_pass() -> None:
