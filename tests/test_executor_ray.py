@@ -291,3 +291,32 @@ def test_same_decisions_figures_and_bytes_as_local(tmp_path: Path) -> None:
     assert [p["status"] for p in remote["passes"]] == [p["status"] for p in local["passes"]]
     assert remote["settings"]["executor"]["shards"] == {"select": 3, "report": 3}
     assert remote["settings"]["executor"]["workers"] == 2 and local["settings"]["executor"]["workers"] == 1
+
+
+def test_auto_mode_same_decisions_and_bytes_as_local(tmp_path: Path) -> None:
+    """Auto mode on the built-in example (200 labelled digits: 50 fit, 75 select, 75 report, 5 shards each).
+    The runs share one layer-latency cache, so they build the same candidates and the same greedy sequence;
+    every check on the select data must then agree to the last bit. Which certified step is kept also rests
+    on an end-to-end speedup timed in each run: when both keep the same one, the bytes must be the same."""
+    from convopt.core.budget import Budget
+    from convopt.models.example import example_data_path, example_model_path
+
+    reports, models = {}, {}
+    for kind in ("local", "ray"):
+        opts = OptimizeOptions(
+            model=example_model_path(), output=tmp_path / f"{kind}.onnx", report=tmp_path / f"{kind}.json",
+            data=DataOptions(data=example_data_path(), limit=200), budget=Budget(max_rel_error=0.05),
+            passes=("factorize", "depthwise"), ort=OrtSettings(threads=1, warmup=1, repeats=3),
+            executor=ExecutorOptions(kind, shard_size=16), latency_cache=tmp_path / "latency.json")  # type: ignore[arg-type]
+        api.run(opts)
+        reports[kind] = json.loads((tmp_path / f"{kind}.json").read_text())
+        models[kind] = (tmp_path / f"{kind}.onnx").read_bytes()
+    checks = {k: [{f: v for f, v in c.items() if f != "speedup"} for c in r["extra"]["auto"]["checks"]]
+              for k, r in reports.items()}
+    assert len(checks["local"]) >= 3 and any(c["ok"] for c in checks["local"])
+    assert checks["ray"] == checks["local"]
+    assert reports["ray"]["baseline"]["accuracy"] == reports["local"]["baseline"]["accuracy"]
+    assert reports["ray"]["settings"]["executor"]["shards"] == {"select": 5, "report": 5}
+    if reports["ray"]["extra"]["auto"]["chosen"] == reports["local"]["extra"]["auto"]["chosen"]:
+        assert models["ray"] == models["local"]
+        assert reports["ray"]["final"]["accuracy"] == reports["local"]["final"]["accuracy"]
