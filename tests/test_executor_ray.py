@@ -128,6 +128,18 @@ class TestOnePool:
         np.testing.assert_allclose(got[1], np.einsum("nchw,ndhw->cd", r, r), rtol=1e-5)
 
 
+    def test_model_and_data_enter_the_object_store_once(self, executor: RayExecutor) -> None:
+        """Two evaluations of one model on one data set (as select and report would share the model) put
+        the model once and each shard once; a task carries references only."""
+        data = EvalData({"X": images(12)}, None, "t")
+        evs = [Evaluator(tiny_classifier("N"), data, FAST, measure_latency=False, executor=executor)
+               for _ in range(2)]
+        jobs = [ev._evaluation._jobs for ev in evs]  # type: ignore[attr-defined]
+        assert [j.original for j in jobs[0]] == [j.original for j in jobs[1]]  # one reference to the model
+        assert [j.shard for j in jobs[0]] == [j.shard for j in jobs[1]]  # the same shard objects
+        assert len({j.shard.hex() for j in jobs[0]}) == len(jobs[0]) == 3
+        assert executor.put_model(tiny_classifier("N")) == jobs[0][0].original
+
     def test_broken_candidate_is_a_rewrite_error_from_the_workers(self, executor: RayExecutor) -> None:
         from convopt.errors import RewriteError
         from convopt.measure.executor import Candidate

@@ -44,10 +44,11 @@ def _progress(enabled: bool, label: str, total: int) -> Iterator[Progress | None
 class Evaluator:
     """Measures candidates against ``original`` on ``data`` (one data role: ``role``) with ``settings``.
 
-    The original runs once here (reference outputs, labelled accuracy when ``data`` has labels, the task
-    metric's scores when ``metric`` is given); raises ModelLoadError if ORT cannot load it, DataError if the
-    data does not fit it (missing input arrays, ORT refusing the arrays, labels without a class-score output,
-    or labels on which the original scores no better than chance).
+    The original runs once (reference outputs, kept where the executor runs the shards; labelled accuracy
+    when ``data`` has labels; the task metric's scores when ``metric`` is given, called once per shard);
+    raises ModelLoadError if ORT cannot load it, DataError if the data does not fit it (missing input arrays,
+    ORT refusing the arrays, labels without a class-score output, or labels on which the original scores no
+    better than chance).
 
     ``executor`` runs the models over the data and compares them (default: in this process, shard after
     shard; a RayExecutor runs the shards on a cluster and keeps the original's outputs there). Latency is

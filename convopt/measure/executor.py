@@ -115,14 +115,18 @@ class ExecutorInfo:
     log: tuple[CompareLog, ...] = ()
     worker_restarts: int = 0  # worker processes restarted after a crash (their shards re-run)
 
-    def work(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
+    def work(self) -> dict[str, dict[str, Any]]:
+        """Per data role: comparisons, and ``seconds``: wall time here and summed in shards (timings sit under
+        a ``seconds`` key, as everywhere in the report, so diffs of two reports can leave them out)."""
+        out: dict[str, dict[str, Any]] = {}
         for c in self.log:
-            w = out.setdefault(c.role, {"comparisons": 0, "wall_seconds": 0.0, "shard_seconds": 0.0})
+            w = out.setdefault(c.role, {"comparisons": 0, "seconds": {"wall": 0.0, "shards": 0.0}})
             w["comparisons"] += 1
-            w["wall_seconds"] += c.seconds
-            w["shard_seconds"] += sum(r.seconds for r in c.runs)
-        return {role: {k: round(v, 3) for k, v in w.items()} for role, w in out.items()}
+            w["seconds"]["wall"] += c.seconds
+            w["seconds"]["shards"] += sum(r.seconds for r in c.runs)
+        for w in out.values():
+            w["seconds"] = {k: round(v, 3) for k, v in w["seconds"].items()}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "address": self.address, "workers": self.workers, "shard_size": self.shard_size,
