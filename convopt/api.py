@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import onnx
 
@@ -16,12 +16,16 @@ from convopt.core.driver import OptimizeResult
 from convopt.errors import InputError
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
+from convopt.measure.executor import Executor, open_executor
 from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
 from convopt.outputs import InputFile, OutputTarget, guard_outputs, model_data_target
-from convopt.passes import auto_passes, parse_passes
+from convopt.passes import RankPolicy, auto_passes, parse_passes
 from convopt.measure.roles import DataRoles
 from convopt.report import BudgetReport, GateResult, Report
+
+if TYPE_CHECKING:
+    from convopt.auto import LayerLatencyCache
 
 Say = Callable[[str], None]
 DEFAULT_UNIFORM_PASSES = ("split5x5", "factorize")
@@ -158,28 +162,38 @@ class Setup:
     budget: Budget | None
     message: str | None
     deploy: Deployment
+    executor: Executor
 
 
-def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
-    """Data roles, one evaluator per decision and report role, the budget (the default unless --no-budget) and
-    whether the decision data can certify it at all."""
+def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool,
+           say: Say | None = None) -> Setup:
+    """Data roles, one evaluator per decision and report role (both on the executor of --executor, which the
+    caller closes), the budget (the default unless --no-budget) and whether the decision data can certify it."""
     from convopt.measure.plugin import TaskMetric, load_metric
 
-    roles = load_roles(model, opts, strategy)
-    if roles.select.warning:
-        warn(roles.select.warning)
-    metric = None if opts.metric is None else (
-        load_metric(opts.metric) if isinstance(opts.metric, str) else TaskMetric.from_callable(opts.metric))
-    select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select")
-    report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report")
-    budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
-    if not opts.no_budget:
-        budget = opts.budget.defaulted(select.scored_index is not None)
-        budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
-        message = budget.feasibility(roles.select.n, roles.select.labels is not None)
-        if message:
-            warn(message)
-    return Setup(roles, select, report, budget, message, deployment(opts, roles, warn))
+    executor = open_executor(opts.executor, opts.ort.threads, say)  # first: an unreachable cluster fails fast
+    try:
+        roles = load_roles(model, opts, strategy)
+        if roles.select.warning:
+            warn(roles.select.warning)
+        metric = None if opts.metric is None else (
+            load_metric(opts.metric) if isinstance(opts.metric, str) else TaskMetric.from_callable(opts.metric))
+        select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select",
+                           executor=executor)
+        report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report",
+                           executor=executor)
+        budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
+        if not opts.no_budget:
+            budget = opts.budget.defaulted(select.scored_index is not None)
+            budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
+            message = budget.feasibility(roles.select.n, roles.select.labels is not None)
+            if message:
+                warn(message)
+        deploy = deployment(opts, roles, warn)
+    except BaseException:
+        executor.close()
+        raise
+    return Setup(roles, select, report, budget, message, deploy, executor)
 
 
 def deployment(opts: OptimizeOptions, roles: DataRoles, warn: Say) -> Deployment:
@@ -226,7 +240,20 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
 
         return optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                 settings=report_settings(opts, strategy, None), on_event=say, **names)
-    setup = set_up(model, opts, strategy, warn, progress)
+    setup = set_up(model, opts, strategy, warn, progress, say)
+    try:
+        result = _run_strategy(model, opts, strategy, setup, passes, policy, names, say, cache)
+    finally:
+        setup.executor.close()
+    settings = {**result.report.settings, "executor": setup.executor.info().to_dict()}  # workers, shards
+    result.report = replace(result.report, settings=settings, budget=budget_report(setup, result))
+    return result
+
+
+def _run_strategy(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, setup: Setup,
+                  passes: list[str], policy: RankPolicy, names: dict[str, str], say: Say,
+                  cache: LayerLatencyCache | None) -> OptimizeResult:
+    """The strategy on the evaluators of ``setup`` (the caller closes their executor)."""
     settings = report_settings(opts, strategy, setup.roles)
     if strategy == "auto":
         from convopt.auto import AutoOptions, auto_optimize
@@ -246,7 +273,6 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
         result = optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                   select=setup.select, report=setup.report, budget=setup.budget, deploy=setup.deploy,
                                   require_faster=opts.require_faster, settings=settings, on_event=say, **names)
-    result.report = replace(result.report, budget=budget_report(setup, result))
     return result
 
 

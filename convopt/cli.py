@@ -326,9 +326,17 @@ def optimize(
         help="Samples per timed run for a dynamic batch (a fixed batch is used as is).", min=1, metavar="N",
         rich_help_panel=MEASURE)] = 1,
     max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
+    executor: Annotated[str, typer.Option(
+        metavar="local|ray", help="Where accuracy is evaluated: in this process, or sharded over a Ray cluster "
+        '(pip install "convopt[ray]"). Latency is always timed here.', rich_help_panel=MEASURE)] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        metavar="ADDRESS", help="--executor ray: the cluster's head as host:port, or auto (the cluster this "
+        "machine joined with `ray start`) (default: start a local Ray instance).", show_default=False,
+        rich_help_panel=MEASURE)] = None,
 ) -> None:
     """Rewrite MODEL's convs, measuring accuracy and latency before and after each step."""
     from convopt.core.budget import Budget
+    from convopt.measure.executor import ExecutorOptions
     from convopt.measure.ort import OrtSettings
     from convopt.options import DataOptions, OptimizeOptions, RankOptions
 
@@ -347,6 +355,7 @@ def optimize(
         no_budget=no_budget, metric=metric, fail_under_speedup=fail_under_speedup,
         ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
                         latency_batch=latency_batch),
+        executor=ExecutorOptions(executor, ray_address),  # type: ignore[arg-type]  (checked by the options)
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
         latency_cache=_out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
         max_model_bytes=max_model_bytes, quantize=quantize, force_quantize=force_quantize)

@@ -8,6 +8,7 @@ from typing import Literal
 from convopt.core.budget import Budget
 from convopt.errors import InputError
 from convopt.limits import DEFAULT_MAX_MODEL_BYTES
+from convopt.measure.executor import ExecutorOptions
 from convopt.measure.ort import OrtSettings
 from convopt.measure.plugin import MetricFn
 from convopt.passes import RankPolicy
@@ -82,6 +83,7 @@ class OptimizeOptions:
     metric: str | MetricFn | None = None  # FILE.py:FN, package.module:FN, or the function itself
     fail_under_speedup: float | None = None
     ort: OrtSettings = OrtSettings()
+    executor: ExecutorOptions = ExecutorOptions()
     require_faster: bool = True
     no_eval: bool = False
     fold_bn: bool = True
