@@ -44,28 +44,37 @@ class Panel:
 
 
 _CHECK_KEYS = {"max_accuracy_drop": "top1_drop", "max_rel_error": "rel_l2_error"}
+LARGEST = 1e12  # a value beyond this cannot be drawn on a readable axis: the point (or its bar) is left out
+
+
+def _v(v: object) -> float | None:
+    """A finite number small enough to chart, else None."""
+    x = finite(v)
+    return x if x is not None and abs(x) <= LARGEST else None
 
 
 def _loss(acc: Any, key: str) -> tuple[float | None, list[Any] | None]:
     """The loss a limit bounds, from an accuracy dict, and its interval (disagreement has none)."""
     if key == "min_agreement":
-        a = finite(get(acc, "top1_agreement"))
+        a = _v(get(acc, "top1_agreement"))
         return (None if a is None else 100.0 - a), None
     _, _, _, k, ik, _ = LIMITS[key]
-    return finite(get(acc, k)), get(acc, ik) if ik else None
+    return _v(get(acc, k)), get(acc, ik) if ik else None
 
 
 def _bar(iv: Any) -> tuple[float | None, float | None]:
     if isinstance(iv, list) and len(iv) == 2:
-        return finite(iv[0]), finite(iv[1])
+        lo, hi = _v(iv[0]), _v(iv[1])
+        if lo is not None and hi is not None:
+            return lo, hi
     return None, None
 
 
 def _checks(report: dict[str, Any], key: str) -> list[Point]:
     pts = []
     for c in listed(get(report, "extra", "auto", "checks")):
-        x, bound = finite(get(c, "speedup")), finite(get(c, "bound", key))
-        y = finite(get(c, _CHECK_KEYS[key])) if key in _CHECK_KEYS else None
+        x, bound = _v(get(c, "speedup")), _v(get(c, "bound", key))
+        y = _v(get(c, _CHECK_KEYS[key])) if key in _CHECK_KEYS else None
         if x is None or (y is None and bound is None):
             continue
         ok = bool(get(c, "ok"))
@@ -81,7 +90,7 @@ def _checks(report: dict[str, Any], key: str) -> list[Point]:
 def _passes(report: dict[str, Any], key: str) -> list[Point]:
     pts = []
     for p in report.get("passes", []):
-        m, x = p.get("measurement"), finite(get(p, "latency", "speedup"))
+        m, x = p.get("measurement"), _v(get(p, "latency", "speedup"))
         y, iv = _loss(get(m, "accuracy"), key)
         if m is None or x is None or y is None or p.get("name") == "auto":
             continue
@@ -102,7 +111,7 @@ def chart_panels(report: dict[str, Any]) -> list[Panel]:
         pts = [Point("original", "original", 1.0, 0.0, None, None, "the original model")]
         pts += _checks(report, key) + _passes(report, key)
         final = report.get("final")
-        x = finite(get(final, "latency", "speedup"))
+        x = _v(get(final, "latency", "speedup"))
         y, iv = _loss(get(final, "accuracy"), key)
         if x is not None and y is not None:
             lo, hi = _bar(iv)
@@ -110,7 +119,7 @@ def chart_panels(report: dict[str, Any]) -> list[Panel]:
                              + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "")))
         if len(pts) == 1:
             continue
-        limit = limits_of(report).get(key)
+        limit = _v(limits_of(report).get(key))
         if key == "min_agreement" and limit is not None:
             limit = 100.0 - limit
         unit = {"max_accuracy_drop": " (points)", "min_agreement": " (points)"}.get(key, "")
