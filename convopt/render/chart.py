@@ -168,7 +168,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def render_svg(panel: Panel, width: int = 640, height: int = 380) -> str:
+def render_svg(panel: Panel, width: int = 760, height: int = 420) -> str:
     """One panel as inline SVG (no script, no external asset); every point a ``<g class="pt KIND">`` with a
     ``<title>`` tooltip."""
     ml, mr, mt, mb = 72, 20, 36, 52
@@ -218,7 +218,9 @@ def _point(p: Point, sx: Any, sy: Any) -> str:
         parts.append(f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" class="mark"/>')
     else:
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{4 if p.kind.startswith("check") else 5}" class="mark"/>')
-    if p.kind in ("original", "final") or not p.kind.startswith("check"):
+    if p.kind in ("original", "final"):  # to the left, below: the steps' labels sit to the right
+        parts.append(f'<text x="{x - 8:.1f}" y="{y + 16:.1f}" class="label" text-anchor="end">{_e(p.label)}</text>')
+    elif not p.kind.startswith("check"):
         parts.append(f'<text x="{x + 8:.1f}" y="{y - 8:.1f}" class="label">{_e(p.label)}</text>')
     else:
         parts.append(f'<text x="{x + 6:.1f}" y="{y + 12:.1f}" class="step">{_e(p.label)}</text>')
@@ -228,7 +230,8 @@ def _point(p: Point, sx: Any, sy: Any) -> str:
 
 LEGEND = (
     ("original", "the original model (1×, no loss)"),
-    ("check", "a step auto checked on the select data, certified: bar up to its one-sided upper bound"),
+    ("check", "a step auto checked on the select data (its number; speedup from its decision's timing), "
+              "certified: the bar reaches its one-sided upper bound"),
     ("check-rejected", "a step auto checked, not certified (its bound is over the budget)"),
     ("pass", "a uniform pass kept, on the select data, with its 95 % interval"),
     ("pass-rolled-back", "a uniform pass rolled back"),

@@ -117,6 +117,18 @@ class Grid:
     def kind(self, i: int) -> str:
         return self.kinds[i] if i < len(self.kinds) else ""
 
+    def without_empty_columns(self, keep: int = 1) -> "Grid":
+        """The grid without the columns (after the first ``keep``) whose every cell is a dash, e.g. agreement for
+        a model with no class scores; column groups are renumbered."""
+        cols = [i for i in range(len(self.columns))
+                if i < keep or any(row[i].value not in (DASH, "") or row[i].detail for row in self.rows)]
+        if len(cols) == len(self.columns):
+            return self
+        new = {old: k for k, old in enumerate(cols)}
+        groups = tuple((t, tuple(new[i] for i in g if i in new)) for t, g in self.groups)
+        return Grid(self.title, tuple(self.columns[i] for i in cols),
+                    tuple(tuple(row[i] for i in cols) for row in self.rows), self.kinds, self.notes, groups)
+
     def part(self, columns: tuple[int, ...], title: str) -> "Grid":
         """The grid restricted to ``columns`` (by index), under ``title``, without notes."""
         return Grid(title, tuple(self.columns[i] for i in columns),

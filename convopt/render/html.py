@@ -16,9 +16,10 @@ from convopt.render.settings import data_grid, settings_rows
 from convopt.render.steps import step_grid, summary, verdict_lines, warnings_of
 from convopt.text import safe
 
-# Sorts a table.sortable by the clicked header (numbers by data-sort, missing last; text otherwise) and records
-# on <html> what a test in a headless browser checks: data-ready, data-points (chart points), data-errors.
-SCRIPT = """
+# Sorts a table.sortable by the clicked header (numbers by data-sort, missing last; text otherwise), or as the
+# link's #sort=TABLE:COLUMN asks, and records on <html> what a headless browser checks: data-ready, data-points
+# (chart points), data-height (for a full-page screenshot) and data-errors.
+SCRIPT = r"""
 (function () {
   var root = document.documentElement, errors = 0;
   window.addEventListener("error", function () { errors += 1; root.setAttribute("data-errors", String(errors)); });
@@ -47,7 +48,15 @@ SCRIPT = """
       th.addEventListener("click", function () { sortBy(table, col, th); });
     });
   });
+  var wanted = /^#sort=(\d+):(\d+)$/.exec(location.hash);  // a link can open a table sorted: #sort=TABLE:COLUMN
+  if (wanted) {
+    var t = document.querySelectorAll("table.sortable")[Number(wanted[1])];
+    if (t && t.tHead.rows[0].cells[Number(wanted[2])]) {
+      sortBy(t, Number(wanted[2]), t.tHead.rows[0].cells[Number(wanted[2])]);
+    }
+  }
   root.setAttribute("data-points", String(document.querySelectorAll("svg.chart .pt").length));
+  root.setAttribute("data-height", String(document.documentElement.scrollHeight));
   root.setAttribute("data-ready", "1");
 })();
 """
@@ -57,7 +66,7 @@ CSP = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{SCRIP
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1180px;color:#1d1d1f;
 padding:0 1em;line-height:1.4}
-h1{font-size:1.45em;margin-bottom:.2em;word-break:break-all}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+h1{font-size:1.45em;margin-bottom:.2em;overflow-wrap:anywhere}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}
 th,td{border:1px solid #d8d8d8;padding:3px 7px;text-align:right;vertical-align:top}
 th{background:#f3f3f3;font-weight:600}th[title]{cursor:help}
@@ -69,7 +78,7 @@ table.sortable th[aria-sort=descending]::after{content:" ▼"}
 .verdict{padding:.6em 1em;border-left:5px solid #17702b;background:#eef7ef;margin:.8em 0}
 .verdict.bad{border-color:#b3261e;background:#fbeeed}.verdict p{margin:.2em 0}
 .warning{background:#fff4ce;padding:.4em 1em;border-left:4px solid #e0a800}
-ul.summary{list-style:none;padding:0;columns:2;font-size:14px}ul.summary li{margin:.1em 0;word-break:break-all}
+ul.summary{list-style:none;padding:0;columns:2;font-size:14px}ul.summary li{margin:.1em 0;overflow-wrap:anywhere}
 .note{color:#555;font-size:13px;margin:.2em 0}
 .charts{display:flex;flex-wrap:wrap;gap:1em}
 ul.legend{font-size:13px;list-style:none;padding:0}ul.legend li{margin:.15em 0}

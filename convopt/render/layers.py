@@ -84,7 +84,7 @@ def layer_grid(report: dict[str, Any]) -> Grid:
     notes = tuple(ERROR_NOTES[k] for k in sorted(kinds_of_error)) if rows else (
         "no layer was rewritten in the written model.",)
     groups = (("rewritten layers: where", (0, 1, 2, 3)), ("rewritten layers: how", (0, 4, 5, 6, 7, 8)))
-    return Grid("rewritten layers", LAYER_COLUMNS, tuple(rows), notes=notes, groups=groups)
+    return Grid("rewritten layers", LAYER_COLUMNS, tuple(rows), notes=notes, groups=groups).without_empty_columns()
 
 
 def _r(after: Any, before: Any) -> str:

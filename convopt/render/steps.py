@@ -108,7 +108,7 @@ def step_grid(report: dict[str, Any]) -> Grid:
     kinds.append("report")
     cols = _columns(labelled, metric)
     groups = (("steps: size and speed", (0, 1, 2, 3, 4)), ("steps: accuracy", (0, 1, *range(5, len(cols)))))
-    return Grid("steps", cols, tuple(rows), tuple(kinds), tuple(step_notes(report)), groups)
+    return Grid("steps", cols, tuple(rows), tuple(kinds), tuple(step_notes(report)), groups).without_empty_columns(2)
 
 
 def _ratio_or_blank(after: Any, before: Any) -> str:

@@ -57,8 +57,7 @@ def column_widths(grid: Grid, width: int, two_line: bool) -> list[int] | None:
 
 
 def _table(grid: Grid, widths: list[int], two_line: bool) -> Table:
-    table = Table(title=grid.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  show_lines=two_line, title_style="bold", padding=(0, 1, 0, 0))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_lines=two_line, padding=(0, 1, 0, 0))
     for col, w in zip(grid.columns, widths):
         if col.numeric:
             table.add_column(col.header, justify="right", no_wrap=True, min_width=w)
@@ -73,7 +72,6 @@ def _table(grid: Grid, widths: list[int], two_line: bool) -> Table:
 
 def _vertical(grid: Grid, console: Console) -> None:
     """One block per row: the first cell as a heading, then 'header value' items packed into lines."""
-    console.print(Text(grid.title, style="bold"))
     width = console.width
     for i, row in enumerate(grid.rows):
         console.print(Text(row[0].joined(), style=STYLES.get(grid.kind(i), "")), soft_wrap=True)
@@ -88,6 +86,11 @@ def _vertical(grid: Grid, console: Console) -> None:
             console.print(Text(line), soft_wrap=True)
 
 
+def _title(console: Console, title: str) -> None:
+    if title:
+        console.print(Text(title, style="bold"), soft_wrap=not console.is_terminal)
+
+
 def prose(console: Console, text: str, style: str = "") -> None:
     """A sentence: wrapped at spaces on a terminal, one line in a pipe or a log."""
     console.print(Text(text, style=style), soft_wrap=not console.is_terminal)
@@ -100,6 +103,7 @@ def print_grid(console: Console, grid: Grid, notes: bool = True) -> None:
     for two_line in (False, True):
         widths = column_widths(grid, console.width, two_line)
         if widths is not None:
+            _title(console, grid.title)
             console.print(_table(grid, widths, two_line))
             break
     else:
@@ -107,8 +111,10 @@ def print_grid(console: Console, grid: Grid, notes: bool = True) -> None:
         fitted = [column_widths(p, console.width, True) for p in parts]
         if parts and all(w is not None for w in fitted):
             for p, w in zip(parts, fitted):
+                _title(console, p.title)
                 console.print(_table(p, w, True))  # type: ignore[arg-type]
         else:
+            _title(console, grid.title)
             _vertical(grid, console)
     for note in grid.notes if notes else ():
         prose(console, f"  {note}", "dim")
