@@ -2,7 +2,7 @@
 
     python bench/report_png.py REPORT.json [OUT.png]
 
-Renders REPORT.json as HTML beside OUT.png (OUT.html), asks Chromium for the page's height (the page's own
+Renders REPORT.json as HTML (in a temporary folder), asks Chromium for the page's height (the page's own
 script records it in <html data-height>), then takes a full-page screenshot 1280 px wide. Needs Chromium
 (Debian: apt-get install chromium). The report in bench/results/report.png came from
 
@@ -40,15 +40,17 @@ def chromium(*args: str) -> str:
 
 
 def main(report: Path, png: Path, width: int = 1280) -> None:
-    page = png.with_suffix(".html")
-    page.write_text(render_html(read_report(report)), encoding="utf-8")
-    dom = chromium(f"--window-size={width},1000", "--dump-dom", page.as_uri())
-    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<html([^>]*)>", dom).group(1)))  # type: ignore[union-attr]
-    if attrs.get("data-ready") != "1" or "data-errors" in attrs:
-        sys.exit(f"the page's script did not run cleanly: {json.dumps(attrs)}")
-    height = int(attrs["data-height"]) + 16
-    chromium(f"--window-size={width},{height}", f"--screenshot={png}", page.as_uri())
-    print(f"wrote {png} ({width}×{height}, {attrs['data-points']} chart points) and {page}")
+    with tempfile.TemporaryDirectory(prefix="convopt-page-") as tmp:
+        page = Path(tmp) / "report.html"
+        page.write_text(render_html(read_report(report)), encoding="utf-8")
+        dom = chromium(f"--window-size={width},1000", "--dump-dom", page.as_uri())
+        html_tag = re.search(r"<html([^>]*)>", dom)
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', html_tag.group(1) if html_tag else ""))
+        if attrs.get("data-ready") != "1" or "data-errors" in attrs:
+            sys.exit(f"the page's script did not run cleanly: {json.dumps(attrs)}")
+        height = int(attrs["data-height"]) + 16
+        chromium(f"--window-size={width},{height}", f"--screenshot={png.resolve()}", page.as_uri())
+    print(f"wrote {png} ({width}×{height}, {attrs['data-points']} chart points)")
 
 
 if __name__ == "__main__":
