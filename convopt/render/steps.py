@@ -154,13 +154,12 @@ def step_notes(report: dict[str, Any]) -> list[str]:
 def summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) lines for the head of every view."""
     items = [("model", safe(report.get("model", ""))), ("output", safe(report.get("output") or DASH))]
+    data = get(report.get("baseline"), "data")
+    if data:
+        items.append(("data", safe(data)))  # the source, its sample count and the report split
     how = get(report, "budget", "data", "how") or get(report, "settings", "data", "how")
     if how:
-        items.append(("data", safe(how)))
-    else:
-        data = get(report.get("baseline"), "data")
-        if data:
-            items.append(("data", safe(data)))
+        items.append(("split", safe(how)))
     mb, ma = report.get("macs_before"), report.get("macs_after")
     items.append(("MACs", f"{fmt_count(mb, UNKNOWN)} → {fmt_count(ma, UNKNOWN)} ({ratio(ma, mb)})"))
     pb, pa = report.get("params_before"), report.get("params_after")
