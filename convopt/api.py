@@ -11,6 +11,7 @@ from typing import Any, Callable
 import onnx
 
 from convopt.core.budget import Budget
+from convopt.core.deploy import FP32, Deployment
 from convopt.core.driver import OptimizeResult
 from convopt.errors import InputError
 from convopt.measure.data import EvalData
@@ -62,6 +63,10 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
     if opts.fail_under_speedup is not None and not (math.isfinite(opts.fail_under_speedup)
                                                     and opts.fail_under_speedup > 0):
         raise InputError(f"--fail-under-speedup must be a positive number, got {opts.fail_under_speedup}")
+    if opts.quantize not in ("none", "int8"):
+        raise InputError(f"--quantize must be none or int8, got {opts.quantize!r}")
+    if opts.quantize == "int8" and opts.no_eval:
+        raise InputError("--quantize int8 calibrates and measures: drop --no-eval")
     if opts.time_budget is not None and strategy != "auto":
         raise InputError("--time-budget is for --strategy auto")
     if opts.no_budget and not opts.budget.is_empty:
@@ -118,14 +123,16 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
                               limit=d.limit, seed=seed, random_samples=opts.random_samples)
 
     data = load(d.data, d.labels, opts.seed)
-    fits = strategy == "auto"
+    fits = strategy == "auto" or opts.quantize == "int8"  # INT8 calibrates on the fit data
     if d.calib is not None:
         calib = load(d.calib, None, opts.seed)
         return split_calib(calib, data, fit_size(calib.n, opts.refit_samples) if fits else 0, opts.seed)
     if d.data is None:
         report = load(None, None, opts.seed + 1)
-        return DataRoles(None, data, report, f"seeded random inputs: {data.n} to select (seed {opts.seed}), "
-                                             f"{report.n} to report (seed {opts.seed + 1})")
+        fit = load(None, None, opts.seed + 2) if fits else None
+        return DataRoles(fit, data, report, f"seeded random inputs: {data.n} to select (seed {opts.seed}), "
+                                            f"{report.n} to report (seed {opts.seed + 1})"
+                                            + (f", {fit.n} to fit (seed {opts.seed + 2})" if fit else ""))
     try:
         return split_data(data, fit_size(data.n, opts.refit_samples) if fits else 0, opts.seed)
     except ValueError as exc:
@@ -134,7 +141,7 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
 
 def report_settings(opts: OptimizeOptions, strategy: Strategy, roles: DataRoles | None) -> dict[str, Any]:
     """The run's settings as the report records them (the strategy adds its own)."""
-    s: dict[str, Any] = {"strategy": strategy, "seed": opts.seed, "budget": {
+    s: dict[str, Any] = {"strategy": strategy, "seed": opts.seed, "quantize": opts.quantize, "budget": {
         **opts.budget.to_dict(), "no_budget": opts.no_budget, "fail_under_speedup": opts.fail_under_speedup}}
     if roles is not None:
         s.update(ort=opts.ort.to_dict(), data=roles.to_dict())
@@ -150,6 +157,7 @@ class Setup:
     report: Evaluator
     budget: Budget | None
     message: str | None
+    deploy: Deployment
 
 
 def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
@@ -171,7 +179,21 @@ def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, wa
         message = budget.feasibility(roles.select.n, roles.select.labels is not None)
         if message:
             warn(message)
-    return Setup(roles, select, report, budget, message)
+    return Setup(roles, select, report, budget, message, deployment(opts, roles, warn))
+
+
+def deployment(opts: OptimizeOptions, roles: DataRoles, warn: Say) -> Deployment:
+    """FP32, or INT8 when asked for and faster on this CPU (or forced); INT8 calibrates on the fit data."""
+    if opts.quantize != "int8":
+        return FP32
+    from convopt.quantize import int8_supported
+
+    reason = int8_supported(opts.ort)
+    if reason is not None and not opts.force_quantize:
+        warn(f"INT8 is not faster on this CPU ({reason}): writing FP32; --force-quantize writes INT8 anyway")
+        return FP32
+    assert roles.fit is not None
+    return Deployment("int8", roles.fit)
 
 
 def budget_report(setup: Setup, result: OptimizeResult) -> BudgetReport:
@@ -211,6 +233,7 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
 
         assert setup.roles.fit is not None and setup.budget is not None
         result = auto_optimize(model, fit=setup.roles.fit, select=setup.select, report=setup.report,
+                               deploy=setup.deploy,
                                settings=opts.ort, budget=setup.budget, options=AutoOptions(
                                    passes=tuple(passes), align=opts.rank.align, seed=opts.seed,
                                    refit_samples=opts.refit_samples, time_budget=opts.time_budget),
@@ -221,7 +244,7 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
         from convopt.uniform import optimize_uniform
 
         result = optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
-                                  select=setup.select, report=setup.report, budget=setup.budget,
+                                  select=setup.select, report=setup.report, budget=setup.budget, deploy=setup.deploy,
                                   require_faster=opts.require_faster, settings=settings, on_event=say, **names)
     result.report = replace(result.report, budget=budget_report(setup, result))
     return result

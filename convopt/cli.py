@@ -244,6 +244,13 @@ def optimize(
                                              rich_help_panel=STRATEGY)] = False,
     latency_cache: Annotated[Optional[str], typer.Option(
         help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
+    quantize: Annotated[str, typer.Option(
+        metavar="none|int8", help="Deploy in this precision: with int8 every step is quantized (ORT static, QDQ, "
+        "per-channel) before it is judged and timed, and the model written is INT8.",
+        rich_help_panel=STRATEGY)] = "none",
+    force_quantize: Annotated[bool, typer.Option(
+        "--force-quantize", metavar="", help="Write INT8 even where it is not faster on this CPU.",
+        rich_help_panel=STRATEGY)] = False,
     time_budget: Annotated[Optional[float], typer.Option(
         metavar="SECONDS", help="auto: stop early with the best plan found so far.", min=0.0,
         rich_help_panel=STRATEGY)] = None,
@@ -332,7 +339,7 @@ def optimize(
                         latency_batch=latency_batch),
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
         latency_cache=_out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
-        max_model_bytes=max_model_bytes)
+        max_model_bytes=max_model_bytes, quantize=quantize, force_quantize=force_quantize)
     raise typer.Exit(_run_optimize(opts, quiet))
 
 

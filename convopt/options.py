@@ -90,6 +90,8 @@ class OptimizeOptions:
     random_samples: int = 8
     refit_samples: int = 128
     time_budget: float | None = None
+    quantize: str = "none"  # "none" | "int8": the precision the written model is deployed in
+    force_quantize: bool = False  # INT8 even where it is not faster on this CPU
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES  # the model file and its external data, read at most
 
     @property

@@ -401,3 +401,18 @@ def test_time_budget_stops_early_with_the_best_plan_so_far() -> None:
     assert not auto.rewritten and {s.node for s in auto.skipped} == {"conv1", "conv2"}
     assert all("--time-budget reached" in s.reason for s in auto.skipped)
     assert res.report.final is not None  # the report phase still runs
+
+
+def test_auto_considers_a_fully_connected_layer_through_lowrank() -> None:
+    model = two_conv_model(c=32, hw=8)
+    rng = np.random.default_rng(5)
+    U, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+    W = ((U[:, :64] * 0.7 ** np.arange(64)) @ rng.standard_normal((64, 32))).astype(np.float32)  # (64, 32)
+    model.graph.node.append(helper.make_node("Gemm", ["out", "Wfc"], ["logits"], name="fc", transB=1))
+    model.graph.initializer.append(numpy_helper.from_array(W, "Wfc"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 64]))
+    res, *_ = run_auto(model, data(48, seed=3, hw=8), Budget(max_rel_error=0.5),
+                       AutoOptions(min_layer_speedup=0.0, passes=("lowrank", "factorize")))
+    cands = res.report.extra["auto"]["candidates"]
+    assert any(c["layer"] == "fc" and c["candidate"].startswith("lowrank[") for c in cands)
+    onnx.checker.check_model(res.model)

@@ -287,3 +287,34 @@ def test_rewrite_keeps_metadata_opset_and_producer() -> None:
     assert out.doc_string == model.doc_string and out.model_version == 7
     assert list(out.opset_import) == list(model.opset_import) and out.ir_version == model.ir_version
     assert out.producer_name == model.producer_name
+
+
+def _gemm_model(trans_b: bool = True, bias: bool = True) -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((40, 24)).astype(np.float32)
+    inits = [numpy_helper.from_array(W if trans_b else W.T.copy(), "W")]
+    inputs = ["x", "W"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "B"))
+        inputs.append("B")
+    g = helper.make_graph([helper.make_node("Gemm", inputs, ["y"], name="fc", transB=int(trans_b))], "fc",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 24])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 40])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("trans_b,bias", [(True, True), (False, True), (True, False)])
+def test_lowrank_rewrites_a_gemm_exactly_at_full_rank(trans_b: bool, bias: bool) -> None:
+    model = _gemm_model(trans_b, bias)
+    out = run_pass(model, "lowrank", FULL)
+    assert len(out.rewritten) == 1 and out.rewritten[0].form == "gemm+gemm"
+    assert [n.op_type for n in out.model.graph.node] == ["Gemm", "Gemm"]
+    feeds = random_feeds(model)
+    assert rel_l2(run(model, feeds)[0], run(out.model, feeds)[0]) <= FULL_RANK_RTOL
+    low = run_pass(model, "lowrank", RankPolicy(mode="fraction", value=0.25, align=1))
+    assert low.rewritten and low.rewritten[0].macs_after < low.rewritten[0].macs_before
+
+
+def test_other_passes_refuse_a_gemm_with_the_reason() -> None:
+    for name in ("factorize", "bottleneck", "depthwise", "split5x5"):
+        _assert_unchanged(_gemm_model(), name, "Gemm layer")

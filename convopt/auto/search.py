@@ -194,7 +194,7 @@ class AutoSearch:
                 break
             c = self.driver.convs[name]
             models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
-            dense, ms = measure_candidates(c, models, batch, lat, self.cache)
+            dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
             fast = []
             for k in cands:
                 k.dense_ms, k.ms = dense, ms[k.key]
@@ -226,7 +226,8 @@ class AutoSearch:
             self.say(f"auto: collecting original layer outputs on {self.fit_data.n} fit samples")
             layers = {n: self.driver.convs[n].y for n in self.cands}
             self.targets = collect_targets(self.driver.base, layers, self.fit_data, self.settings,
-                                           rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed)
+                                           rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed,
+                                           specs=self.driver.convs)
 
     def price(self) -> tuple[list[Pick], CostModel]:
         """Each candidate's own cost is its layer's output error on the fit data; a configuration is priced by

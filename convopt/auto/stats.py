@@ -15,6 +15,7 @@ from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
 from convopt.auto.refit import iter_batches
 from convopt.datafit import MomentAccumulator, Moments
 from convopt.graph import ConvSpec
+from convopt.graph.linear import nchw
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.ort import OrtSettings
@@ -33,7 +34,7 @@ def _groups(convs: Sequence[ConvSpec], max_bytes: int) -> Iterator[list[ConvSpec
     group: list[ConvSpec] = []
     size = 0
     for c in convs:
-        f = int(np.prod(c.W.shape[1:]))
+        f = int(np.prod(c.w_shape[1:]))
         if group and size + 8 * f * f > max_bytes:
             yield group
             group, size = [], 0
@@ -56,11 +57,12 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
     group's moments take at most ``max_bytes``), so a caller can use and drop them before the next group."""
     rng = np.random.default_rng(seed)
     for group in _groups(convs, max_bytes):
-        acc = {c.name: MomentAccumulator(int(np.prod(c.W.shape[1:]))) for c in group}
+        acc = {c.name: MomentAccumulator(int(np.prod(c.w_shape[1:]))) for c in group}
         per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}
         for _, xs in iter_batches(model, [c.x for c in group], data, settings):
             for c, x in zip(group, xs):
                 assert c.out_shape is not None
+                x = nchw(x, c)
                 pos = sample_positions(x.shape[0], c.out_shape[2], c.out_shape[3], per[c.name], rng)
                 acc[c.name].add(im2col_at(x, geometry(c), pos))
         yield {name: a.moments() for name, a in acc.items()}

@@ -91,7 +91,7 @@ class FitContext:
     def moments_for(self, conv: ConvSpec) -> Moments | None:
         """The layer's moments when its factors can use them (dense convs: one group)."""
         m = self.moments.get(conv.name)
-        return m if m is not None and conv.group == 1 and m.dim == int(np.prod(conv.W.shape[1:])) else None
+        return m if m is not None and conv.group == 1 and m.dim == int(np.prod(conv.w_shape[1:])) else None
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _output_energy(conv: ConvSpec, moments: Moments) -> float:
     if key not in _ENERGY:
         if len(_ENERGY) > 1024:
             _ENERGY.clear()
-        W = conv.W.reshape(conv.W.shape[0], -1).astype(np.float64)
+        W = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64)
         b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
         _ENERGY[key] = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
     return _ENERGY[key]
@@ -142,7 +142,7 @@ def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_
     err = decompose.relative_error(conv.W, W_hat)
     if moments is None:
         return Factors(dict(ranks), arrays, conv.B, err)
-    W, Wh = conv.W.reshape(conv.W.shape[0], -1).astype(np.float64), W_hat.reshape(conv.W.shape[0], -1)
+    W, Wh = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64), W_hat.reshape(conv.w_shape[0], -1)
     bias = datafit.bias_correction(W, Wh, conv.B, moments.mean)
     D = W - Wh
     num = float(np.sum((D @ moments.covariance) * D))
@@ -189,6 +189,7 @@ class ConvPass(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     in_auto: ClassVar[bool] = True
+    ops: ClassVar[tuple[str, ...]] = ("Conv",)  # the layer kinds it rewrites (a Gemm reads as a 1×1 conv)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,11 +206,13 @@ class ConvPass(ABC):
 
     def applies(self, conv: ConvSpec) -> str | None:
         """Reason this pass refuses ``conv`` (None: it applies)."""
+        if conv.op not in self.ops:
+            return f"{conv.op} layer: {self.name} rewrites {', '.join(self.ops)} layers"
         if conv.pads is None:
             return conv.pads_reason or "pads cannot be resolved"
         if conv.node.doc_string.startswith(MARK):
             return f"already rewritten by {conv.node.doc_string[len(MARK):]}"
-        if not np.all(np.isfinite(conv.W)):
+        if not conv.finite:
             return "weight has NaN or Inf values"
         return self.refuses(conv)
 
@@ -255,7 +258,7 @@ class ConvPass(ABC):
 
     def dense_macs(self, conv: ConvSpec) -> int:
         g = Geometry.of(conv)
-        return conv_macs(conv.W.shape, g.out_h, g.out_w)
+        return conv_macs(conv.w_shape, g.out_h, g.out_w)
 
     def saving_refusal(self, conv: ConvSpec, ranks: Ranks) -> str | None:
         """Why ``ranks`` are not worth rewriting: they do not lower MACs."""

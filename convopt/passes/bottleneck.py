@@ -21,19 +21,19 @@ class Bottleneck(ConvPass):
     def refuses(self, conv: ConvSpec) -> str | None:
         if conv.kernel == (1, 1):
             return "1x1 kernel: a bottleneck would only add 1x1 convs"
-        if conv.W.shape[1] == 1 and conv.W.shape[0] == conv.group:
+        if conv.w_shape[1] == 1 and conv.w_shape[0] == conv.group:
             return "depthwise conv (1 channel per group): nothing to reduce"
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
         # exact Tucker ranks are bounded by the other modes: rank of the (O, I·k²) unfolding ≤ I·k²
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         Og = O // conv.group
         return {"rank_in": min(Ig, Og * kh * kw), "rank_out": min(Og, Ig * kh * kw)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
         full = self.full_ranks(conv)
-        Og, Ig = conv.W.shape[0] // conv.group, conv.W.shape[1]
+        Og, Ig = conv.w_shape[0] // conv.group, conv.w_shape[1]
         grid: list[Ranks] = []
         for f in FRACTIONS:
             ri, ro = aligned(f, full["rank_in"], align), aligned(f, full["rank_out"], align)
@@ -50,7 +50,7 @@ class Bottleneck(ConvPass):
         if policy.bottleneck_side in ("both", "out"):
             ranks["rank_out"] = policy.pick_groups(full["rank_out"], [s[0] for s in spectra])
         if policy.mode != "full":  # a full-size side is a pure extra 1x1 conv: drop it
-            O, Ig = conv.W.shape[:2]
+            O, Ig = conv.w_shape[:2]
             if ranks.get("rank_in") == Ig:
                 del ranks["rank_in"]
             if ranks.get("rank_out") == O // conv.group:
@@ -59,7 +59,7 @@ class Bottleneck(ConvPass):
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
         g, geo = conv.group, Geometry.of(conv)
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         r_in, r_out = ranks.get("rank_in"), ranks.get("rank_out")
         ci = Ig if r_in is None else r_in  # core input channels per group
         co = O // g if r_out is None else r_out  # core output channels per group

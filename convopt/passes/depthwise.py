@@ -26,12 +26,12 @@ class Depthwise(ConvPass):
     def refuses(self, conv: ConvSpec) -> str | None:
         if conv.kernel == (1, 1):
             return "1x1 kernel: nothing to separate"
-        if conv.W.shape[1] == 1 and conv.group > 1:
+        if conv.w_shape[1] == 1 and conv.group > 1:
             return "already depthwise (1 input channel per group)"
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        O, _, kh, kw = conv.W.shape
+        O, _, kh, kw = conv.w_shape
         return {"multiplier": min(O // conv.group, kh * kw)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
@@ -46,12 +46,12 @@ class Depthwise(ConvPass):
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
         m, geo = ranks["multiplier"], Geometry.of(conv)
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         return Ig * conv.group * m * kh * kw * geo.out_h * geo.out_w + O * Ig * m * geo.out_h * geo.out_w
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         m = ranks["multiplier"]
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         I = Ig * conv.group
         moments = fit.moments_for(conv)
         if moments is not None:  # per input channel, whitened by its k×k patch moment; P refit under the covariance
@@ -70,7 +70,7 @@ class Depthwise(ConvPass):
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         m = factors.ranks["multiplier"]
-        I = conv.W.shape[1] * conv.group
+        I = conv.w_shape[1] * conv.group
         x = b.concat("tile", [conv.x] * m, axis=1) if _tiled(conv, m) else conv.x
         assert conv.pads is not None
         mid = b.conv_node("dw", x, factors.arrays["dw"], strides=conv.strides, pads=conv.pads,

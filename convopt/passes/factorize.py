@@ -26,7 +26,7 @@ class Factorize(ConvPass):
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         return {"rank": min(Ig * kh, O // conv.group * kw)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
@@ -39,7 +39,7 @@ class Factorize(ConvPass):
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
         R, g = ranks["rank"], conv.group
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         geo = Geometry.of(conv)
         return g * R * Ig * kh * geo.out_h * geo.in_w + O * R * kw * geo.out_h * geo.out_w
 

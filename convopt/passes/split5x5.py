@@ -27,7 +27,7 @@ class Split5x5(ConvPass):
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        return {"rank": 9 * min(conv.W.shape[1], conv.W.shape[0] // conv.group)}
+        return {"rank": 9 * min(conv.w_shape[1], conv.w_shape[0] // conv.group)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
         full = self.full_ranks(conv)["rank"]
@@ -65,7 +65,7 @@ class Split5x5(ConvPass):
         t, left, bottom, right = conv.pads
         mid_h = geo.in_h + t + bottom - 2 * conv.dilations[0]
         mid_w = geo.in_w + left + right - 2 * conv.dilations[1]
-        O, Ig = conv.W.shape[:2]
+        O, Ig = conv.w_shape[:2]
         return g * R * Ig * 9 * mid_h * mid_w + O * R * 9 * geo.out_h * geo.out_w
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
