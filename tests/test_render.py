@@ -425,3 +425,22 @@ def test_comparison_shows_what_differs(measurements: dict[str, dict]) -> None:
         assert max(len(line) for line in out.splitlines()) <= width and "budget.max_accuracy_drop" in out
     md = render_comparison_markdown(list(grids.values()))
     assert md.startswith("# convopt report\n") and "&lt;script>" in md and "<script" not in md
+
+
+def test_precisions_are_shown_with_the_written_one_marked(measurements: dict[str, dict]) -> None:
+    from convopt.report import PrecisionRow
+
+    base = make_report(measurements)
+    final = base["final"]
+    rows = (PrecisionRow("original", "fp32", base["baseline"]), PrecisionRow("original", "int8", measurements[
+        "report:worse"]), PrecisionRow("optimized", "fp32", measurements["select:slight"]),
+        PrecisionRow("optimized", "int8", final))
+    report = {**base, "precisions": [r.__dict__ for r in rows]}
+    validate_report(report)
+    for width in WIDTHS:
+        out = terminal(report, width)
+        assert max(len(line) for line in out.splitlines()) <= width
+        assert "optimized INT8" in out and "written" in out and "original INT8" in out
+    assert "## Precisions (report data)" in render_markdown(report)
+    kinds = [p.kind for p in chart_panels(report)[0].points]
+    assert kinds.count("precision") == 2 and kinds.count("final") == 1  # original INT8 and optimized FP32

@@ -102,6 +102,23 @@ def _passes(report: dict[str, Any], key: str) -> list[Point]:
     return pts
 
 
+def _precisions(report: dict[str, Any], key: str) -> list[Point]:
+    """With --quantize int8: the precision rows other than the original at FP32 and the model written."""
+    pts = []
+    for p in listed(report.get("precisions")):
+        m = get(p, "measurement")
+        if m is None or m == report.get("final") or (get(p, "model"), get(p, "precision")) == ("original", "fp32"):
+            continue
+        x, (y, iv) = _v(get(m, "latency", "speedup")), _loss(get(m, "accuracy"), key)
+        if x is None or y is None:
+            continue
+        lo, hi = _bar(iv)
+        label = f"{safe(get(p, 'model'))} {safe(get(p, 'precision')).upper()}"
+        pts.append(Point(label, "precision", x, y, lo, hi, f"{label}, report data: speedup {x:.3f}×, {y:.4g}"
+                         + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "")))
+    return pts
+
+
 def chart_panels(report: dict[str, Any]) -> list[Panel]:
     """One panel per budget limit (top-1 drop when the run has labels and no budget, else relative error),
     each with the points that have both a speedup and that loss."""
@@ -110,6 +127,7 @@ def chart_panels(report: dict[str, Any]) -> list[Panel]:
     for key in keys:
         pts = [Point("original", "original", 1.0, 0.0, None, None, "the original model")]
         pts += _checks(report, key) + _passes(report, key)
+        pts += _precisions(report, key)
         final = report.get("final")
         x = _v(get(final, "latency", "speedup"))
         y, iv = _loss(get(final, "accuracy"), key)
@@ -214,7 +232,7 @@ def _point(p: Point, sx: Any, sy: Any) -> str:
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{sy(p.low):.1f}" y2="{sy(p.high):.1f}" class="bar"/>'
                      f'<line x1="{x - 4:.1f}" x2="{x + 4:.1f}" y1="{sy(p.high):.1f}" y2="{sy(p.high):.1f}" class="bar"/>'
                      f'<line x1="{x - 4:.1f}" x2="{x + 4:.1f}" y1="{sy(p.low):.1f}" y2="{sy(p.low):.1f}" class="bar"/>')
-    if p.kind == "final":
+    if p.kind in ("final", "precision"):
         parts.append(f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" class="mark"/>')
     else:
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{4 if p.kind.startswith("check") else 5}" class="mark"/>')
@@ -236,4 +254,5 @@ LEGEND = (
     ("pass", "a uniform pass kept, on the select data, with its 95 % interval"),
     ("pass-rolled-back", "a uniform pass rolled back"),
     ("final", "the written model on the report data (never used to decide), with its 95 % interval"),
+    ("precision", "the other precisions (--quantize int8) on the report data, with their 95 % intervals"),
 )

@@ -13,7 +13,7 @@ from convopt.render.chart import LEGEND, chart_panels, render_svg
 from convopt.render.figures import Grid, get
 from convopt.render.layers import candidate_grid, check_grid, layer_grid, skip_grid
 from convopt.render.settings import data_grid, settings_rows
-from convopt.render.steps import step_grid, summary, verdict_lines, warnings_of
+from convopt.render.steps import precision_grid, step_grid, summary, verdict_lines, warnings_of
 from convopt.text import safe
 
 # Sorts a table.sortable by the clicked header (numbers by data-sort, missing last; text otherwise), or as the
@@ -85,14 +85,14 @@ ul.legend{font-size:13px;list-style:none;padding:0}ul.legend li{margin:.15em 0}
 .sw{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:-1px;border-radius:50%}
 .sw.original{background:#222}.sw.check{background:#1f6feb}.sw.check-rejected{border:2px solid #b3261e;box-sizing:border-box}
 .sw.pass{background:#17702b}.sw.pass-rolled-back{border:2px solid #b3261e;box-sizing:border-box}
-.sw.final{background:#e36209;border-radius:0}
+.sw.final{background:#e36209;border-radius:0}.sw.precision{background:#8a8a8a;border-radius:0}
 svg .plot{fill:#fcfcfc;stroke:#999}svg .grid{stroke:#eee}svg .tick{font-size:11px;fill:#555}
 svg .axis{font-size:12px;fill:#222}svg .ref{stroke:#aaa;stroke-dasharray:4 3}
 svg .budget{stroke:#b3261e;stroke-width:1.5;stroke-dasharray:7 4}svg .budget-label{font-size:11px;fill:#b3261e}
 svg .bar{stroke:#555;stroke-width:1.2}svg .label{font-size:11px;fill:#222}svg .step{font-size:10px;fill:#555}
 svg .pt.original .mark{fill:#222}svg .pt.check .mark{fill:#1f6feb}
 svg .pt.check-rejected .mark,svg .pt.pass-rolled-back .mark{fill:#fff;stroke:#b3261e;stroke-width:2}
-svg .pt.pass .mark{fill:#17702b}svg .pt.final .mark{fill:#e36209}svg .pt.final .bar{stroke:#e36209;stroke-width:2}
+svg .pt.pass .mark{fill:#17702b}svg .pt.final .mark{fill:#e36209}svg .pt.precision .mark{fill:#8a8a8a}svg .pt.final .bar{stroke:#e36209;stroke-width:2}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
 .footer{margin-top:2em;color:#777;font-size:12px}
 """
@@ -158,6 +158,7 @@ def render_html(report: dict[str, Any]) -> str:
     body += [f'<p class="warning">{_e(w)}</p>' for w in warnings_of(report)]
     body += _charts(report)
     body += ["<h2>Steps</h2>", grid_html(step_grid(report))]
+    body += _section("Precisions (report data)", precision_grid(report))
     body += _section("Rewritten layers", layer_grid(report), sortable=True)
     body += _section("Left alone, and why", skip_grid(report, max_names=40))
     body += _section("Steps auto checked (select data)", check_grid(report))

@@ -8,7 +8,7 @@ from typing import Any
 from convopt.render.figures import Grid
 from convopt.render.layers import check_grid, layer_grid, skip_grid
 from convopt.render.settings import data_grid, settings_rows
-from convopt.render.steps import step_grid, summary, verdict_lines, warnings_of
+from convopt.render.steps import precision_grid, step_grid, summary, verdict_lines, warnings_of
 from convopt.text import safe
 
 
@@ -44,7 +44,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [""] + [f"- **{md(k)}**: {md(v)}" for k, v in summary(report)]
     lines += [f"- **warning**: {md(w)}" for w in warnings_of(report)]
     lines += ["", "## Steps", "", *grid_md(step_grid(report))]
-    for title, grid in (("Rewritten layers", layer_grid(report)), ("Left alone, and why", skip_grid(report, 40)),
+    for title, grid in (("Precisions (report data)", precision_grid(report)), ("Rewritten layers", layer_grid(report)), ("Left alone, and why", skip_grid(report, 40)),
                         ("Steps auto checked (select data)", check_grid(report))):
         if grid.rows:
             lines += ["", f"## {title}", "", *grid_md(grid)]

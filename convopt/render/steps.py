@@ -111,6 +111,29 @@ def step_grid(report: dict[str, Any]) -> Grid:
     return Grid("steps", cols, tuple(rows), tuple(kinds), tuple(step_notes(report)), groups).without_empty_columns(2)
 
 
+def precision_grid(report: dict[str, Any]) -> Grid:
+    """With --quantize int8: the original and the optimized model at FP32 and INT8, all on the report data and
+    timed in one run (speedups against the original at FP32); the row of the model written is marked."""
+    labelled, metric = has_labels(report), metric_name(report)
+    rows, kinds = [], []
+    for p in report.get("precisions") or []:
+        m = p.get("measurement")
+        written = m == report.get("final")
+        macs = report.get("macs_before") if p.get("model") == "original" else report.get("macs_after")
+        rows.append((Cell(f"{safe(p.get('model', ''))} {safe(p.get('precision', '')).upper()}",
+                          "written" if written else ""),
+                     _data_cell(m), Cell(fmt_count(macs, UNKNOWN), sort=finite(macs)),
+                     *_latency_cells(get(m, "latency")),
+                     *_accuracy_cells(m, labelled, metric, p.get("model") == "original"
+                                      and p.get("precision") == "fp32")))
+        kinds.append("report" if written else "")
+    cols = (Column("model", False), *_columns(labelled, metric)[1:])
+    notes = ("each measured on the report data and timed in one interleaved run; speedup against the original "
+             "at FP32.",)
+    groups = (("precisions: size and speed", (0, 1, 2, 3, 4)), ("precisions: accuracy", (0, 1, *range(5, len(cols)))))
+    return Grid("precisions", cols, tuple(rows), tuple(kinds), notes, groups).without_empty_columns(2)
+
+
 def _ratio_or_blank(after: Any, before: Any) -> str:
     r = ratio(after, before)
     return "" if r == UNKNOWN else r
@@ -234,7 +257,7 @@ def verdict_lines(report: dict[str, Any]) -> list[str]:
     if not isinstance(b, dict):
         lines = ["verdict: nothing was measured (--no-eval); no accuracy claim is made."]
     elif not limits_of(report):
-        lines = [f"verdict: no accuracy budget: {safe(b.get('message') or 'rewrites were kept unchecked')}"]
+        lines = [f"verdict: no accuracy claim ({safe(b.get('message') or 'no budget: rewrites were kept unchecked')})"]
     else:
         bound = b.get("bound") or {}
         bounds = ", ".join(f"{limit_what(k, report)} ≤ {num(v, '.3g')}" for k, v in bound.items() if k in LIMITS)

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from convopt.render.figures import Cell, Grid
 from convopt.render.layers import layer_grid, skip_lines
-from convopt.render.steps import step_grid, summary, verdict_lines, warnings_of
+from convopt.render.steps import precision_grid, step_grid, summary, verdict_lines, warnings_of
 
 SEPARATOR = 2  # SIMPLE_HEAD without edges, padding on the right: one space of padding and a blank border
 TEXT_MIN = 12  # a text column is never folded narrower than this (nor than its header)
@@ -131,6 +131,10 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         prose(console, f"warning: {w}", "yellow")
     console.print()
     print_grid(console, step_grid(report))
+    precisions = precision_grid(report)
+    if precisions.rows:
+        console.print()
+        print_grid(console, precisions)
     layers = layer_grid(report)
     if layers.rows:
         console.print()
