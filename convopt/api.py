@@ -287,6 +287,8 @@ def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m
     strategy_of(opts)
     check_outputs(opts, kinds=False)  # the rest once the model (and its external-data files) is read
     loaded = load_model_report(opts.model, max_bytes=opts.max_model_bytes)
+    for w in loaded.warnings:  # e.g. a graph output typed by inference: one line each
+        warn(w)
     check_outputs(opts, loaded.data_files)
     note = sweep_note(t.path.parent for t in output_files(opts)[1])
     if note:

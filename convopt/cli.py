@@ -61,7 +61,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True, highlight=False, emoji=False)
-out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+# stdout: the terminal's width; in a pipe or a CI log COLUMNS when set, else 160 (rich's default there is 80)
+out = Console(highlight=False, emoji=False,
+              width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
 
 OUTPUT, STRATEGY, RANK, DATA, BUDGET, MEASURE = (
     "Output", "Strategy and passes", "Rank (uniform mode)", "Data", "Budget and CI gate", "Measurement")
@@ -166,55 +168,43 @@ InputShape = Annotated[Optional[list[str]], typer.Option(
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file")],
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
+    sort: Annotated[str, typer.Option(metavar="graph|macs|time", help="Row order: graph order, or largest "
+                                      "MACs / measured time (--latency) first.")] = "graph",
+    latency: Annotated[bool, typer.Option("--latency", metavar="", help="Also measure each layer's share of run "
+                                          "time (ORT's profiler, a few seconds).")] = False,
+    threads: Annotated[int, typer.Option(help="ORT intra-op threads for --latency (0: ORT's default).", min=0,
+                                         metavar="N")] = 0,
     input_shape: InputShape = None,
     max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
 ) -> None:
-    """One row per Conv: geometry, MACs, params, and which passes apply (or why not)."""
-    from convopt.inspect import inspect_model
-    from convopt.io import load_model
+    """The model's inputs and dynamic dimensions, then one row per Conv: geometry, MACs and their share, params,
+    and which passes apply (or why not)."""
+    from convopt.inspect import inspect_model, with_latency
+    from convopt.io import load_model_report
 
-    result = inspect_model(load_model(model, max_bytes=max_model_bytes), _shapes(input_shape))
+    if sort not in ("graph", "macs", "time"):
+        raise InputError(f"--sort must be graph, macs or time, got {safe(sort)!r}")
+    if sort == "time" and not latency:
+        raise InputError("--sort time needs --latency (the times are measured)")
+    loaded = load_model_report(model, max_bytes=max_model_bytes)
+    for w in loaded.warnings:
+        err.print(f"warning: {one_line(w)}", markup=False, soft_wrap=True)
+    shapes = _shapes(input_shape)
+    result = inspect_model(loaded.model, shapes)
+    if latency:
+        from convopt.limits import cap_threads
+        from convopt.measure.ort import OrtSettings
+
+        capped, note = cap_threads(threads)
+        if note:
+            err.print(f"warning: {one_line(note)}", markup=False, soft_wrap=True)
+        result = with_latency(result, loaded.model, OrtSettings(threads=capped), shapes)
     if as_json:
         print(json_safe(json.dumps(result.to_dict(), indent=2, ensure_ascii=False)))
         return
-    from convopt.passes import PASSES
+    from convopt.render.inspect_view import render_inspect
 
-    short = {"bottleneck": "bneck", "split5x5": "5x5", "factorize": "fact", "depthwise": "dw"}
-    table = Table(title=escape(f"{cell(model.name)}: {len(result.rows)} conv layers"), title_justify="left")
-    table.add_column("name", overflow="fold", min_width=14)
-    table.add_column("in→out", justify="right")
-    table.add_column("geometry")
-    table.add_column("output", justify="right")
-    table.add_column("MACs", justify="right")
-    table.add_column("params", justify="right")
-    for p in PASSES:
-        table.add_column(short.get(p, p), justify="center")
-    legend: dict[str, int] = {}
-
-    def verdict(v: str) -> str:
-        if v == "applies":
-            return "[green]yes[/]"
-        return f"no \\[{legend.setdefault(safe(v), len(legend) + 1)}]"
-
-    def num(v: int | None) -> str:
-        return "?" if v is None else f"{v:,}"
-
-    for r in result.rows:
-        geo = "?" if r.kernel is None else " ".join(
-            [f"{r.kernel[0]}x{r.kernel[1]}"]
-            + ([f"s{'x'.join(map(str, r.stride))}"] if r.stride and set(r.stride) != {1} else [])
-            + ([f"d{'x'.join(map(str, r.dilation))}"] if r.dilation and set(r.dilation) != {1} else [])
-            + ([f"g{r.groups}"] if r.groups and r.groups > 1 else []))
-        io = "?" if r.channels_in is None else f"{r.channels_in}→{r.channels_out}"
-        outsz = "?" if r.output_size is None else "x".join(map(str, r.output_size))
-        table.add_row(escape(cell(r.name)), io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
-    table.add_section()
-    table.add_row("total", "", "", "", num(result.total_macs), num(result.total_params),
-                  *[str(result.applicable[p]) for p in PASSES])
-    out.print(table)
-    out.print("  passes: " + ", ".join(f"{short.get(p, p)} = {p}" for p in PASSES), markup=False)
-    for reason, k in legend.items():
-        out.print(f"  [{k}] {reason}", markup=False)
+    render_inspect(result, model, out, sort)
 
 
 def _presets() -> str:
@@ -366,19 +356,19 @@ def _run_optimize(opts: Any, quiet: bool) -> int:
     from convopt import api
     from convopt.render import render_table
 
-    def say(msg: str) -> None:
+    def say(msg: str) -> None:  # one event, one line in a pipe or a CI log; wrapped at words on a terminal
         if not quiet:
-            err.print(safe(msg), markup=False, soft_wrap=True)
+            err.print(safe(msg), markup=False, soft_wrap=not err.is_terminal)
 
     def warn(msg: str) -> None:
         if not quiet:
-            err.print(f"warning: {safe(msg)}", markup=False, soft_wrap=True)
+            err.print(f"warning: {safe(msg)}", markup=False, soft_wrap=not err.is_terminal)
 
     result = api.run(opts, say, warn, progress=not quiet)
     if not quiet:
         render_table(result.report.to_dict(), out)
         out.print(f"wrote {safe(result.output)}" + (f" and {safe(result.report_path)}" if result.report_path else ""),
-                  markup=False)
+                  markup=False, soft_wrap=not out.is_terminal)
     if result.gate is not None and not result.gate.passed:
         err.print(f"gate failed: {safe(result.gate.reason)}", markup=False, soft_wrap=True)
     return result.exit_code
@@ -405,33 +395,59 @@ def demo(
     raise typer.Exit(_run_optimize(opts, quiet))
 
 
+FORMATS = {"table": "text", "md": "md", "html": "html"}
+SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+
+
+def _format_of(fmt: str | None, output: str | None) -> str:
+    """--format, else the -o file's suffix (.html/.htm, .md/.markdown; anything else: the table), else table."""
+    if fmt is None:
+        return "table" if output is None else SUFFIX_FORMATS.get(Path(output).suffix.lower(), "table")
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be table, md or html, got {safe(fmt)!r}")
+    return fmt
+
+
 @app.command("report")
 @guarded
 def report_cmd(
-    report: Annotated[Path, typer.Argument(help="A JSON report written by convopt optimize --report.")],
-    fmt: Annotated[str, typer.Option("--format", help="table, md or html.")] = "table",
+    reports: Annotated[list[Path], typer.Argument(
+        help="A JSON report written by convopt optimize --report; give two to compare the runs side by side.",
+        metavar="REPORT")],
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", metavar="table|md|html", help="table, md or html (default: from the -o suffix, else table).",
+        show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", metavar="", help="Allow -o to replace a file that is not a report rendered by convopt.")] = False,
 ) -> None:
-    """Render a saved report as a terminal table, Markdown, or a self-contained HTML page."""
+    """Render a saved report as a terminal table, Markdown, or a self-contained HTML page; with two reports,
+    compare the runs (settings that differ, budgets, final figures, per-layer choices)."""
     from convopt import render
     from convopt.outputs import InputFile, OutputTarget, guard_outputs
     from convopt.report_check import read_report
     from convopt.writes import atomic_write_bytes
 
-    kinds = {"table": "text", "md": "md", "html": "html"}
-    if fmt not in kinds:
-        raise InputError("--format must be table, md or html")
-    target = None if output is None else OutputTarget.of(output, kinds[fmt], "-o")  # type: ignore[arg-type]
+    if len(reports) > 2:
+        raise InputError(f"convopt report takes one report, or two to compare; got {len(reports)}")
+    fmt = _format_of(fmt, output)
+    target = None if output is None else OutputTarget.of(output, FORMATS[fmt], "-o")  # type: ignore[arg-type]
     if target is not None:
-        guard_outputs([InputFile(report, "the report being rendered")], [target], overwrite)
+        guard_outputs([InputFile(r, "the report being rendered") for r in reports], [target], overwrite)
         _say_swept([target.path.parent])
-    data = read_report(report)  # bounded, strict JSON, checked against the schema
-    if target is None and fmt == "table":
-        render.render_table(data, out)
-        return
-    text = {"table": render.render_text, "md": render.render_markdown, "html": render.render_html}[fmt](data)
+    docs = [read_report(r) for r in reports]  # bounded, strict JSON, checked against the schema
+    if len(docs) == 2:
+        grids = render.comparison(docs[0], docs[1], (str(reports[0]), str(reports[1])))
+        if target is None and fmt == "table":
+            render.render_comparison(grids, out)
+            return
+        text = {"table": render.comparison_text, "md": render.render_comparison_markdown,
+                "html": render.render_comparison_html}[fmt](grids)
+    else:
+        if target is None and fmt == "table":
+            render.render_table(docs[0], out)
+            return
+        text = {"table": render.render_text, "md": render.render_markdown, "html": render.render_html}[fmt](docs[0])
     if target is None:
         sys.stdout.write(text)
     else:

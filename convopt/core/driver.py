@@ -60,9 +60,12 @@ def verify(model: onnx.ModelProto, where: str) -> None:
 
 
 def environment() -> dict[str, Any]:
+    import datetime
+
     import onnxruntime
 
-    return {"convopt": convopt.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"date": date, "convopt": convopt.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count()}
 
