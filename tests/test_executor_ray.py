@@ -245,7 +245,7 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path: Path) -> None:
     _, rest = p.communicate(timeout=120)
     text = "".join(seen) + rest
     assert p.returncode == 130, text
-    assert "interrupted: nothing was written" in text
+    assert "interrupted by SIGINT: nothing was written" in text
     assert not out.exists() and not rep.exists()
     deadline = time.monotonic() + 30
     while any(map(_alive, ray_processes)) and time.monotonic() < deadline:
