@@ -9,7 +9,7 @@ onnxruntime, the CLI), records its resident-set high-water mark (the fixed cost 
   work     peak - base: what optimizing this model cost
   ratios   work / model size and peak / model size
 
-Usage:  python bench/memory.py [MODEL.onnx] [--json]
+Usage:  python bench/memory.py [MODEL.onnx] [--json] [--only CONFIG-PREFIX]
         (default: the largest model in ../shared/models beside the repo)
 """
 from __future__ import annotations
@@ -27,9 +27,11 @@ SHARED_MODELS = REPO.parent / "shared" / "models"
 CONFIGS: dict[str, list[str]] = {
     "no-eval": ["--no-eval"],
     "no-eval, full rank": ["--no-eval", "--full-rank"],
-    "eval (random data, 8 samples)": ["--warmup", "2", "--repeats", "10"],
-    "eval, all four passes": ["--warmup", "2", "--repeats", "10",
-                              "--passes", "bottleneck,split5x5,factorize,depthwise"],
+    "uniform (random data, 8 + 8 samples)": ["--warmup", "2", "--repeats", "10"],
+    "uniform, all four passes": ["--warmup", "2", "--repeats", "10",
+                                 "--passes", "bottleneck,split5x5,factorize,depthwise"],
+    "auto (16 calibration + 8 report samples)": ["--warmup", "2", "--repeats", "10", "--threads", "2",
+                                                 "--calib", "{calib}", "--data", "{data}"],
 }
 
 DRIVER = r"""
@@ -43,19 +45,37 @@ def hwm():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 import numpy, onnx, onnxruntime  # noqa: F401  the fixed cost
-import convopt.cli, convopt.pipeline, convopt.measure.evaluator  # noqa: F401
+import convopt.cli, convopt.api, convopt.auto, convopt.measure.evaluator  # noqa: F401
 base = hwm()
 code = 0
 try:
-    convopt.cli.app(sys.argv[1:], standalone_mode=False)
+    code = convopt.cli.app(sys.argv[1:], standalone_mode=False) or 0
 except SystemExit as e:
     code = e.code or 0
 print(json.dumps({"base": base, "peak": hwm(), "code": code}))
 """
 
 
+def _random_npz(model: Path, folder: Path, name: str, n: int, seed: int) -> Path:
+    """Random inputs of the model's shapes (memory does not depend on the values)."""
+    import numpy as np
+    import onnx
+
+    from convopt.measure.data import random_eval_data, resolve_input_shapes
+
+    m = onnx.load(str(model), load_external_data=False)
+    d = random_eval_data(m, resolve_input_shapes(m, None), seed=seed, samples=n)
+    path = folder / f"{name}.npz"
+    np.savez(path, **d.inputs)
+    return path
+
+
 def measure(model: Path, extra: list[str]) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as d:
+        if any("{calib}" in a for a in extra):
+            files = {"calib": _random_npz(model, Path(d), "calib", 16, 0),
+                     "data": _random_npz(model, Path(d), "data", 8, 1)}
+            extra = [a.format(**{k: str(v) for k, v in files.items()}) for a in extra]
         args = ["optimize", str(model), "-o", str(Path(d) / "out.onnx"), "-q", *extra]
         r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, cwd=d,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -73,10 +93,14 @@ def largest_model() -> Path:
 
 def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--json"]
+    only = argv[argv.index("--only") + 1] if "--only" in argv else ""
+    argv = [a for i, a in enumerate(argv) if a != "--only" and (i == 0 or argv[i - 1] != "--only")]
     model = Path(argv[0]) if argv else largest_model()
     size = model.stat().st_size
     rows = []
     for name, extra in CONFIGS.items():
+        if not name.startswith(only):
+            continue
         m = measure(model, extra)
         work = m["peak"] - m["base"]
         rows.append({"config": name, "model_bytes": size, "base_bytes": m["base"], "peak_bytes": m["peak"],

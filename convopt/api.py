@@ -3,22 +3,29 @@ run the strategy on the driver, apply the CI gate, write the outputs. The CLI pa
 ``OptimizeOptions``, calls ``run`` and renders what it returns."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import onnx
 
 from convopt.core.budget import Budget
+from convopt.core.deploy import FP32, Deployment
 from convopt.core.driver import OptimizeResult
 from convopt.errors import InputError
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
+from convopt.measure.executor import Executor, open_executor
 from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
-from convopt.passes import auto_passes, parse_passes
+from convopt.outputs import InputFile, OutputTarget, guard_outputs, model_data_target
+from convopt.passes import RankPolicy, auto_passes, parse_passes
 from convopt.measure.roles import DataRoles
 from convopt.report import BudgetReport, GateResult, Report
+
+if TYPE_CHECKING:
+    from convopt.auto import LayerLatencyCache
 
 Say = Callable[[str], None]
 DEFAULT_UNIFORM_PASSES = ("split5x5", "factorize")
@@ -57,20 +64,41 @@ def strategy_of(opts: OptimizeOptions) -> Strategy:
         raise InputError("--calib is for --strategy auto")
     if opts.no_eval and opts.fail_under_speedup is not None:
         raise InputError("--fail-under-speedup needs measurement; drop --no-eval")
+    if opts.fail_under_speedup is not None and not (math.isfinite(opts.fail_under_speedup)
+                                                    and opts.fail_under_speedup > 0):
+        raise InputError(f"--fail-under-speedup must be a positive number, got {opts.fail_under_speedup}")
+    if opts.quantize not in ("none", "int8"):
+        raise InputError(f"--quantize must be none or int8, got {opts.quantize!r}")
+    if opts.quantize == "int8" and opts.no_eval:
+        raise InputError("--quantize int8 calibrates and measures: drop --no-eval")
+    if opts.time_budget is not None and strategy != "auto":
+        raise InputError("--time-budget is for --strategy auto")
     if opts.no_budget and not opts.budget.is_empty:
         raise InputError("--no-budget and a budget option contradict each other; drop one")
     return strategy  # type: ignore[return-value]
 
 
-def check_outputs(opts: OptimizeOptions) -> None:
-    """Refuse, before any work, outputs that would overwrite the input or each other."""
-    from convopt.io import same_file
+def output_files(opts: OptimizeOptions) -> tuple[list[InputFile], list[OutputTarget]]:
+    """(what optimize reads, what it writes), for the write guard (convopt.outputs)."""
+    model_out = OutputTarget(opts.output_path, "model", "-o")
+    targets = [model_out, model_data_target(model_out)]
+    if opts.report is not None:
+        targets.append(OutputTarget(opts.report, "report", "--report"))
+    if opts.latency_cache is not None:
+        targets.append(OutputTarget(opts.latency_cache, "cache", "--latency-cache"))
+    inputs = [InputFile(opts.model, "the input model", replaceable=True)]
+    for role, path in (("--data", opts.data.data), ("--labels", opts.data.labels), ("--calib", opts.data.calib)):
+        if path is not None:
+            inputs.append(InputFile(Path(path), f"the {role} input"))
+    return inputs, targets
 
-    out = opts.output_path
-    if same_file(out, opts.model) and not opts.overwrite:
-        raise InputError(f"refusing to overwrite the input model {opts.model}; choose another -o or pass --overwrite")
-    if opts.report is not None and (same_file(opts.report, opts.model) or same_file(opts.report, out)):
-        raise InputError("--report must not be the input or the output model")
+
+def check_outputs(opts: OptimizeOptions, data_files: tuple[Path, ...] = (), kinds: bool = True) -> None:
+    """Refuse, before any work, outputs that would overwrite an input (``data_files``: the input model's
+    external data) or each other, or replace a file that is not convopt's (convopt.outputs.guard_outputs)."""
+    inputs, targets = output_files(opts)
+    inputs += [InputFile(f, "an external-data file of the input model") for f in data_files]
+    guard_outputs(inputs, targets, opts.overwrite, kinds=kinds)
 
 
 def gate(final: Measurement | None, fail_under_speedup: float | None) -> GateResult | None:
@@ -99,14 +127,16 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
                               limit=d.limit, seed=seed, random_samples=opts.random_samples)
 
     data = load(d.data, d.labels, opts.seed)
-    fits = strategy == "auto"
+    fits = strategy == "auto" or opts.quantize == "int8"  # INT8 calibrates on the fit data
     if d.calib is not None:
         calib = load(d.calib, None, opts.seed)
         return split_calib(calib, data, fit_size(calib.n, opts.refit_samples) if fits else 0, opts.seed)
     if d.data is None:
         report = load(None, None, opts.seed + 1)
-        return DataRoles(None, data, report, f"seeded random inputs: {data.n} to select (seed {opts.seed}), "
-                                             f"{report.n} to report (seed {opts.seed + 1})")
+        fit = load(None, None, opts.seed + 2) if fits else None
+        return DataRoles(fit, data, report, f"seeded random inputs: {data.n} to select (seed {opts.seed}), "
+                                            f"{report.n} to report (seed {opts.seed + 1})"
+                                            + (f", {fit.n} to fit (seed {opts.seed + 2})" if fit else ""))
     try:
         return split_data(data, fit_size(data.n, opts.refit_samples) if fits else 0, opts.seed)
     except ValueError as exc:
@@ -115,7 +145,7 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
 
 def report_settings(opts: OptimizeOptions, strategy: Strategy, roles: DataRoles | None) -> dict[str, Any]:
     """The run's settings as the report records them (the strategy adds its own)."""
-    s: dict[str, Any] = {"strategy": strategy, "seed": opts.seed, "budget": {
+    s: dict[str, Any] = {"strategy": strategy, "seed": opts.seed, "quantize": opts.quantize, "budget": {
         **opts.budget.to_dict(), "no_budget": opts.no_budget, "fail_under_speedup": opts.fail_under_speedup}}
     if roles is not None:
         s.update(ort=opts.ort.to_dict(), data=roles.to_dict())
@@ -131,27 +161,53 @@ class Setup:
     report: Evaluator
     budget: Budget | None
     message: str | None
+    deploy: Deployment
+    executor: Executor
 
 
-def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool) -> Setup:
-    """Data roles, one evaluator per decision and report role, the budget (the default unless --no-budget) and
-    whether the decision data can certify it at all."""
-    from convopt.measure.plugin import load_metric
+def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, warn: Say, progress: bool,
+           say: Say | None = None) -> Setup:
+    """Data roles, one evaluator per decision and report role (both on the executor of --executor, which the
+    caller closes), the budget (the default unless --no-budget) and whether the decision data can certify it."""
+    from convopt.measure.plugin import TaskMetric, load_metric
 
-    roles = load_roles(model, opts, strategy)
-    if roles.select.warning:
-        warn(roles.select.warning)
-    metric = None if opts.metric is None else load_metric(opts.metric)
-    select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select")
-    report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report")
-    budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
-    if not opts.no_budget:
-        budget = opts.budget.defaulted(select.scored_index is not None)
-        budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
-        message = budget.feasibility(roles.select.n, roles.select.labels is not None)
-        if message:
-            warn(message)
-    return Setup(roles, select, report, budget, message)
+    executor = open_executor(opts.executor, opts.ort.threads, say)  # first: an unreachable cluster fails fast
+    try:
+        roles = load_roles(model, opts, strategy)
+        if roles.select.warning:
+            warn(roles.select.warning)
+        metric = None if opts.metric is None else (
+            load_metric(opts.metric) if isinstance(opts.metric, str) else TaskMetric.from_callable(opts.metric))
+        select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select",
+                           executor=executor)
+        report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report",
+                           executor=executor)
+        budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
+        if not opts.no_budget:
+            budget = opts.budget.defaulted(select.scored_index is not None)
+            budget.validate(select.scored_index is not None, roles.select.labels is not None, metric is not None)
+            message = budget.feasibility(roles.select.n, roles.select.labels is not None)
+            if message:
+                warn(message)
+        deploy = deployment(opts, roles, warn)
+    except BaseException:
+        executor.close()
+        raise
+    return Setup(roles, select, report, budget, message, deploy, executor)
+
+
+def deployment(opts: OptimizeOptions, roles: DataRoles, warn: Say) -> Deployment:
+    """FP32, or INT8 when asked for and faster on this CPU (or forced); INT8 calibrates on the fit data."""
+    if opts.quantize != "int8":
+        return FP32
+    from convopt.quantize import int8_supported
+
+    reason = int8_supported(opts.ort)
+    if reason is not None and not opts.force_quantize:
+        warn(f"INT8 is not faster on this CPU ({reason}): writing FP32; --force-quantize writes INT8 anyway")
+        return FP32
+    assert roles.fit is not None
+    return Deployment("int8", roles.fit)
 
 
 def budget_report(setup: Setup, result: OptimizeResult) -> BudgetReport:
@@ -170,6 +226,11 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
                    warn: Say = lambda _m: None, progress: bool = False) -> OptimizeResult:
     """Run the chosen strategy on a loaded model (``warn`` hears about data it could not use as asked)."""
     strategy = strategy_of(opts)
+    cache = None
+    if strategy == "auto" and opts.latency_cache is not None:  # checked before any work; --overwrite replaces
+        from convopt.auto import LayerLatencyCache  # a file that is not a cache
+
+        cache = LayerLatencyCache(opts.latency_cache, replace_invalid=opts.overwrite)
     passes = parse_passes(",".join(opts.passes)) if opts.passes else list(
         auto_passes() if strategy == "auto" else DEFAULT_UNIFORM_PASSES)
     policy = opts.rank.policy(opts.seed)
@@ -179,42 +240,69 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
 
         return optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                 settings=report_settings(opts, strategy, None), on_event=say, **names)
-    setup = set_up(model, opts, strategy, warn, progress)
+    setup = set_up(model, opts, strategy, warn, progress, say)
+    try:
+        result = _run_strategy(model, opts, strategy, setup, passes, policy, names, say, cache)
+    finally:
+        setup.executor.close()
+    settings = {**result.report.settings, "executor": setup.executor.info().to_dict()}  # workers, shards
+    result.report = replace(result.report, settings=settings, budget=budget_report(setup, result))
+    return result
+
+
+def _run_strategy(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, setup: Setup,
+                  passes: list[str], policy: RankPolicy, names: dict[str, str], say: Say,
+                  cache: LayerLatencyCache | None) -> OptimizeResult:
+    """The strategy on the evaluators of ``setup`` (the caller closes their executor)."""
     settings = report_settings(opts, strategy, setup.roles)
     if strategy == "auto":
         from convopt.auto import AutoOptions, auto_optimize
 
         assert setup.roles.fit is not None and setup.budget is not None
         result = auto_optimize(model, fit=setup.roles.fit, select=setup.select, report=setup.report,
+                               deploy=setup.deploy,
                                settings=opts.ort, budget=setup.budget, options=AutoOptions(
                                    passes=tuple(passes), align=opts.rank.align, seed=opts.seed,
-                                   refit_samples=opts.refit_samples),
-                               input_shapes=opts.data.input_shapes, latency_cache=opts.latency_cache,
+                                   refit_samples=opts.refit_samples, time_budget=opts.time_budget),
+                               input_shapes=opts.data.input_shapes, latency_cache=cache,
                                on_event=say, **names)
         result.report = replace(result.report, settings={**result.report.settings, **settings})
     else:
         from convopt.uniform import optimize_uniform
 
         result = optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
-                                  select=setup.select, report=setup.report, budget=setup.budget,
+                                  select=setup.select, report=setup.report, budget=setup.budget, deploy=setup.deploy,
                                   require_faster=opts.require_faster, settings=settings, on_event=say, **names)
-    result.report = replace(result.report, budget=budget_report(setup, result))
     return result
 
 
 def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m: None,
         progress: bool = False) -> RunResult:
     """`convopt optimize`: check the outputs, load, optimize, gate, write the model and the report."""
-    from convopt.io import atomic_write_bytes, load_model, save_model
+    from convopt.io import load_model_report, save_outputs
+    from convopt.limits import cap_threads
+    from convopt.text import json_safe
+    from convopt.writes import sweep_note
 
     strategy_of(opts)
-    check_outputs(opts)
-    model = load_model(opts.model)
-    result = optimize_model(model, opts, say, warn, progress)
+    check_outputs(opts, kinds=False)  # the rest once the model (and its external-data files) is read
+    loaded = load_model_report(opts.model, max_bytes=opts.max_model_bytes)
+    for w in loaded.warnings:  # e.g. a graph output typed by inference: one line each
+        warn(w)
+    check_outputs(opts, loaded.data_files)
+    note = sweep_note(t.path.parent for t in output_files(opts)[1])
+    if note:
+        say(note)
+    threads, note = cap_threads(opts.ort.threads)
+    if note:
+        warn(note)
+        opts = replace(opts, ort=replace(opts.ort, threads=threads))
+    result = optimize_model(loaded.model, opts, say, warn, progress)
     verdict = gate(result.final, opts.fail_under_speedup)
     report = result.report if verdict is None else replace(result.report, gate=verdict)
     out = opts.output_path
-    save_model(result.model, out, input_path=opts.model, overwrite=opts.overwrite)
-    if opts.report is not None:
-        atomic_write_bytes(opts.report, (report.to_json() + "\n").encode())
+    check_outputs(opts, loaded.data_files)  # again: files may have changed during the run
+    # the JSON holds no raw control or bidi character either (escaped as \uXXXX: the same values)
+    extra = [] if opts.report is None else [(opts.report, (json_safe(report.to_json()) + "\n").encode())]
+    save_outputs(result.model, out, extra)  # model and report renamed together
     return RunResult(report, out, opts.report, verdict)

@@ -3,93 +3,33 @@ Errors become exit codes here and nowhere else: 0 success, 1 the CI gate was mis
 3 internal rewrite error."""
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from typer.core import TyperGroup
 
 import convopt
-from convopt.errors import ConvOptError, InputError
-
-class _Group(TyperGroup):
-    """Usage errors of the CLI framework (an unknown option, a bad value) come out like convopt's own errors:
-    one line on stderr, exit 2 — from the console script and from any caller of the app alike."""
-
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
-        except typer.Abort:
-            err.print("interrupted: nothing was written", markup=False)
-            rv, standalone_mode = 130, True
-        except typer.TyperException as exc:  # the CLI framework's usage errors (typer vendors click)
-            rv, standalone_mode = _usage_error(exc), True
-        if not standalone_mode:
-            return rv
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _usage_error(exc: Any) -> int:
-    if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the answer
-        exc.show()
-        return int(exc.exit_code)
-    ctx = getattr(exc, "ctx", None)
-    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-    err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
-    return int(exc.exit_code)
-
+from convopt.cli_boundary import Group, err, guarded, out, out_path
+from convopt.errors import InputError
+from convopt.limits import DEFAULT_MAX_MODEL_BYTES
+from convopt.text import json_safe, one_line, safe
 
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     name="convopt",
     help="Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
 OUTPUT, STRATEGY, RANK, DATA, BUDGET, MEASURE = (
     "Output", "Strategy and passes", "Rank (uniform mode)", "Data", "Budget and CI gate", "Measurement")
 
 
-def _fail(exc: ConvOptError) -> typer.Exit:
-    err.print(f"error: {exc}", markup=False, soft_wrap=True)
-    return typer.Exit(exc.exit_code)
-
-
-def guarded(fn: Callable[..., None]) -> Callable[..., None]:
-    """The CLI boundary: ConvOptError → its exit code, Ctrl-C → 130, any other exception → exit 3 with one
-    line (CONVOPT_DEBUG=1 re-raises it for the traceback). Typer reads the signature through functools.wraps."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except ConvOptError as exc:
-            raise _fail(exc) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: nothing was written", markup=False)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as exc:  # the one place convopt catches everything: report a bug in one line
-            if os.environ.get("CONVOPT_DEBUG") == "1":
-                raise
-            first = (str(exc).strip().splitlines() or [""])[0]
-            err.print(f"internal error: {type(exc).__name__}: {first} (a convopt bug, please report it; "
-                      "CONVOPT_DEBUG=1 shows the traceback)", markup=False, soft_wrap=True)
-            raise typer.Exit(3) from None
-
-    return wrapper
+MaxModelBytes = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Largest model (with its external data) to read, in bytes.")]
 
 
 def _shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -122,54 +62,43 @@ InputShape = Annotated[Optional[list[str]], typer.Option(
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file")],
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
+    sort: Annotated[str, typer.Option(metavar="graph|macs|time", help="Row order: graph order, or largest "
+                                      "MACs / measured time (--latency) first.")] = "graph",
+    latency: Annotated[bool, typer.Option("--latency", metavar="", help="Also measure each layer's share of run "
+                                          "time (ORT's profiler, a few seconds).")] = False,
+    threads: Annotated[int, typer.Option(help="ORT intra-op threads for --latency (0: ORT's default).", min=0,
+                                         metavar="N")] = 0,
     input_shape: InputShape = None,
+    max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
 ) -> None:
-    """One row per Conv: geometry, MACs, params, and which passes apply (or why not)."""
-    from convopt.inspect import inspect_model
-    from convopt.io import load_model
+    """The model's inputs and dynamic dimensions, then one row per Conv: geometry, MACs and their share, params,
+    and which passes apply (or why not)."""
+    from convopt.inspect import inspect_model, with_latency
+    from convopt.io import load_model_report
 
-    result = inspect_model(load_model(model), _shapes(input_shape))
+    if sort not in ("graph", "macs", "time"):
+        raise InputError(f"--sort must be graph, macs or time, got {safe(sort)!r}")
+    if sort == "time" and not latency:
+        raise InputError("--sort time needs --latency (the times are measured)")
+    loaded = load_model_report(model, max_bytes=max_model_bytes)
+    for w in loaded.warnings:
+        err.print(f"warning: {one_line(w)}", markup=False, soft_wrap=True)
+    shapes = _shapes(input_shape)
+    result = inspect_model(loaded.model, shapes)
+    if latency:
+        from convopt.limits import cap_threads
+        from convopt.measure.ort import OrtSettings
+
+        capped, note = cap_threads(threads)
+        if note:
+            err.print(f"warning: {one_line(note)}", markup=False, soft_wrap=True)
+        result = with_latency(result, loaded.model, OrtSettings(threads=capped), shapes)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        print(json_safe(json.dumps(result.to_dict(), indent=2, ensure_ascii=False)))
         return
-    from convopt.passes import PASSES
+    from convopt.render.inspect_view import render_inspect
 
-    short = {"bottleneck": "bneck", "split5x5": "5x5", "factorize": "fact", "depthwise": "dw"}
-    table = Table(title=f"{model.name}: {len(result.rows)} conv layers", title_justify="left")
-    table.add_column("name", overflow="fold", min_width=14)
-    table.add_column("in→out", justify="right")
-    table.add_column("geometry")
-    table.add_column("output", justify="right")
-    table.add_column("MACs", justify="right")
-    table.add_column("params", justify="right")
-    for p in PASSES:
-        table.add_column(short.get(p, p), justify="center")
-    legend: dict[str, int] = {}
-
-    def verdict(v: str) -> str:
-        if v == "applies":
-            return "[green]yes[/]"
-        return f"no \\[{legend.setdefault(v, len(legend) + 1)}]"
-
-    def num(v: int | None) -> str:
-        return "?" if v is None else f"{v:,}"
-
-    for r in result.rows:
-        geo = "?" if r.kernel is None else " ".join(
-            [f"{r.kernel[0]}x{r.kernel[1]}"]
-            + ([f"s{'x'.join(map(str, r.stride))}"] if r.stride and set(r.stride) != {1} else [])
-            + ([f"d{'x'.join(map(str, r.dilation))}"] if r.dilation and set(r.dilation) != {1} else [])
-            + ([f"g{r.groups}"] if r.groups and r.groups > 1 else []))
-        io = "?" if r.channels_in is None else f"{r.channels_in}→{r.channels_out}"
-        outsz = "?" if r.output_size is None else "x".join(map(str, r.output_size))
-        table.add_row(escape(r.name), io, geo, outsz, num(r.macs), num(r.params), *[verdict(r.passes[p]) for p in PASSES])
-    table.add_section()
-    table.add_row("total", "", "", "", num(result.total_macs), num(result.total_params),
-                  *[str(result.applicable[p]) for p in PASSES])
-    out.print(table)
-    out.print("  passes: " + ", ".join(f"{short.get(p, p)} = {p}" for p in PASSES), markup=False)
-    for reason, k in legend.items():
-        out.print(f"  [{k}] {reason}", markup=False)
+    render_inspect(result, model, out, sort)
 
 
 def _presets() -> str:
@@ -189,12 +118,13 @@ def _pass_names() -> str:
 def optimize(
     model: Annotated[Optional[Path], typer.Argument(
         help="ONNX model file (none: the built-in example, as `convopt demo`).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option(
+    output: Annotated[Optional[str], typer.Option(
         "-o", "--output", help="Output model (default: MODEL.opt.onnx beside the input).", show_default=False,
         rich_help_panel=OUTPUT)] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Allow -o to be the input model.",
-                                            rich_help_panel=OUTPUT)] = False,
+    report: Annotated[Optional[str], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", metavar="", help="Allow -o to be the input model, and an output to replace a file that is "
+        "not convopt's own output of that kind.", rich_help_panel=OUTPUT)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.",
                                         rich_help_panel=OUTPUT)] = False,
     strategy: Annotated[Optional[str], typer.Option(
@@ -206,8 +136,18 @@ def optimize(
         rich_help_panel=STRATEGY)] = None,
     no_fold_bn: Annotated[bool, typer.Option("--no-fold-bn", metavar="", help="Do not fold BatchNormalization into convs.",
                                              rich_help_panel=STRATEGY)] = False,
-    latency_cache: Annotated[Optional[Path], typer.Option(
+    latency_cache: Annotated[Optional[str], typer.Option(
         help="auto: JSON file caching per-layer latencies across runs.", rich_help_panel=STRATEGY)] = None,
+    quantize: Annotated[str, typer.Option(
+        metavar="none|int8", help="Deploy in this precision: with int8 every step is quantized (ORT static, QDQ, "
+        "per-channel) before it is judged and timed, and the model written is INT8.",
+        rich_help_panel=STRATEGY)] = "none",
+    force_quantize: Annotated[bool, typer.Option(
+        "--force-quantize", metavar="", help="Write INT8 even where it is not faster on this CPU.",
+        rich_help_panel=STRATEGY)] = False,
+    time_budget: Annotated[Optional[float], typer.Option(
+        metavar="SECONDS", help="auto: stop early with the best plan found so far.", min=0.0,
+        rich_help_panel=STRATEGY)] = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs, data splits and ALS.", min=0, metavar="N",
                                       rich_help_panel=STRATEGY)] = 0,
     full_rank: Annotated[bool, typer.Option("--full-rank", metavar="", help="Exact rewrites (verification: MACs usually grow).",
@@ -269,9 +209,18 @@ def optimize(
     latency_batch: Annotated[int, typer.Option(
         help="Samples per timed run for a dynamic batch (a fixed batch is used as is).", min=1, metavar="N",
         rich_help_panel=MEASURE)] = 1,
+    max_model_bytes: MaxModelBytes = DEFAULT_MAX_MODEL_BYTES,
+    executor: Annotated[str, typer.Option(
+        metavar="local|ray", help="Where accuracy is evaluated: in this process, or sharded over a Ray cluster "
+        '(pip install "convopt[ray]"). Latency is always timed here.', rich_help_panel=MEASURE)] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        metavar="ADDRESS", help="--executor ray: the cluster's head as host:port, or auto (the cluster this "
+        "machine joined with `ray start`) (default: start a local Ray instance).", show_default=False,
+        rich_help_panel=MEASURE)] = None,
 ) -> None:
     """Rewrite MODEL's convs, measuring accuracy and latency before and after each step."""
     from convopt.core.budget import Budget
+    from convopt.measure.executor import ExecutorOptions
     from convopt.measure.ort import OrtSettings
     from convopt.options import DataOptions, OptimizeOptions, RankOptions
 
@@ -279,9 +228,9 @@ def optimize(
         from convopt.models.example import example_data_path, example_model_path
 
         model, data = example_model_path(), data or example_data_path()
-        output = output or Path("example.opt.onnx")
+        output = output or "example.opt.onnx"
     opts = OptimizeOptions(
-        model=model, output=output, report=report, overwrite=overwrite,
+        model=model, output=out_path(output, "-o"), report=out_path(report, "--report"), overwrite=overwrite,
         strategy=strategy,  # type: ignore[arg-type]  (checked by the library)
         passes=None if passes is None else tuple(p.strip() for p in passes.split(",")),
         rank=RankOptions(full_rank, rank_fraction, energy, align, bottleneck_side),  # type: ignore[arg-type]
@@ -290,8 +239,10 @@ def optimize(
         no_budget=no_budget, metric=metric, fail_under_speedup=fail_under_speedup,
         ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,
                         latency_batch=latency_batch),
+        executor=ExecutorOptions(executor, ray_address),  # type: ignore[arg-type]  (checked by the options)
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
-        latency_cache=latency_cache)
+        latency_cache=out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
+        max_model_bytes=max_model_bytes, quantize=quantize, force_quantize=force_quantize)
     raise typer.Exit(_run_optimize(opts, quiet))
 
 
@@ -299,21 +250,21 @@ def _run_optimize(opts: Any, quiet: bool) -> int:
     from convopt import api
     from convopt.render import render_table
 
-    def say(msg: str) -> None:
+    def say(msg: str) -> None:  # one event, one line in a pipe or a CI log; wrapped at words on a terminal
         if not quiet:
-            err.print(msg, markup=False)
+            err.print(safe(msg), markup=False, soft_wrap=not err.is_terminal)
 
     def warn(msg: str) -> None:
         if not quiet:
-            err.print(f"warning: {msg}", markup=False)
+            err.print(f"warning: {safe(msg)}", markup=False, soft_wrap=not err.is_terminal)
 
     result = api.run(opts, say, warn, progress=not quiet)
     if not quiet:
         render_table(result.report.to_dict(), out)
-        out.print(f"wrote {result.output}" + (f" and {result.report_path}" if result.report_path else ""),
-                  markup=False)
+        out.print(f"wrote {safe(result.output)}" + (f" and {safe(result.report_path)}" if result.report_path else ""),
+                  markup=False, soft_wrap=not out.is_terminal)
     if result.gate is not None and not result.gate.passed:
-        err.print(f"gate failed: {result.gate.reason}", markup=False)
+        err.print(f"gate failed: {safe(result.gate.reason)}", markup=False, soft_wrap=True)
     return result.exit_code
 
 
@@ -321,9 +272,9 @@ def _run_optimize(opts: Any, quiet: bool) -> int:
 @guarded
 def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or tables, errors only.")] = False,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized example.")] = Path(
+    output: Annotated[str, typer.Option("-o", "--output", help="Where to write the optimized example.")] = (
         "example.opt.onnx"),
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    report: Annotated[Optional[str], typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
     """Run the whole pipeline on the built-in trained example with its 360 bundled labelled held-out digits
     (auto mode: 90 fit, 135 decide, 135 report). A budget of 3 points of top-1: 135 samples cannot certify
@@ -332,43 +283,78 @@ def demo(
     from convopt.models.example import example_data_path, example_model_path
     from convopt.options import DataOptions, OptimizeOptions
 
-    opts = OptimizeOptions(model=example_model_path(), output=output, report=report,
+    opts = OptimizeOptions(model=example_model_path(), output=out_path(output, "-o"),
+                           report=out_path(report, "--report"),
                            data=DataOptions(data=example_data_path()), budget=Budget(max_accuracy_drop=3.0))
     raise typer.Exit(_run_optimize(opts, quiet))
+
+
+FORMATS = {"table": "text", "md": "md", "html": "html"}
+SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+
+
+def _format_of(fmt: str | None, output: str | None) -> str:
+    """--format, else the -o file's suffix (.html/.htm, .md/.markdown; anything else: the table), else table."""
+    if fmt is None:
+        return "table" if output is None else SUFFIX_FORMATS.get(Path(output).suffix.lower(), "table")
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be table, md or html, got {safe(fmt)!r}")
+    return fmt
 
 
 @app.command("report")
 @guarded
 def report_cmd(
-    report: Annotated[Path, typer.Argument(help="A JSON report written by convopt optimize --report.")],
-    fmt: Annotated[str, typer.Option("--format", help="table, md or html.")] = "table",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    reports: Annotated[list[Path], typer.Argument(
+        help="A JSON report written by convopt optimize --report; give two to compare the runs side by side.",
+        metavar="REPORT")],
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", metavar="table|md|html", help="table, md or html (default: from the -o suffix, else table).",
+        show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", metavar="", help="Allow -o to replace a file that is not a report rendered by convopt.")] = False,
 ) -> None:
-    """Render a saved report as a terminal table, Markdown, or a self-contained HTML page."""
+    """Render a saved report as a terminal table, Markdown, or a self-contained HTML page; with two reports,
+    compare the runs (settings that differ, budgets, final figures, per-layer choices)."""
     from convopt import render
+    from convopt.outputs import InputFile, OutputTarget, guard_outputs
+    from convopt.report_check import read_report
+    from convopt.writes import atomic_write_bytes
 
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"report not found: {report}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{report} is not a JSON report: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("passes"), list) or not all(
-        isinstance(p, dict) for p in data["passes"]
-    ):
-        raise InputError(f"{report} is not a convopt report (no list of passes)")
-    if fmt == "table":
-        render.render_table(data, out)
-        return
-    if fmt not in ("md", "html"):
-        raise InputError("--format must be table, md or html")
-    text = render.render_markdown(data) if fmt == "md" else render.render_html(data)
-    if output is None:
+    if len(reports) > 2:
+        raise InputError(f"convopt report takes one report, or two to compare; got {len(reports)}")
+    fmt = _format_of(fmt, output)
+    target = None if output is None else OutputTarget.of(output, FORMATS[fmt], "-o")  # type: ignore[arg-type]
+    if target is not None:
+        guard_outputs([InputFile(r, "the report being rendered") for r in reports], [target], overwrite)
+        _say_swept([target.path.parent])
+    docs = [read_report(r) for r in reports]  # bounded, strict JSON, checked against the schema
+    if len(docs) == 2:
+        grids = render.comparison(docs[0], docs[1], (str(reports[0]), str(reports[1])))
+        if target is None and fmt == "table":
+            render.render_comparison(grids, out)
+            return
+        text = {"table": render.comparison_text, "md": render.render_comparison_markdown,
+                "html": render.render_comparison_html}[fmt](grids)
+    else:
+        if target is None and fmt == "table":
+            render.render_table(docs[0], out)
+            return
+        text = {"table": render.render_text, "md": render.render_markdown, "html": render.render_html}[fmt](docs[0])
+    if target is None:
         sys.stdout.write(text)
     else:
-        from convopt.io import atomic_write_bytes
+        atomic_write_bytes(target.path, text.encode("utf-8"))
 
-        atomic_write_bytes(output, text.encode("utf-8"))
+
+def _say_swept(folders: list[Path], quiet: bool = False) -> None:
+    """Remove temporary files that killed runs left in these folders, and say so in one line."""
+    from convopt.writes import sweep_note
+
+    note = sweep_note(folders)
+    if note and not quiet:
+        err.print(note, markup=False, soft_wrap=True)
 
 
 from convopt.models.cli import app as models_app  # noqa: E402  (after the commands it sits beside)

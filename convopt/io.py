@@ -1,12 +1,16 @@
-"""Loading and saving models: validate on the way in, write atomically on the way out.
+"""Loading and saving models: bounded and validated on the way in, staged and committed on the way out.
 
-load: file → bytes → ModelProto → external data (confined to the model's folder) → checker → opset check.
-save: ModelProto → temp file in the output's folder → fsync → os.replace (external data above 2 GB).
+load: regular file of at most ``max_bytes`` → bytes → ModelProto → external data (regular files confined
+to the model's folder, counted in the same limit) → checker → opset check.
+save: ModelProto → ``.convopt-<pid>-<name>.tmp`` beside the output → fsync → rename (convopt.writes); a
+model too large for one protobuf goes with its tensors in ``<name>.data``, staged and renamed with it.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +18,15 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from convopt.errors import ModelLoadError, OutputError, UnsupportedModelError
+from convopt.errors import InputError, ModelLoadError, OutputError, UnsupportedModelError
 from convopt.graph import fill_output_types, find_cycle, inferred_dims, model_problem, shape_skeleton
+from convopt.limits import DEFAULT_MAX_MODEL_BYTES, fmt_bytes
+from convopt.outputs import same_file as _same_file
+from convopt.text import native_stdout_captured, one_line, safe
+from convopt.writes import Staged, atomic_write_bytes, commit, discard, stage
+
+__all__ = ["atomic_write_bytes", "load_model", "load_model_report", "read_regular_file", "save_model",
+           "save_outputs", "stage_model"]
 
 MIN_OPSET = 7
 # protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -27,7 +38,62 @@ FULL_CHECK_LIMIT = 64 * 2**20
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return safe(text[0]) if text else type(exc).__name__
+
+
+class CheckerWarning(UserWarning):
+    """What onnx's C++ checker printed (e.g. "Model contains experimental ops"), captured and re-issued as a
+    Python warning: the CLI shows it as one escaped line, or nothing under -q."""
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int, what: str,
+                      error: type[InputError] = InputError) -> bytearray:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    The file is opened non-blocking and checked on its descriptor, so a FIFO cannot hang the read and a
+    device (``/dev/zero``) or folder is refused before a byte is read; the size is checked before reading
+    and again while reading (a ``/proc`` file reports size 0). Raises ``error`` with one line."""
+    p = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        raise error(f"file not found: {safe(p)} (expected {what})") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {safe(p)}: {safe(exc.strerror or exc)}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{safe(p)} is a folder, not {what} file")
+        raise error(f"{safe(p)} is not a regular file (a device, FIFO or socket); give {what} file")
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        too_big = error(f"{safe(p)} is larger than the {fmt_bytes(limit)} convopt reads as {what}")
+        if st.st_size > limit:
+            raise too_big
+        try:
+            return _read_all(fh, st.st_size, limit, too_big)
+        except OSError as exc:
+            raise error(f"cannot read {what} {safe(p)}: {safe(exc.strerror or exc)}") from None
+
+
+def _read_all(fh: object, size: int, limit: int, too_big: InputError) -> bytearray:
+    buf = bytearray(size)
+    got = 0
+    with memoryview(buf) as view:
+        while got < size:
+            n = fh.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                break
+            got += n
+    del buf[got:]
+    while True:  # a file that grew since fstat, or one that reports no size
+        more = fh.read(min(2**20, limit + 1 - len(buf)))  # type: ignore[attr-defined]
+        if not more:
+            return buf
+        buf += more
+        if len(buf) > limit:
+            raise too_big
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -38,31 +104,40 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
-def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external-data locations that are absolute or leave the model's folder, before reading."""
+def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
+    """Refuse external-data locations that are absolute, leave the model's folder, hold a NUL byte or name
+    anything but a regular file, before reading. Returns the external-data files (each once)."""
     base = base_dir.resolve()
+    files: dict[Path, None] = {}
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}
         loc = info.get("location", "")
         if not loc:
-            raise ModelLoadError(f"tensor '{tensor.name}' uses external data without a location")
+            raise ModelLoadError(f"tensor '{safe(tensor.name)}' uses external data without a location")
+        if "\x00" in loc:
+            raise ModelLoadError(f"tensor '{safe(tensor.name)}' has an external-data location with a NUL byte "
+                                 f"('{safe(loc)}'); the model is damaged: export it again")
         p = Path(loc)
         if p.is_absolute() or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
             raise ModelLoadError(
-                f"tensor '{tensor.name}' has an absolute external-data location '{loc}'; "
+                f"tensor '{safe(tensor.name)}' has an absolute external-data location '{safe(loc)}'; "
                 "convopt only reads external data stored beside the model"
             )
         target = (base / p).resolve()
         if base != target and base not in target.parents:
             raise ModelLoadError(
-                f"tensor '{tensor.name}' has external-data location '{loc}' outside the model's folder; refused"
+                f"tensor '{safe(tensor.name)}' has external-data location '{safe(loc)}' outside the model's folder; "
+                "refused"
             )
         if not target.is_file():
             raise ModelLoadError(
-                f"external-data file '{loc}' for tensor '{tensor.name}' is missing (looked in {base})"
+                f"external-data file '{safe(loc)}' for tensor '{safe(tensor.name)}' is missing or not a regular "
+                f"file (looked in {safe(base)})"
             )
+        files[target] = None
+    return list(files)
 
 
 def parse_model(data: bytes, source: str = "<bytes>") -> onnx.ModelProto:
@@ -83,10 +158,12 @@ def parse_model(data: bytes, source: str = "<bytes>") -> onnx.ModelProto:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A loaded, validated model and the warnings of its validation (one line each, for the user)."""
+    """A loaded, validated model, the warnings of its validation (one line each, for the user), and the
+    external-data files its tensors were read from."""
 
     model: onnx.ModelProto
     warnings: tuple[str, ...] = ()
+    data_files: tuple[Path, ...] = ()
 
 
 def validate_model(model: onnx.ModelProto, source: str = "model") -> tuple[str, ...]:
@@ -133,11 +210,16 @@ def run_checker(model: onnx.ModelProto) -> None:
     """onnx.checker within bounded memory: on the whole model below FULL_CHECK_LIMIT; above it (and always
     above 2 GB, where the checker cannot take the model) on a weight-free skeleton, plus the per-tensor checks
     for the weights left out. Raises what the checker raises, or ModelLoadError for a malformed weight."""
-    if approx_model_bytes(model) < min(FULL_CHECK_LIMIT, PROTOBUF_LIMIT):
-        onnx.checker.check_model(model)
-    else:
-        _check_tensor_sizes(model)
-        onnx.checker.check_model(shape_skeleton(model))
+    with native_stdout_captured() as printed:
+        if approx_model_bytes(model) < min(FULL_CHECK_LIMIT, PROTOBUF_LIMIT):
+            onnx.checker.check_model(model)
+        else:
+            _check_tensor_sizes(model)
+            onnx.checker.check_model(shape_skeleton(model))
+    for line in "".join(printed).splitlines():
+        said = one_line(line.strip().removeprefix("Warning: "))
+        if said:
+            warnings.warn(f"onnx checker: {said}", CheckerWarning, stacklevel=2)
 
 
 _ITEMSIZE = {
@@ -204,91 +286,75 @@ def _check_tensor_sizes(model: onnx.ModelProto) -> None:
             raise ModelLoadError(f"tensor '{t.name}' stores {stored[0]} values but its shape {list(t.dims)} needs {n}")
 
 
-def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike[str], *, validate: bool = True,
+               max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> onnx.ModelProto:
     """Load and validate an ONNX model file; external data is read only from beside the model."""
-    return load_model_report(path, validate=validate).model
+    return load_model_report(path, validate=validate, max_bytes=max_bytes).model
 
 
-def load_model_report(path: str | os.PathLike[str], *, validate: bool = True) -> LoadedModel:
-    """load_model, with the warnings of validation (e.g. a graph output typed by shape inference)."""
+def load_model_report(path: str | os.PathLike[str], *, validate: bool = True,
+                      max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
+    """load_model, with the warnings of validation (e.g. a graph output typed by shape inference) and the
+    external-data files read. The model must be a regular file which, with its external data (regular files
+    beside it), holds at most ``max_bytes``."""
     p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"model file not found: {p}")
-    if p.is_dir():
-        raise ModelLoadError(f"{p} is a folder, not an ONNX model file")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {p}: {exc.strerror or exc}") from exc
-    model = parse_model(data, str(p))
+    data = read_regular_file(p, max_bytes, "an ONNX model", ModelLoadError)
+    model = parse_model(data, safe(p))  # type: ignore[arg-type]
     del data
-    check_external_locations(model, p.parent)
-    if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(model)):
+    files = check_external_locations(model, p.parent)
+    if files:
+        total = p.stat().st_size + sum(f.stat().st_size for f in files)
+        if total > max_bytes:
+            raise ModelLoadError(f"{safe(p)} and its external data hold {fmt_bytes(total)}, more than the "
+                                 f"{fmt_bytes(max_bytes)} convopt reads; pass --max-model-bytes {total} to allow it")
         try:
             external_data_helper.load_external_data_for_model(model, str(p.parent))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{p}: cannot read external data: {_first_line(exc)}") from exc
-    warnings = validate_model(model, str(p)) if validate else ()
-    return LoadedModel(model, warnings)
+        except (OSError, ValueError, onnx.checker.ValidationError,
+                onnx.onnx_cpp2py_export.checker.ValidationError) as exc:  # e.g. a hard-linked data file
+            raise ModelLoadError(f"{safe(p)}: cannot read external data: {_first_line(exc)}") from exc
+    notes = validate_model(model, safe(p)) if validate else ()
+    return LoadedModel(model, notes, tuple(files))
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    pa, pb = Path(a), Path(b)
-    if pa.exists() and pb.exists():
-        return os.path.samefile(pa, pb)
-    return pa.resolve() == pb.resolve()
+    """Whether two paths name the same file (convopt.outputs.same_file)."""
+    return _same_file(Path(a), Path(b))
 
 
-def _file_mode(path: Path) -> int:
-    """Mode for a new output file: the previous file's mode, else 0o666 minus the umask (mkstemp uses 0o600)."""
+def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Staged]:
+    """Write ``model`` to temporary files beside ``path``: one file, or for a model too large for one
+    protobuf its tensors in ``<name>.data`` first and then the model that points at it. Commit the result
+    with convopt.writes.commit (the order is the order to rename in)."""
+    out = Path(path)
+    if fits_in_one_protobuf(model):
+        return [stage(out, [model.SerializeToString(deterministic=True)])]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    data_name = out.name + ".data"
+    data = stage(out.with_name(data_name), _external_chunks(m, data_name))
     try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (best effort: not every platform or file system can fsync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to path atomically: temp file in the same folder, fsync, rename."""
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder does not exist: {folder}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), _file_mode(p))
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-        _fsync_dir(folder)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from exc
+        return [data, stage(out, [m.SerializeToString(deterministic=True)])]
+    except BaseException:
+        discard([data])
         raise
+
+
+def _external_chunks(m: onnx.ModelProto, location: str) -> Iterator[bytes]:
+    """Yield the raw data of every initializer of at least 1 KiB (subgraphs included) and turn the tensor
+    into a reference to ``location`` at that offset, as onnx's convert_model_to_external_data does."""
+    offset = 0
+    for t in external_data_helper._get_initializer_tensors(m):
+        if not t.HasField("raw_data") or len(t.raw_data) < 1024:
+            continue
+        raw = t.raw_data
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        offset += len(raw)
+        yield raw
 
 
 def save_model(
@@ -300,35 +366,25 @@ def save_model(
 ) -> list[Path]:
     """Save atomically; refuse to overwrite the input model unless ``overwrite``. Returns the files written.
 
-    Models too large for one protobuf are written with their tensors in ``<name>.data`` beside the output.
-    """
+    Models too large for one protobuf are written with their tensors in ``<name>.data`` beside the output;
+    both are renamed into place together (convopt.writes.commit)."""
     out = Path(path)
     if input_path is not None and same_file(out, input_path) and not overwrite:
-        raise OutputError(f"refusing to overwrite the input model {out}; choose another -o or pass --overwrite")
-    if fits_in_one_protobuf(model):
-        atomic_write_bytes(out, model.SerializeToString(deterministic=True))
-        return [out]
-    return _save_with_external_data(model, out)
+        raise OutputError(f"refusing to overwrite the input model {safe(out)}; choose another -o or pass --overwrite")
+    written = commit(stage_model(model, out))
+    return [out] + [p for p in written if p != out]
 
 
-def _save_with_external_data(model: onnx.ModelProto, out: Path) -> list[Path]:
-    """Write a >2 GB model: tensors into a temp folder beside the output, then rename both into place."""
-    folder = out.parent if str(out.parent) else Path(".")
-    data_name = out.name + ".data"
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=folder))
+def save_outputs(model: onnx.ModelProto, path: str | os.PathLike[str],
+                 files: Sequence[tuple[Path, bytes]] = ()) -> list[Path]:
+    """Save ``model`` (and its .data file) and ``files`` (path, bytes) together: all are staged first, then
+    renamed in one commit with signals held (convopt.writes), so a report never describes a model that is not
+    there and no model stands without its report. Returns the files written."""
+    staged = stage_model(model, path)
     try:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        external_data_helper.convert_model_to_external_data(
-            m, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
-        )
-        onnx.save_model(m, str(tmpdir / out.name))
-        for name in (data_name, out.name):  # data first: a model file never points at missing data
-            os.replace(tmpdir / name, folder / name)
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    finally:
-        for f in tmpdir.glob("*"):
-            f.unlink()
-        tmpdir.rmdir()
-    return [out, folder / data_name]
+        for p, data in files:
+            staged.append(stage(p, [data]))
+        return commit(staged)
+    except BaseException:
+        discard(staged)
+        raise

@@ -7,7 +7,10 @@ from typing import Literal
 
 from convopt.core.budget import Budget
 from convopt.errors import InputError
+from convopt.limits import DEFAULT_MAX_MODEL_BYTES
+from convopt.measure.executor import ExecutorOptions
 from convopt.measure.ort import OrtSettings
+from convopt.measure.plugin import MetricFn
 from convopt.passes import RankPolicy
 
 Strategy = Literal["auto", "uniform"]
@@ -77,9 +80,10 @@ class OptimizeOptions:
     data: DataOptions = DataOptions()
     budget: Budget = Budget()
     no_budget: bool = False
-    metric: str | None = None
+    metric: str | MetricFn | None = None  # FILE.py:FN, package.module:FN, or the function itself
     fail_under_speedup: float | None = None
     ort: OrtSettings = OrtSettings()
+    executor: ExecutorOptions = ExecutorOptions()
     require_faster: bool = True
     no_eval: bool = False
     fold_bn: bool = True
@@ -87,6 +91,10 @@ class OptimizeOptions:
     latency_cache: Path | None = None
     random_samples: int = 8
     refit_samples: int = 128
+    time_budget: float | None = None
+    quantize: str = "none"  # "none" | "int8": the precision the written model is deployed in
+    force_quantize: bool = False  # INT8 even where it is not faster on this CPU
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES  # the model file and its external data, read at most
 
     @property
     def output_path(self) -> Path:

@@ -78,6 +78,16 @@ class BudgetReport:
 
 
 @dataclass(frozen=True)
+class PrecisionRow:
+    """One of the four models of a quantized run (original / optimized × FP32 / INT8), measured on the report
+    data and timed in the report's one interleaved run."""
+
+    model: str  # "original" | "optimized"
+    precision: str  # "fp32" | "int8"
+    measurement: Serializable
+
+
+@dataclass(frozen=True)
 class GateResult:
     """The CI gate: the speedup the final model had to reach, and whether it did."""
 
@@ -102,6 +112,7 @@ class Report:
     baseline: Serializable | None = None
     final: Serializable | None = None
     budget: BudgetReport | None = None
+    precisions: tuple[PrecisionRow, ...] = ()
     gate: GateResult | None = None
     schema_version: str = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)

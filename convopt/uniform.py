@@ -11,6 +11,7 @@ import onnx
 
 from convopt import decompose
 from convopt.core.budget import Budget, Certificate
+from convopt.core.deploy import FP32, Deployment
 from convopt.core.driver import Driver, OptimizeResult, Say
 from convopt.core.instruments import BudgetGuard, Instrument, SpeedGuard, Step, Verdict
 from convopt.core.plan import Choice, Plan
@@ -107,23 +108,24 @@ def optimize_uniform(model: onnx.ModelProto, passes: Sequence[str], policy: Rank
                      select: Evaluator | None = None, report: Evaluator | None = None,
                      budget: Budget | None = None, require_faster: bool = False, model_name: str = "",
                      output_name: str | None = None, settings: dict[str, Any] | None = None,
-                     on_event: Say | None = None) -> OptimizeResult:
+                     on_event: Say | None = None, deploy: Deployment = FP32) -> OptimizeResult:
     """Run ``passes`` in order on a copy of ``model``. With a ``select`` evaluator every pass is measured on
     its data and rolled back unless ``budget`` (None: unchecked) is certified there, or (``require_faster``)
     when it does not measure faster than the model before it. The ``report`` evaluator measures the final
     model once, after every decision, and times every pass in one run."""
     for name in passes:
         get_pass(name)  # fail early on an unknown name
-    driver = Driver(model, input_shapes, fold_bn=fold_bn, fit=policy.fit, say=on_event)
+    driver = Driver(model, input_shapes, fold_bn=fold_bn, fit=policy.fit, say=on_event, deploy=deploy)
     instruments = instruments_for(select, budget, require_faster, looks=len(passes))
     cert = run_passes(driver, passes, policy, instruments, select)
     baseline = final = None
+    rows: tuple = ()
     if report is not None:
-        baseline, final = driver.finish(report)
+        baseline, final, rows = driver.finish(report)
     result = driver.report(model_name=model_name, output_name=output_name, settings={
         "strategy": "uniform", "passes": list(passes), "fold_bn": fold_bn, "rank": policy.to_dict(),
         "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()}, "require_faster": require_faster,
-        **(settings or {})}, baseline=baseline, final=final)
+        **(settings or {})}, baseline=baseline, final=final, precisions=rows)
     return OptimizeResult(driver.model, result, final, cert)
 
 

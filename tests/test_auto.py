@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from convopt.auto import AutoOptions, LayerLatencyCache, auto_optimize, split_eval_data
+from convopt.auto import AutoOptions, LayerLatencyCache, auto_optimize
 from convopt.auto.candidates import build_candidates
 from convopt.auto.latency import candidate_model, measure_candidates
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions
@@ -216,19 +216,14 @@ def test_greedy_sequence_orders_by_saving_per_cost_and_upgrades_within_a_layer()
     assert all("c" not in cfg for cfg in seq)  # a slower candidate is never used
 
 
-def test_monotone_fit_pools_violators_and_largest_within_ignores_a_lucky_step() -> None:
-    from convopt.auto.select import grid_steps, largest_within, monotone_fit
+def test_grid_steps_are_fixed_in_advance_and_dense_where_a_tight_budget_binds() -> None:
+    from convopt.auto.select import grid_steps
 
-    assert monotone_fit([0.0, 0.2, 0.1, 0.5]) == pytest.approx([0.0, 0.15, 0.15, 0.5])
-    assert monotone_fit([3.0, 2.0, 1.0]) == pytest.approx([2.0, 2.0, 2.0])
-    assert monotone_fit([0.1, 0.4, 0.9]) == [0.1, 0.4, 0.9]  # already monotone: unchanged
-    # budget usage along the greedy steps: step 5 measured lucky (0.8) between two over-budget steps
-    steps, usage = [1, 2, 3, 4, 5, 6], [0.1, 0.5, 0.9, 1.4, 0.8, 1.6]
-    assert largest_within(steps, usage) == 3  # a bisection probing step 5 first would have taken it
-    assert largest_within(steps, [2.0] * 6) == 0 and largest_within(steps, [-1.0] * 6) == 6
     assert grid_steps(5, 12) == [1, 2, 3, 4, 5] and grid_steps(0, 12) == []
-    g = grid_steps(53, 12)
-    assert len(g) == 12 and g[0] == 1 and g[-1] == 53 and g == sorted(set(g))
+    g = grid_steps(63, 12)
+    assert g[:4] == [1, 2, 3, 5] and g[-1] == 63 and len(g) <= 12 and g == sorted(set(g))
+    gaps = [b - a for a, b in zip(g, g[1:])]
+    assert gaps == sorted(gaps)  # spacing only grows
 
 
 def test_budget_usage_is_the_largest_share_of_any_limit() -> None:
@@ -337,7 +332,7 @@ def test_pareto_spread_drops_dominated_candidates_and_keeps_both_ends() -> None:
     from convopt.auto.search import pareto_spread
 
     def cand(speed: float, err: float) -> SimpleNamespace:
-        return SimpleNamespace(speedup=speed, weight_rel_error=err)
+        return SimpleNamespace(speedup=speed, error=err)
 
     cs = [cand(1.2, 0.1), cand(1.5, 0.2), cand(1.4, 0.3), cand(2.0, 0.5), cand(3.0, 0.9), cand(2.5, 0.6)]
     front = pareto_spread(cs, 10)  # type: ignore[arg-type]
@@ -378,3 +373,46 @@ def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:
     got = make_session(both, FAST).run(["y2"], {"x": x})[0]
     np.testing.assert_array_equal(got, want)
     assert len(m.graph.node) == 6 and full is not None  # the input model is untouched
+
+
+def test_fit_plan_reuses_the_refits_of_a_shared_prefix() -> None:
+    model = two_conv_model()
+    calib = data(16, seed=1)
+    specs = conv_table(model, conv_shapes(model, None))
+    targets = collect_targets(model, {"conv1": "y1", "conv2": "y2"}, calib, FAST, rows=2000)
+    c1 = build_candidates(specs["conv1"], ["factorize"])[0][0].choice
+    c2a, c2b = [k.choice for k in build_candidates(specs["conv2"], ["factorize"])[0][:2]]
+    cache: dict = {}
+    first, infos = fit_plan(model, Plan({"conv1": c1, "conv2": c2a}), specs, targets, calib, FAST, cache=cache)
+    assert len(cache) == 2 and [i.layer for i in infos] == ["conv1", "conv2"]
+    again, _ = fit_plan(model, Plan({"conv1": c1, "conv2": c2b}), specs, targets, calib, FAST, cache=cache)
+    assert len(cache) == 3  # conv1's refit came from the cache, conv2 (a new choice) was refit
+    fresh, _ = fit_plan(model, Plan({"conv1": c1, "conv2": c2b}), specs, targets, calib, FAST)
+    for n in ("conv1", "conv2"):
+        for key, arr in fresh.choices[n].factors.arrays.items():
+            np.testing.assert_array_equal(again.choices[n].factors.arrays[key], arr)
+
+
+def test_time_budget_stops_early_with_the_best_plan_so_far() -> None:
+    model = two_conv_model(c=32, hw=16)
+    res, *_ = run_auto(model, data(48, seed=3, hw=16), Budget(max_rel_error=0.5),
+                       AutoOptions(min_layer_speedup=0.0, time_budget=0.0))
+    auto = res.report.passes[1]
+    assert not auto.rewritten and {s.node for s in auto.skipped} == {"conv1", "conv2"}
+    assert all("--time-budget reached" in s.reason for s in auto.skipped)
+    assert res.report.final is not None  # the report phase still runs
+
+
+def test_auto_considers_a_fully_connected_layer_through_lowrank() -> None:
+    model = two_conv_model(c=32, hw=8)
+    rng = np.random.default_rng(5)
+    U, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+    W = ((U[:, :64] * 0.7 ** np.arange(64)) @ rng.standard_normal((64, 32))).astype(np.float32)  # (64, 32)
+    model.graph.node.append(helper.make_node("Gemm", ["out", "Wfc"], ["logits"], name="fc", transB=1))
+    model.graph.initializer.append(numpy_helper.from_array(W, "Wfc"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 64]))
+    res, *_ = run_auto(model, data(48, seed=3, hw=8), Budget(max_rel_error=0.5),
+                       AutoOptions(min_layer_speedup=0.0, passes=("lowrank", "factorize")))
+    cands = res.report.extra["auto"]["candidates"]
+    assert any(c["layer"] == "fc" and c["candidate"].startswith("lowrank[") for c in cands)
+    onnx.checker.check_model(res.model)

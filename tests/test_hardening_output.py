@@ -25,7 +25,8 @@ from convopt.io import atomic_write_bytes, load_model, save_model
 from tests.helpers import NO_SHARED, SHARED_MODELS, conv_model
 
 runner = CliRunner()
-PREVIOUS = b"previous output, must survive"
+# a previous output of convopt: an ONNX model (the write guard replaces only what it recognises as one)
+PREVIOUS = conv_model(cin=2, cout=2, k=(1, 1), batch=1, hw=(2, 2)).SerializeToString()
 
 
 @pytest.fixture()
@@ -133,17 +134,19 @@ def test_cli_real_full_disk_keeps_previous_output(model_file: Path, tiny_tmpfs: 
 
 
 def test_new_output_gets_normal_permissions(tmp_path: Path) -> None:
+    """A new file gets 0o666 & ~umask, never mkstemp's 0o600 and never the mode of the file it replaces
+    (a setuid bit must not survive)."""
     old = os.umask(0o022)
     try:
         atomic_write_bytes(tmp_path / "new.onnx", b"x")
+        p = tmp_path / "exec.bin"
+        p.write_bytes(b"old")
+        p.chmod(0o4755)
+        atomic_write_bytes(p, b"new")
     finally:
         os.umask(old)
-    assert (tmp_path / "new.onnx").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
-    p = tmp_path / "exec.bin"
-    p.write_bytes(b"old")
-    p.chmod(0o640)
-    atomic_write_bytes(p, b"new")
-    assert p.stat().st_mode & 0o777 == 0o640, "an existing file keeps its mode"
+    assert (tmp_path / "new.onnx").stat().st_mode & 0o7777 == 0o644
+    assert p.stat().st_mode & 0o7777 == 0o644, "the replaced file's mode (setuid) survived"
 
 
 # ------------------------------------------------------------------ refusing to overwrite the input
@@ -170,7 +173,7 @@ def test_report_equal_to_input_refused(model_file: Path) -> None:
     before = model_file.read_bytes()
     r = runner.invoke(app, ["optimize", str(model_file), "-o", str(model_file.parent / "o.onnx"), "--no-eval",
                             "-q", "--report", str(model_file)])
-    assert r.exit_code == 2 and "--report must not be the input or the output model" in r.output
+    assert r.exit_code == 2 and "is the input model; convopt never writes over the files it reads" in r.output
     assert model_file.read_bytes() == before
 
 
@@ -183,7 +186,7 @@ def test_output_is_a_folder_exit_2(model_file: Path, tmp_path: Path) -> None:
     d = tmp_path / "a_dir.onnx"
     d.mkdir()
     r = runner.invoke(app, ["optimize", str(model_file), "-o", str(d), "--no-eval", "-q"])
-    assert r.exit_code == 2 and "cannot write" in r.output and r.output.count("\n") == 1, r.output
+    assert r.exit_code == 2 and "is a folder" in r.output and r.output.count("\n") == 1, r.output
     assert _names(d) == [] and _names(tmp_path).count("a_dir.onnx") == 1
 
 
@@ -240,7 +243,7 @@ def test_large_model_disk_full_keeps_previous_output(tmp_path: Path, monkeypatch
     monkeypatch.setattr(cio, "PROTOBUF_LIMIT", 1024)
     out = tmp_path / "big.onnx"
     out.write_bytes(PREVIOUS)
-    monkeypatch.setattr(cio.onnx, "save_model", _enospc)
+    monkeypatch.setattr(cio.os, "fsync", _enospc)
     with pytest.raises(OutputError, match="No space left"):
         save_model(_big_model(), out)
     assert out.read_bytes() == PREVIOUS

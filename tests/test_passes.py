@@ -38,6 +38,9 @@ GEOMETRIES = [
     ("k7", dict(k=(7, 7), pads=(3, 3, 3, 3))),
     ("k7_stride2", dict(k=(7, 7), pads=(3, 3, 3, 3), stride=(2, 2), hw=(19, 16))),
     ("k3x5_rect", dict(k=(3, 5), pads=(1, 2, 1, 2))),
+    ("k1", dict(cin=24, cout=16, k=(1, 1))),
+    ("k1_stride2_pads", dict(cin=24, cout=16, k=(1, 1), stride=(2, 2), pads=(1, 0, 1, 1))),
+    ("k1_nobias_batch1", dict(cin=16, cout=32, k=(1, 1), bias=False, batch=1)),
 ]
 
 
@@ -45,7 +48,9 @@ def _applies(pass_name: str, kw: dict) -> bool:
     k = kw["k"]
     if pass_name == "split5x5":
         return k == (5, 5)
-    return True
+    if pass_name == "lowrank":
+        return k == (1, 1)
+    return k != (1, 1)
 
 
 CASES = [(p, gid, kw) for p in PASSES for gid, kw in GEOMETRIES if _applies(p, kw)]
@@ -76,12 +81,13 @@ RANK_GRIDS = {
     "split5x5": ("rank", [4, 8, 16, 32, 48, 72]),
     "depthwise": ("multiplier", [1, 2, 3, 5, 7, 9]),
     "bottleneck": ("rank_in", [1, 2, 4, 6, 8]),
+    "lowrank": ("rank", [1, 2, 4, 6, 8]),
 }
 
 
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_error_does_not_grow_with_rank(pass_name: str) -> None:
-    k = (5, 5) if pass_name == "split5x5" else (3, 3)
+    k = {"split5x5": (5, 5), "lowrank": (1, 1)}.get(pass_name, (3, 3))
     model = conv_model(cin=8, cout=16, k=k, pads=(k[0] // 2,) * 4, batch=2, hw=(12, 10))
     feeds = random_feeds(model)
     (ref,) = run(model, feeds)
@@ -161,9 +167,17 @@ def test_bottleneck_1x1_kernel_no_rewrite() -> None:
     _assert_unchanged(conv_model(k=(1, 1)), "bottleneck", "1x1 kernel")
 
 
+def test_lowrank_kxk_kernel_no_rewrite() -> None:
+    _assert_unchanged(conv_model(k=(3, 3), pads=(1, 1, 1, 1)), "lowrank", "lowrank rewrites 1x1 convs")
+
+
+def test_lowrank_grouped_no_rewrite() -> None:
+    _assert_unchanged(conv_model(cin=8, cout=8, k=(1, 1), group=2), "lowrank", "group 2 1x1 conv")
+
+
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_pass_no_mac_saving_no_rewrite(pass_name: str) -> None:
-    k = (5, 5) if pass_name == "split5x5" else (3, 3)
+    k = {"split5x5": (5, 5), "lowrank": (1, 1)}.get(pass_name, (3, 3))
     policy = RankPolicy(mode="fraction", value=1.0, align=1)
     _assert_unchanged(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), pass_name, "", policy)
     out = run_pass(conv_model(cin=8, cout=8, k=k, pads=(k[0] // 2,) * 4), pass_name, policy)
@@ -255,7 +269,7 @@ def test_nhwc_input_transposed_to_nchw_is_rewritten_exactly() -> None:
     shapes = conv_shapes(model, None)
     assert shapes["x"] == (1, 8, 12, 10)
     for name in PASSES:
-        if name == "split5x5":
+        if name in ("split5x5", "lowrank"):  # a 3×3 conv
             continue
         out = run_pass(model, name, FULL)
         assert len(out.rewritten) == 1, (name, out.skipped)
@@ -273,3 +287,34 @@ def test_rewrite_keeps_metadata_opset_and_producer() -> None:
     assert out.doc_string == model.doc_string and out.model_version == 7
     assert list(out.opset_import) == list(model.opset_import) and out.ir_version == model.ir_version
     assert out.producer_name == model.producer_name
+
+
+def _gemm_model(trans_b: bool = True, bias: bool = True) -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((40, 24)).astype(np.float32)
+    inits = [numpy_helper.from_array(W if trans_b else W.T.copy(), "W")]
+    inputs = ["x", "W"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "B"))
+        inputs.append("B")
+    g = helper.make_graph([helper.make_node("Gemm", inputs, ["y"], name="fc", transB=int(trans_b))], "fc",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 24])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 40])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("trans_b,bias", [(True, True), (False, True), (True, False)])
+def test_lowrank_rewrites_a_gemm_exactly_at_full_rank(trans_b: bool, bias: bool) -> None:
+    model = _gemm_model(trans_b, bias)
+    out = run_pass(model, "lowrank", FULL)
+    assert len(out.rewritten) == 1 and out.rewritten[0].form == "gemm+gemm"
+    assert [n.op_type for n in out.model.graph.node] == ["Gemm", "Gemm"]
+    feeds = random_feeds(model)
+    assert rel_l2(run(model, feeds)[0], run(out.model, feeds)[0]) <= FULL_RANK_RTOL
+    low = run_pass(model, "lowrank", RankPolicy(mode="fraction", value=0.25, align=1))
+    assert low.rewritten and low.rewritten[0].macs_after < low.rewritten[0].macs_before
+
+
+def test_other_passes_refuse_a_gemm_with_the_reason() -> None:
+    for name in ("factorize", "bottleneck", "depthwise", "split5x5"):
+        _assert_unchanged(_gemm_model(), name, "Gemm layer")

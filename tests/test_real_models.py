@@ -21,7 +21,7 @@ MODELS = {
 }
 # which passes find at least one conv in each model
 EXPECTED = {
-    "squeezenet1.1.onnx": {"bottleneck", "factorize", "depthwise"},
+    "squeezenet1.1.onnx": {"bottleneck", "factorize", "depthwise", "lowrank"},
     "mnist-cntk.onnx": {"bottleneck", "split5x5", "factorize", "depthwise"},
     "candy-style.onnx": {"bottleneck", "factorize", "depthwise"},
 }

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from convopt import decompose
 from convopt.core.plan import Choice
 from convopt.graph import ConvSpec
-from convopt.measure.measurement import Accuracy
 from convopt.passes import FitContext, get_pass
 from convopt.passes.base import describe
 
@@ -21,10 +20,11 @@ class Candidate:
     macs_before: int
     macs_after: int
     form: str
+    weight_rel_error: float
+    output_error: float | None = None  # on the fit data (data-aware factors)
     dense_ms: float = float("nan")
     ms: float = float("nan")
     cost: float | None = None
-    calib: Accuracy | None = None
     status: str = "built"
     refit: Choice | None = field(default=None, repr=False)  # the choice with its last factor refit alone
 
@@ -33,9 +33,13 @@ class Candidate:
         return self.choice.key
 
     @property
-    def weight_rel_error(self) -> float:
-        assert self.choice.factors is not None
-        return self.choice.factors.weight_rel_error
+    def error(self) -> float:
+        """The layer's relative output error on the fit data (data-aware factors), else its weight error."""
+        return self.weight_rel_error if self.output_error is None else self.output_error
+
+    def drop_factors(self) -> None:
+        """Forget the factors (a candidate no longer in play: only its figures stay, for the report)."""
+        self.choice = Choice(self.choice.pass_name, dict(self.choice.ranks))
 
     @property
     def speedup(self) -> float:
@@ -46,12 +50,10 @@ class Candidate:
         return self.dense_ms - self.ms
 
     def to_dict(self) -> dict[str, object]:
-        calib = None if self.calib is None else {k: v for k, v in self.calib.to_dict().items()
-                                                 if k in ("rel_l2_error", "top1_drop", "top1_agreement")}
         return {"layer": self.layer, "candidate": self.key, "form": self.form, "ranks": dict(self.choice.ranks),
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "weight_rel_error":
-                self.weight_rel_error, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
-                "cost": self.cost, "calib": calib, "status": self.status}
+                self.weight_rel_error, "output_error": self.output_error, "dense_ms": self.dense_ms, "ms": self.ms, "layer_speedup": self.speedup,
+                "cost": self.cost, "status": self.status}
 
 
 def build_candidates(conv: ConvSpec, passes: list[str], align: int = 8,
@@ -75,5 +77,6 @@ def build_candidates(conv: ConvSpec, passes: list[str], align: int = 8,
                 factors = p.decompose(conv, ranks, fit)
                 choice = Choice(name, dict(factors.ranks), factors)
                 out.setdefault(choice.key, Candidate(conv.name, choice, p.dense_macs(conv),
-                                                     p.macs(conv, factors.ranks), p.form(conv, factors.ranks)))
+                                                     p.macs(conv, factors.ranks), p.form(conv, factors.ranks),
+                                                     factors.weight_rel_error, factors.output_error))
     return list(out.values()), refused

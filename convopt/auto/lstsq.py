@@ -40,7 +40,7 @@ def sample_positions(n: int, oh: int, ow: int, per_sample: int, rng: np.random.G
 
 
 def im2col_at(z: np.ndarray, geom: ConvGeom, pos: np.ndarray) -> np.ndarray:
-    """Patches of z (N, C, H, W) under the output positions ``pos`` (P, 3) → (P, C·kh·kw), float64,
+    """Patches of z (N, C, H, W) under the output positions ``pos`` (P, 3) → (P, C·kh·kw), in z's dtype,
     column order (c, a, b) = the order of W.reshape(O, C·kh·kw)."""
     t, l, b, r = geom.pads
     zp = np.pad(z, ((0, 0), (0, 0), (t, b), (l, r))) if any(geom.pads) else z
@@ -49,7 +49,7 @@ def im2col_at(z: np.ndarray, geom: ConvGeom, pos: np.ndarray) -> np.ndarray:
     rows = pos[:, 1:2] * geom.strides[0] + np.arange(kh)[None, :] * geom.dilations[0]  # (P, kh)
     cols = pos[:, 2:3] * geom.strides[1] + np.arange(kw)[None, :] * geom.dilations[1]  # (P, kw)
     g = zt[pos[:, 0][:, None, None], rows[:, :, None], cols[:, None, :]]  # (P, kh, kw, C)
-    return g.transpose(0, 3, 1, 2).reshape(len(pos), -1).astype(np.float64)
+    return np.ascontiguousarray(g.transpose(0, 3, 1, 2).reshape(len(pos), -1))
 
 
 def pixels_at(y: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import onnx
 from convopt.auto.latency import LayerLatencyCache
 from convopt.auto.search import AutoOptions, AutoSearch, OnStep
 from convopt.core.budget import Budget
+from convopt.core.deploy import FP32, Deployment
 from convopt.core.driver import Driver, OptimizeResult
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
@@ -36,6 +37,7 @@ def auto_optimize(
     output_name: str | None = None,
     on_event: Say | None = None,
     on_step: OnStep | None = None,
+    deploy: Deployment = FP32,
 ) -> OptimizeResult:
     """Optimize ``model`` in auto mode (see convopt.auto.search) and return the model and its report.
 
@@ -52,7 +54,7 @@ def auto_optimize(
     budget = (budget or Budget()).defaulted(select.scored_index is not None)
     budget.validate(select.scored_index is not None, select.data.labels is not None, select.metric is not None)
     cache = latency_cache if isinstance(latency_cache, LayerLatencyCache) else LayerLatencyCache(latency_cache)
-    driver = Driver(model, input_shapes, fold_bn=True, fit=FitContext(seed=options.seed), say=say)
+    driver = Driver(model, input_shapes, fold_bn=True, fit=FitContext(seed=options.seed), say=say, deploy=deploy)
     search = AutoSearch(driver, fit, select, budget, settings, options, passes, cache, say, on_step)
     configs, k, decision, rolled = search.run()
     macs_before, params_before = driver.macs, driver.params
@@ -64,13 +66,14 @@ def auto_optimize(
                   time.perf_counter() - t_start, None if chosen else rolled,
                   None if decision is None else decision.step.measure(select), driver.kept if chosen else None)
     baseline = final = None
+    rows: tuple = ()
     if report is not None:
-        baseline, final = driver.finish(report)
+        baseline, final, rows = driver.finish(report)
     extra = _extra(search, passes, budget, configs, k, cache, time.perf_counter() - t_start)
     result = driver.report(model_name=model_name, output_name=output_name, settings={
         "strategy": "auto", "passes": passes, "fold_bn": True, "align": options.align, "seed": options.seed,
         "input_shapes": {k2: list(v) for k2, v in (input_shapes or {}).items()}, "ort": settings.to_dict()},
-        baseline=baseline, final=final, extra={"auto": extra})
+        baseline=baseline, final=final, extra={"auto": extra}, precisions=rows)
     sp = None if final is None else final.speedup
     say(f"auto: done in {time.perf_counter() - t_start:.1f}s: {len(chosen)} layer(s) rewritten, MACs "
         f"{'unknown' if driver.macs is None or not driver.macs0 else f'{driver.macs / driver.macs0:.3f}x'}, "

@@ -20,6 +20,7 @@ from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, 
 from convopt.core.plan import Plan, apply_plan
 from convopt.graph import ConvSpec, attrs, used_names
 from convopt.graph.edit import with_outputs
+from convopt.graph.linear import nchw
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 
@@ -51,7 +52,8 @@ def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, setti
                 arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
             feeds[inp.name] = np.ascontiguousarray(arr)
         outs = sess.run(names, feeds)
-        yield start, [o[:take] for o in outs]
+        # a tensor whose rows are the samples' rows (a Gemm's (b·rows, C)) keeps the real samples' rows
+        yield start, [o[: take * (o.shape[0] // batch)] if o.shape[0] % batch == 0 else o for o in outs]
 
 
 def _fixed(sess) -> bool:
@@ -78,9 +80,10 @@ def feeds_only_relu(model: onnx.ModelProto, tensor: str) -> bool:
 
 
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
-                    rows: int = 16000, seed: int = 0) -> Targets:
+                    rows: int = 16000, seed: int = 0, specs: Mapping[str, ConvSpec] | None = None) -> Targets:
     """One run of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor.
-    Keeps about ``rows`` pixels per layer (spread evenly over the samples)."""
+    Keeps about ``rows`` pixels per layer (spread evenly over the samples); ``specs`` (by layer) let a Gemm's
+    rows be seen as pixels (convopt.graph.linear.nchw)."""
     rng = np.random.default_rng(seed)
     names = list(layers)
     tensors = [layers[k] for k in names]
@@ -89,6 +92,8 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
     per = max(1, rows // max(data.n, 1))
     for start, outs in iter_batches(model, tensors, data, settings):
         for k, y in zip(names, outs):
+            if specs is not None and k in specs:
+                y = nchw(y, specs[k])
             p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rng)
             ys[k].append(pixels_at(y, p).astype(np.float32))
             p[:, 0] += start
@@ -118,8 +123,8 @@ def _init_index(model: onnx.ModelProto) -> dict[str, int]:
 def last_factor(model: onnx.ModelProto, y_name: str) -> onnx.NodeProto:
     for n in model.graph.node:
         if y_name in n.output:
-            if n.op_type != "Conv":
-                raise ValueError(f"the producer of {y_name} is {n.op_type}, not Conv")
+            if n.op_type not in ("Conv", "Gemm"):
+                raise ValueError(f"the producer of {y_name} is {n.op_type}, not Conv or Gemm")
             return n
     raise ValueError(f"no node produces {y_name}")
 
@@ -128,7 +133,7 @@ RELU_ROWS_BYTES = 512 << 20  # cap on the patch rows held in memory for a ReLU-a
 
 
 def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Targets, data: EvalData,
-                settings: OrtSettings, ridge: float = 1e-5) -> RefitInfo:
+                settings: OrtSettings, ridge: float = 1e-5, rows: int | None = None) -> RefitInfo:
     """Refit, in place, the weight and bias of the Conv producing ``y_name`` (must be group 1) on the input
     it sees in ``model``; the refit is kept only if it lowers the error on the calibration pixels. When the
     original layer feeds only a ReLU (``targets.relu``), the fit and the errors are those after the ReLU
@@ -139,6 +144,9 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
         return RefitInfo(layer, float("nan"), float("nan"), False, 0)
     idx = _init_index(model)
     W = numpy_helper.to_array(model.graph.initializer[idx[node.input[1]]]).astype(np.float64)
+    if node.op_type == "Gemm":  # y = z Wᵀ (+ b), W (O, r) (convopt emits transB=1): a 1×1 conv on (r, rows, 1)
+        assert rows is not None and int(a.get("transB", 0)) == 1  # type: ignore[arg-type]
+        W = W.reshape(*W.shape, 1, 1)
     O = W.shape[0]
     has_b = len(node.input) > 2 and bool(node.input[2])
     b = numpy_helper.to_array(model.graph.initializer[idx[node.input[2]]]).astype(np.float64) if has_b else np.zeros(O)
@@ -154,6 +162,8 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     for start, (z,) in iter_batches(model, [node.input[0]], data, settings):
+        if node.op_type == "Gemm":
+            z = z.reshape(-1, rows, z.shape[-1]).transpose(0, 2, 1)[..., None]
         lo, hi = bounds[start], bounds[min(start + z.shape[0], data.n)]
         if hi <= lo:
             continue
@@ -182,7 +192,9 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
 def _write_last_factor(model: onnx.ModelProto, node: onnx.NodeProto, idx: dict[str, int], W: np.ndarray,
                        b: np.ndarray) -> None:
     """Set the weight and bias of ``node`` (adding a bias input when it has none), in place."""
-    model.graph.initializer[idx[node.input[1]]].CopyFrom(numpy_helper.from_array(W, node.input[1]))
+    stored = model.graph.initializer[idx[node.input[1]]]
+    W = W.reshape(tuple(stored.dims))  # a Gemm's weight stays (O, r)
+    stored.CopyFrom(numpy_helper.from_array(W, node.input[1]))
     if len(node.input) > 2 and node.input[2]:
         model.graph.initializer[idx[node.input[2]]].CopyFrom(numpy_helper.from_array(b, node.input[2]))
         return
@@ -194,14 +206,16 @@ def _write_last_factor(model: onnx.ModelProto, node: onnx.NodeProto, idx: dict[s
 
 
 def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targets: Targets, data: EvalData,
-                     settings: OrtSettings, say: Say | None = None) -> tuple[onnx.ModelProto, list[RefitInfo]]:
+                     settings: OrtSettings, say: Say | None = None,
+                     rows: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, list[RefitInfo]]:
     """A copy of ``model`` with each (layer, output tensor) in ``layers`` refit in the given (topological)
-    order, each on the activations of the model with all earlier refits applied."""
+    order, each on the activations of the model with all earlier refits applied (``rows``: a Gemm layer's rows
+    per sample)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     infos = []
     for i, (layer, y) in enumerate(layers, 1):
-        info = refit_layer(m, layer, y, targets, data, settings)
+        info = refit_layer(m, layer, y, targets, data, settings, rows=(rows or {}).get(layer))
         infos.append(info)
         if say:
             say(f"  refit {i}/{len(layers)} {layer}: layer error {info.rel_error_before:.3f} -> "
@@ -209,18 +223,39 @@ def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targ
     return m, infos
 
 
+RefitCache = dict[tuple[tuple[str, str], ...], RefitInfo]  # the plan up to a layer (graph order) → its refit
+
+
 def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], targets: Targets,
-             data: EvalData, settings: OrtSettings, say: Say | None = None) -> tuple[Plan, list[RefitInfo]]:
+             data: EvalData, settings: OrtSettings, say: Say | None = None,
+             cache: RefitCache | None = None) -> tuple[Plan, list[RefitInfo]]:
     """``plan`` with the last factor of every planned layer refit in graph order on the activations of
     ``model`` with the plan (and the earlier refits) applied: the factors carry the refits, so applying the
-    returned plan gives the refit model."""
+    returned plan gives the refit model. A layer's refit depends only on the plan up to it: with ``cache``,
+    the refits of the longest already-seen prefix are reused, not recomputed."""
     order = [n for n in convs if n in plan]
-    applied = apply_plan(model, plan, convs)
-    _, infos = refit_sequential(applied.model, [(n, convs[n].y) for n in order], targets, data, settings, say)
-    choices = dict(applied.plan.items())
+    keys = [tuple((n, plan.choices[n].key) for n in order[:i + 1]) for i in range(len(order))]
+    cache = {} if cache is None else cache
+    done = 0
+    while done < len(order) and keys[done] in cache:
+        done += 1
+    infos = [cache[k] for k in keys[:done]]
+    prefix = _with_refits(plan, infos)
+    applied = apply_plan(model, prefix, convs)
+    rows = {n: c.in_shape[2] for n, c in convs.items() if c.op == "Gemm" and c.in_shape is not None}
+    _, fresh = refit_sequential(applied.model, [(n, convs[n].y) for n in order[done:]], targets, data, settings, say,
+                                rows)
+    for key, info in zip(keys[done:], fresh):
+        cache[key] = info
+    return _with_refits(applied.plan, fresh), infos + fresh
+
+
+def _with_refits(plan: Plan, infos: list[RefitInfo]) -> Plan:
+    """``plan`` with the refit last factors of ``infos`` that were kept."""
+    choices = dict(plan.items())
     for info in infos:
         if info.kept:
             c = choices[info.layer]
             assert c.factors is not None and info.weight is not None and info.bias is not None
             choices[info.layer] = c.with_factors(c.factors.with_last(info.weight, info.bias))
-    return Plan(choices), infos
+    return Plan(choices)

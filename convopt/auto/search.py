@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -25,28 +26,33 @@ import onnx
 
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
-from convopt.auto.refit import Targets, collect_targets, fit_plan, iter_batches, refit_layer
-from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps, largest_within
+from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
+from convopt.auto.stats import MOMENT_BYTES, CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
+from convopt.io import approx_model_bytes
+from convopt.measure.metrics import class_scores
+from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
 from convopt.core.driver import Decision, Driver
-from convopt.core.instruments import BudgetGuard, SpeedGuard, Step, Verdict
+from convopt.core.instruments import BudgetGuard, SpeedGuard
 from convopt.core.plan import Plan
 from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Measurement
 from convopt.measure.ort import OrtSettings, latency_batch, make_session
+from convopt.passes import get_pass
 
 Say = Callable[[str], None]
 OnStep = Callable[[int, onnx.ModelProto, Measurement], None]
 REFIT_ROWS_PER_SAMPLE = 250  # output pixels per calibration sample kept as least-squares rows
-ALONE_INPUT_BYTES = 256 << 20  # cap on one layer's input activations held to refit its candidates alone
+PRUNE = 2.0  # a candidate predicted alone to cost more than this many budgets is not used
 
 
 @dataclass(frozen=True)
 class AutoOptions:
     """Auto mode's knobs. ``max_checks``: steps of the greedy sequence tested on the select data (spread
     evenly); ``every_step`` measures them all (the selection still stops at the first uncertified step).
+    ``time_budget`` (seconds): stop early with the best plan found so far (layers not reached stay dense).
     ``passes`` None: every registered pass that auto mode tries by default."""
 
     passes: tuple[str, ...] | None = None
@@ -58,6 +64,7 @@ class AutoOptions:
     refit_samples: int = 128
     max_checks: int = 12
     every_step: bool = False
+    time_budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,12 @@ def split_eval_data(data: EvalData, calib_fraction: float = 0.5, seed: int = 0) 
 
 
 def pareto_spread(cands: list[Candidate], n: int) -> list[Candidate]:
-    """Candidates not dominated in (layer speedup ↑, weight relative error ↓), thinned to at most ``n``
-    spread evenly along the front (both ends kept): from the most accurate to the fastest."""
+    """Candidates not dominated in (layer speedup ↑, layer error ↓), thinned to at most ``n`` spread evenly
+    along the front (both ends kept): from the most accurate to the fastest."""
     def dominated(c: Candidate) -> bool:
-        return any(o.speedup >= c.speedup and o.weight_rel_error <= c.weight_rel_error and
-                   (o.speedup > c.speedup or o.weight_rel_error < c.weight_rel_error) for o in cands)
-    front = sorted((c for c in cands if not dominated(c)), key=lambda c: c.weight_rel_error)
+        return any(o.speedup >= c.speedup and o.error <= c.error and
+                   (o.speedup > c.speedup or o.error < c.error) for o in cands)
+    front = sorted((c for c in cands if not dominated(c)), key=lambda c: c.error)
     if len(front) <= n:
         return front
     idx = sorted({round(i * (len(front) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [0]
@@ -122,128 +129,160 @@ class AutoSearch:
         self.checks: list[Check] = []
         self.plans: dict[int, Plan] = {}  # step → its plan with refit factors (small: factors, not models)
         self.refits: dict[int, dict[str, list[float]]] = {}  # step → layer → refit error [before, after]
+        self.refit_cache: RefitCache = {}
         self.fit_data = fit
-        self.cost_ev = Evaluator(driver.original, fit, settings, measure_latency=False, role="fit")
+        self.cost_ev = Evaluator(driver.original, fit, settings, measure_latency=False, role="fit",
+                           executor=select.executor)
         self.targets: Targets | None = None
         self.decisions: dict[int, Decision] = {}
+        self.sensitivity: dict[str, Sensitivity] = {}
+        tb = options.time_budget
+        self.deadline = None if tb is None else time.perf_counter() + tb
 
-    # -- 1, 2: layers and candidates -------------------------------------------------------------------------
+    def out_of_time(self, layers: Sequence[str] = ()) -> bool:
+        """True once --time-budget is spent; ``layers`` not reached are then left dense, with the reason."""
+        if self.deadline is None or time.perf_counter() < self.deadline:
+            return False
+        for n in layers:
+            self.skipped.setdefault(n, "not considered: --time-budget reached")
+        return True
+
+    # -- 1, 2: layers, statistics, candidates, their latency ------------------------------------------------
 
     def eligible(self) -> list[ConvSpec]:
+        """Dense convs of known size that some pass auto mode tries applies to (the others are skipped, with the
+        reasons of the passes when none applies)."""
         out = []
         for c in self.driver.convs.values():
-            if c.kernel == (1, 1):
-                continue  # 1x1 convs have nothing to factorize; not listed as skips
+            reasons = [r for r in (get_pass(p).applies(c) for p in self.passes) if r]
             if c.group != 1:
                 self.skipped[c.name] = f"group {c.group} conv: auto mode rewrites dense (group 1) convs only"
             elif c.in_shape is None or c.out_shape is None or c.pads is None:
                 self.skipped[c.name] = "shape unknown (give --input-shape)"
+            elif len(reasons) == len(self.passes):
+                self.skipped[c.name] = "; ".join(dict.fromkeys(reasons))
             else:
                 out.append(c)
         return out
 
-    def time_candidates(self, eligible: list[ConvSpec], batch: int) -> None:
+    def fit_candidates(self, eligible: list[ConvSpec]) -> dict[str, list[Candidate]]:
+        """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit
+        data (collected a memory-bounded group of layers at a time, dropped once the group's factors exist)."""
+        built: dict[str, list[Candidate]] = {}
+        # a group of layers' moments takes at most the model's size (one wide layer may take more, alone)
+        budget = max(MOMENT_BYTES, approx_model_bytes(self.driver.base))
+        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed, budget)
+        by_name = {c.name: c for c in eligible}
+        for moments in groups:
+            if self.out_of_time([c.name for c in eligible if c.name not in built]):
+                break
+            fit = replace(self.driver.fit, moments=moments)
+            for name in moments:
+                cands, refused = build_candidates(by_name[name], self.passes, self.options.align, fit)
+                if cands:
+                    built[name] = cands
+                else:
+                    self.skipped[name] = "no candidate lowers MACs: " + "; ".join(refused[:3])
+        self.say(f"auto: {sum(len(v) for v in built.values())} candidate(s) fitted on the layer inputs of "
+                 f"{self.fit_data.n} fit samples")
+        return built
+
+    def time_candidates(self, built: dict[str, list[Candidate]], batch: int) -> None:
         o = self.options
         lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
-        for i, c in enumerate(eligible, 1):
-            built, refused = build_candidates(c, self.passes, o.align, self.driver.fit)
-            if not built:
-                self.skipped[c.name] = "no candidate lowers MACs enough: " + "; ".join(refused[:3])
-                continue
-            models = [(k.key, candidate_model(c, k.choice, batch)) for k in built]
-            dense, ms = measure_candidates(c, models, batch, lat, self.cache)
+        for i, (name, cands) in enumerate(built.items(), 1):
+            if self.out_of_time([n for n in built if n not in self.cands and n != name] + [name]):
+                break
+            c = self.driver.convs[name]
+            models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
+            dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
             fast = []
-            for k in built:
+            for k in cands:
                 k.dense_ms, k.ms = dense, ms[k.key]
                 if k.speedup >= o.min_layer_speedup:
                     fast.append(k)
                 else:
                     k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {o.min_layer_speedup})"
-            self.all_cands += built
+            self.all_cands += cands
             keep = pareto_spread(fast, o.max_candidates_per_layer)
-            for k in fast:
+            for k in cands:
                 if k not in keep:
-                    k.status = "not evaluated (dominated or thinned: another candidate is faster and as accurate)"
+                    k.drop_factors()  # memory: only the kept candidates' factors stay
+                    if k in fast:
+                        k.status = "not used (dominated or thinned: another candidate is faster and as accurate)"
             if keep:
-                self.cands[c.name] = keep
+                self.cands[name] = keep
             else:
-                self.skipped[c.name] = f"no candidate measured >= {o.min_layer_speedup}x faster than the dense layer"
-            self.say(f"auto: [{i}/{len(eligible)}] {c.name}: dense {dense:.3f} ms, {len(built)} candidates, "
-                     f"{len(fast)} faster, best {max((k.speedup for k in built), default=float('nan')):.2f}x")
+                self.skipped[name] = f"no candidate measured >= {o.min_layer_speedup}x faster than the dense layer"
+            self.say(f"auto: [{i}/{len(built)}] {name}: dense {dense:.3f} ms, {len(cands)} candidates, "
+                     f"{len(fast)} faster, best {max((k.speedup for k in cands), default=float('nan')):.2f}x")
         self.cache.save()
 
     # -- 3: prices ------------------------------------------------------------------------------------------
 
     def collect(self) -> None:
-        if self.options.refit and self.cands:
+        """The original layers' outputs at sampled pixels of the fit data (refit targets, and the scale of the
+        noise that measures each layer's sensitivity)."""
+        if self.cands:
             self.say(f"auto: collecting original layer outputs on {self.fit_data.n} fit samples")
             layers = {n: self.driver.convs[n].y for n in self.cands}
             self.targets = collect_targets(self.driver.base, layers, self.fit_data, self.settings,
-                                           rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed)
+                                           rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed,
+                                           specs=self.driver.convs)
 
-    def layer_input(self, name: str) -> EvalData | None:
-        """The original input of layer ``name`` on the refit samples (all its candidates alone see it), or
-        None when it would take more than ``ALONE_INPUT_BYTES`` (then each candidate refits in the model)."""
-        c = self.driver.convs[name]
-        if self.targets is None or c.in_shape is None or \
-                self.fit_data.n * int(np.prod(c.in_shape[1:])) * 4 > ALONE_INPUT_BYTES:
-            return None
-        parts = [x for _, (x,) in iter_batches(self.driver.base, [c.x], self.fit_data, self.settings)]
-        return EvalData({"x": np.concatenate(parts)}, None, f"input of {name}")
+    def price(self) -> tuple[list[Pick], CostModel]:
+        """Each candidate's own cost is its layer's output error on the fit data; a configuration is priced by
+        the cost model built from each layer's sensitivity (one run per layer, of its middle rewrite): the expected %
+        of top-1 flips for a top-1 budget on class scores, else the relative output error. A ranking on the fit
+        data, not a decision: every step is certified on the select data."""
+        self.say(f"auto: measuring {len(self.cands)} layer sensitivities on {self.fit_data.n} fit samples")
+        for name, cands in self.cands.items():
+            rep = sorted(cands, key=lambda k: k.error)[len(cands) // 2]  # a middle rewrite of the layer
+            model = self.driver.apply(f"sensitivity of {name}", Plan({name: rep.choice})).model
+            self.sensitivity[name] = sensitivity(model, rep.error, self.cost_ev)
+        top1 = self.budget.max_accuracy_drop is not None or self.budget.min_agreement is not None
+        ref = self.cost_ev.reference[self.cost_ev.scored_index] if self.cost_ev.scored_index is not None else None
+        margins = top1_margins(class_scores(ref).astype(np.float64))[1] if top1 and ref is not None else None
+        model = CostModel(self.sensitivity, margins)
+        limit = PRUNE * self._limit(margins is not None)
+        picks = []
+        for name, cands in self.cands.items():
+            for k in cands:
+                k.cost = model({name: k.error})
+                if k.cost > limit:
+                    k.status = f"predicted alone to cost {k.cost:.3g}, more than {PRUNE:g}× the budget: not used"
+                    k.drop_factors()
+                    continue
+                k.status = "eligible"
+                picks.append(Pick(name, k.key, k.saved_ms, k.error))
+            self.say(f"auto: {name}: sensitivity {self.sensitivity[name].rel:.3f}, predicted cost alone "
+                     + ", ".join(f"{k.key} {k.cost:.3g}" for k in cands))
+        return picks, model
 
-    def alone(self, name: str, k: Candidate, x: EvalData | None) -> Plan:
-        """The plan with only ``k``, its last factor refit (on the layer's cached input when there is one)."""
-        plan = Plan({name: k.choice})
-        if self.targets is None:
-            return plan
-        if x is None:
-            return fit_plan(self.driver.base, plan, self.driver.convs, self.targets, self.fit_data,
-                            self.settings)[0]
-        single = candidate_model(self.driver.convs[name], k.choice, "N")
-        info = refit_layer(single, name, "y", self.targets, x, self.settings)
-        if not info.kept:
-            return plan
-        assert k.choice.factors is not None and info.weight is not None and info.bias is not None
-        return Plan({name: k.choice.with_factors(k.choice.factors.with_last(info.weight, info.bias))})
-
-    def price(self) -> list[Pick]:
-        """Each candidate alone, on the fit data: its output error orders the greedy sequence; one that misses
-        the budget's point estimate by more than two samples' worth is not used (a ranking, not a decision on
-        the claim: every step is certified on the select data)."""
-        loose = self.budget.loosened(200.0 / max(self.fit_data.n, 1))
-        guard = _PointGuard(self.cost_ev, loose)
-        total, done, picks = sum(len(v) for v in self.cands.values()), 0, []
-        for name in self.driver.convs:
-            x = self.layer_input(name) if self.cands.get(name) else None
-            for k in self.cands.get(name, []):
-                done += 1
-                step = self.driver.apply(f"{name} {k.key}", self.alone(name, k, x))
-                verdict = guard.after_step(step)
-                acc = step.measure(self.cost_ev).accuracy
-                k.calib, k.cost = acc, float(acc.rel_l2_error or 0.0)
-                k.status = "eligible" if verdict.ok else f"alone breaks the budget on the fit data ({verdict.reason})"
-                if verdict.ok:  # output errors of independent layers add roughly in quadrature: spend cost²
-                    picks.append(Pick(name, k.key, k.saved_ms, k.cost ** 2))
-                self.say(f"auto: cost [{done}/{total}] {name} {k.key}: rel err {fmt(k.cost, '.4f')}, top-1 drop "
-                         f"{fmt(acc.top1_drop, '.2f')}, layer {k.speedup:.2f}x, {k.status}")
-        return picks
+    def _limit(self, top1: bool) -> float:
+        """The budget in the cost model's units: % of flips for a top-1 budget, else relative error."""
+        b = self.budget
+        if top1:
+            return min(v for v in (b.max_accuracy_drop, None if b.min_agreement is None else 100 - b.min_agreement)
+                       if v is not None)
+        return b.max_rel_error if b.max_rel_error is not None else float("inf")
 
     # -- 4: sequence, checks, final -------------------------------------------------------------------------
 
-    def build(self, k: int, config: dict[str, Candidate]) -> Plan:
+    def step_plan(self, k: int, config: dict[str, Candidate]) -> Plan:
         """The plan of step ``k`` of the sequence, with sequential refits, in graph order (built once)."""
         if k not in self.plans:
             plan, infos = Plan({n: config[n].choice for n in self.driver.convs if n in config}), []
             if self.targets is not None and len(plan):
                 plan, infos = fit_plan(self.driver.base, plan, self.driver.convs, self.targets, self.fit_data,
-                                       self.settings)
+                                       self.settings, cache=self.refit_cache)
             self.plans[k] = plan
             self.refits[k] = {i.layer: [i.rel_error_before, i.rel_error_after] for i in infos}
         return self.plans[k]
 
     def check(self, k: int, config: dict[str, Candidate], n_steps: int) -> Decision:
         """Step ``k`` tested on the select data: certified when every bound is within the budget."""
-        step = self.driver.apply(f"auto step {k}", self.build(k, config))
+        step = self.driver.apply(f"auto step {k}", self.step_plan(k, config))
         decision = self.driver.judge(step, [BudgetGuard(self.select_ev, self.budget)])
         meas = step.measure(self.select_ev)
         if self.on_step is not None:
@@ -257,14 +296,19 @@ class AutoSearch:
         self.decisions[k] = decision
         return decision
 
-    def select(self, picks: list[Pick]) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
-        """Fixed-sequence testing along the grid (increasing steps, stop at the first uncertified one), then the
-        largest certified step that measures faster than the original end to end."""
+    def select(self, picks: list[Pick], cost: CostModel | None
+               ) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
+        """The greedy sequence under ``cost``; fixed-sequence testing along its grid (increasing steps, stop at
+        the first uncertified one); the largest certified step that measures faster than the original."""
         by_key = {(k.layer, k.key): k for v in self.cands.values() for k in v}
-        configs = [{n: by_key[(p.layer, p.key)] for n, p in cfg.items()} for cfg in greedy_sequence(picks)]
+        seq = greedy_sequence(picks, cost) if cost is not None else [{}]
+        configs = [{n: by_key[(p.layer, p.key)] for n, p in cfg.items()} for cfg in seq]
         n_steps = len(configs) - 1
         certified, rejected = [], None
         for k in grid_steps(n_steps, n_steps if self.options.every_step else self.options.max_checks):
+            if self.out_of_time():
+                self.say("auto: --time-budget reached: the largest step certified so far is taken")
+                break
             decision = self.check(k, configs[k], n_steps)
             if decision.kept and rejected is None:
                 certified.append(k)
@@ -287,31 +331,18 @@ class AutoSearch:
         self.batch = latency_batch(make_session(self.driver.base, self.settings), self.settings)
         self.say(f"auto: {len(eligible)} dense conv(s) to consider, latency batch {self.batch}, "
                  f"threads {self.settings.threads or 'ORT default'}")
+        built = self.fit_candidates(eligible)
         t1 = time.perf_counter()
-        self.time_candidates(eligible, self.batch)
+        self.time_candidates(built, self.batch)
         t2 = time.perf_counter()
         self.collect()
-        picks = self.price()
+        picks, cost = self.price() if self.cands else ([], None)
         t3 = time.perf_counter()
-        result = self.select(picks)
-        self.timings = {"prepare": t1 - t0, "latency": t2 - t1, "costs": t3 - t2, "select": time.perf_counter() - t3}
+        result = self.select(picks, cost)
+        self.timings = {"fit": t1 - t0, "latency": t2 - t1, "costs": t3 - t2, "select": time.perf_counter() - t3}
         return result
 
 
 __all__ = ["AutoOptions", "AutoSearch", "Check", "pareto_spread", "split_eval_data"]
 
 
-@dataclass
-class _PointGuard:
-    """The fit-data ranking rule: a candidate alone within the (loosened) budget's point estimates."""
-
-    evaluator: Evaluator
-    budget: Budget
-    name: str = "alone"
-
-    def after_step(self, step: Step) -> Verdict:
-        reason = self.budget.check(step.measure(self.evaluator).accuracy)
-        return Verdict(self.name, reason is None, reason)
-
-    def after_decision(self, step: Step, kept: bool) -> None:
-        return None

@@ -1,10 +1,11 @@
-"""Global choice of one candidate (or none) per layer: greedy by latency saved per unit of accuracy cost,
-then an end-to-end check along the greedy sequence that backs off until the budget holds.
+"""Global choice of one candidate (or none) per layer: greedy by latency saved per unit of accuracy cost, and
+the grid of its steps that are tested (in order) on the decision data.
 
-Pure Python: candidates are (layer, key, saved_ms, cost) records; verification is a callback.
+Pure Python: candidates are (layer, key, saved_ms, cost) records; a configuration is priced by a callable.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,7 +15,7 @@ EPS_COST = 1e-6
 @dataclass(frozen=True)
 class Choice:
     """A candidate for one layer: ``saved_ms`` = dense ms − candidate ms (single-layer, measured);
-    ``cost`` = accuracy cost when applied alone (larger is worse; any non-negative proxy)."""
+    ``cost`` = the candidate's own accuracy cost (its layer's output error; larger is worse)."""
 
     layer: str
     key: str
@@ -23,68 +24,51 @@ class Choice:
 
 
 Config = dict[str, Choice]  # layer → chosen candidate
+ConfigCost = Callable[[Mapping[str, float]], float]  # {layer: its choice's cost} → the configuration's cost
 
 
-def greedy_sequence(choices: list[Choice], eps: float = EPS_COST) -> list[Config]:
+def additive(costs: Mapping[str, float]) -> float:
+    return float(sum(costs.values()))
+
+
+def greedy_sequence(choices: list[Choice], cost: ConfigCost = additive, eps: float = EPS_COST) -> list[Config]:
     """Configurations of growing saving: start with every layer dense; at each step take the upgrade (a layer's
     first candidate, or a switch to a candidate of that layer saving more) with the best marginal ratio
-    (Δsaved / Δcost, Δcost floored at ``eps``). Candidates that save nothing are never used. Returns
-    [config_0 = {}, config_1, ...]; the last one has no upgrade left."""
+    Δsaved / Δcost, where ``cost`` prices a whole configuration (Δcost floored at ``eps``). Candidates that
+    save nothing are never used. Returns [config_0 = {}, config_1, ...]; the last one has no upgrade left."""
     by_layer: dict[str, list[Choice]] = {}
     for c in choices:
         if c.saved_ms > 0:
             by_layer.setdefault(c.layer, []).append(c)
     current: Config = {}
     seq: list[Config] = [dict(current)]
+    costs: dict[str, float] = {}
+    now = cost(costs)
     while True:
-        best: tuple[float, float, Choice] | None = None
+        best: tuple[float, float, Choice, float] | None = None
         for layer, cands in by_layer.items():
-            cur = current.get(layer)
-            cur_saved = cur.saved_ms if cur else 0.0
-            cur_cost = cur.cost if cur else 0.0
+            cur_saved = current[layer].saved_ms if layer in current else 0.0
             for c in cands:
                 d_saved = c.saved_ms - cur_saved
                 if d_saved <= 0:
                     continue
-                ratio = d_saved / max(c.cost - cur_cost, eps)
-                key = (ratio, d_saved)
-                if best is None or key > best[:2]:
-                    best = (ratio, d_saved, c)
+                after = cost({**costs, layer: c.cost})
+                ratio = d_saved / max(after - now, eps)
+                if best is None or (ratio, d_saved) > best[:2]:
+                    best = (ratio, d_saved, c, after)
         if best is None:
             return seq
-        current[best[2].layer] = best[2]
+        current[best[2].layer], costs[best[2].layer], now = best[2], best[2].cost, best[3]
         seq.append(dict(current))
 
 
 def grid_steps(n: int, max_checks: int) -> list[int]:
-    """The steps 1..n to check: all of them when n <= max_checks, else ``max_checks`` spread evenly
-    (1 and n included)."""
+    """The steps 1..n to test, fixed before any test: all of them when n <= max_checks, else at most
+    ``max_checks`` spaced geometrically from 1 to n (dense where a tight budget binds, each a similar share
+    of the sequence's remaining rewrites further on)."""
     if n <= 0:
         return []
     if n <= max_checks:
         return list(range(1, n + 1))
-    return sorted({1 + round(i * (n - 1) / (max_checks - 1)) for i in range(max_checks)})
-
-
-def monotone_fit(values: list[float]) -> list[float]:
-    """The non-decreasing sequence closest to ``values`` in least squares (isotonic regression, pool adjacent
-    violators). A step of the greedy sequence only adds rewrites, so its true accuracy cost does not fall as
-    the step grows; the measured one does, by sampling noise. Fitting a monotone curve pools neighbouring
-    steps instead of trusting one lucky (or unlucky) measurement."""
-    blocks: list[list[float]] = []  # [mean, weight]
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2 = blocks.pop()
-            m1, w1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
-    out: list[float] = []
-    for m, w in blocks:
-        out.extend([m] * int(w))
-    return out
-
-
-def largest_within(steps: list[int], usage: list[float], limit: float = 1.0) -> int:
-    """The largest step whose monotone-fitted budget usage is at most ``limit`` (0 when none is)."""
-    fitted = monotone_fit(usage)
-    return max((k for k, u in zip(steps, fitted) if u <= limit + 1e-9), default=0)
+    ratio = n ** (1.0 / (max_checks - 1))
+    return sorted({min(n, max(1, round(ratio ** i))) for i in range(max_checks)} | {n})

@@ -159,14 +159,6 @@ class Budget:
                         + (f"; it takes about {need} samples" if need else ""))
         return None
 
-    def loosened(self, points: float) -> "Budget":
-        """This budget with ``points`` of slack on the top-1 limits (for ranking on few samples)."""
-        return Budget(
-            max_accuracy_drop=None if self.max_accuracy_drop is None else self.max_accuracy_drop + points,
-            min_agreement=None if self.min_agreement is None else max(0.0, self.min_agreement - points),
-            max_rel_error=self.max_rel_error, max_metric_drop=self.max_metric_drop, confidence=self.confidence,
-            source=f"{self.source}, loosened by {points:.2g} points")
-
     def to_dict(self) -> dict[str, object]:
         return {**{n: getattr(self, n) for n in LIMITS}, "confidence": self.confidence, "source": self.source}
 

@@ -20,6 +20,7 @@ import onnx
 import convopt
 from convopt.decompose import one_blas_thread
 from convopt.core.budget import Certificate
+from convopt.core.deploy import FP32, Deployment
 from convopt.core.instruments import Instrument, Step, Verdict, rejection
 from convopt.core.plan import Plan, apply_plan, conv_table
 from convopt.errors import RewriteError
@@ -28,15 +29,16 @@ from convopt.measure.measurement import Measurement
 from convopt.passes import FitContext
 from convopt.passes.fold_bn import NAME as FOLD_BN, fold_batchnorm
 from convopt.measure.evaluator import Evaluator
-from convopt.report import BudgetReport, NodeRewrite, NodeSkip, PassReport, Report, Serializable
+from convopt.report import BudgetReport, NodeRewrite, NodeSkip, PassReport, PrecisionRow, Report, Serializable
 
 Say = Callable[[str], None]
 Shapes = dict[str, tuple[int, ...]]
 
 
 def conv_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None) -> Shapes:
-    """Static shapes of every Conv's input and output tensor (batch 1 where dynamic)."""
-    wanted = [t for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") for t in (n.input[0], n.output[0])]
+    """Static shapes of every Conv's (and Gemm's) input and output tensor (batch 1 where dynamic)."""
+    wanted = [t for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")
+              for t in (n.input[0], n.output[0])]
     return infer_tensor_shapes(model, dict(input_shapes) if input_shapes else None, wanted)
 
 
@@ -58,9 +60,12 @@ def verify(model: onnx.ModelProto, where: str) -> None:
 
 
 def environment() -> dict[str, Any]:
+    import datetime
+
     import onnxruntime
 
-    return {"convopt": convopt.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"date": date, "convopt": convopt.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count()}
 
@@ -83,9 +88,10 @@ class Decision:
 
 class Driver:
     def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None, *,
-                 fold_bn: bool = True, fit: FitContext = FitContext(), say: Say | None = None) -> None:
+                 fold_bn: bool = True, fit: FitContext = FitContext(), say: Say | None = None,
+                 deploy: Deployment = FP32) -> None:
         self.original = model
-        self.fit = fit
+        self.fit, self.deploy = fit, deploy
         self.say: Say = say or (lambda _m: None)
         self.macs0, self.params0 = totals(model, conv_shapes(model, input_shapes))
         self.reports: list[PassReport] = []
@@ -106,7 +112,8 @@ class Driver:
                              if isinstance(c, ConvSkip)]
         self.kept = Plan()
         self.kept_records: list[NodeRewrite] = []
-        self.model = self.base
+        self.model = deploy.model(self.base)  # as deployed
+        self.fp32_model = self.base
         self.timed: list[tuple[int, Plan]] = []  # report rows whose step the report phase times: (row, plan)
 
     # -- steps --------------------------------------------------------------------------------------------
@@ -118,7 +125,9 @@ class Driver:
         if applied.records:
             verify(applied.model, f"{name}")
         new = [r for r in applied.records if r.node not in self.kept]
-        return Step(name, applied.plan, applied.model, new)
+        if not self.deploy.quantized:
+            return Step(name, applied.plan, applied.model, new)
+        return Step(name, applied.plan, self.deploy.model(applied.model), new, applied.model)
 
     def judge(self, step: Step, instruments: Sequence[Instrument]) -> Decision:
         """Every instrument's verdict on ``step`` (each decides from its own measurement)."""
@@ -131,6 +140,7 @@ class Driver:
             i.after_decision(decision.step, kept)
         if kept:
             self.kept, self.model = decision.step.plan, decision.step.model
+            self.fp32_model = decision.step.fp32 or decision.step.model
             self.kept_records = self.kept_records + decision.step.records
         return kept
 
@@ -158,25 +168,34 @@ class Driver:
         self.reports.append(PassReport(name, status, tuple(records), tuple(skipped), macs_before, self.macs,
                                        params_before, self.params, round(seconds, 4), reason, measurement))
 
-    def finish(self, report: Evaluator) -> tuple[Measurement, Measurement]:
+    def finish(self, report: Evaluator) -> tuple[Measurement, Measurement, tuple[PrecisionRow, ...]]:
         """The report phase, after every decision: the final model measured once on the report data, and the
         original, every timed step and the final model timed in ONE interleaved run (one baseline for the
-        whole table). Returns (baseline, final) on the report data."""
+        whole table). Deployed as INT8, the original and optimized models at FP32 and INT8 too (four rows).
+        Returns (baseline, final, precision rows) on the report data."""
         self.say(f"report: measuring the final model on {report.data.n} report samples (never used to decide)")
         models = [self.apply(self.reports[i].name, plan).model for i, plan in self.timed] + [self.model]
-        base_latency, latencies = report.time_models(models)
+        extra = [self.deploy.model(self.original), self.fp32_model] if self.deploy.quantized else []
+        base_latency, latencies = report.time_models(models + extra)
         for (i, _), lat in zip(self.timed, latencies):
             self.reports[i] = replace(self.reports[i], latency=lat)
-        final = replace(report.measure(self.model, "final", timed=False), latency=latencies[-1])
-        return replace(report.baseline(), latency=base_latency), final
+        final = replace(report.measure(self.model, "final", timed=False), latency=latencies[len(models) - 1])
+        baseline = replace(report.baseline(), latency=base_latency)
+        if not extra:
+            return baseline, final, ()
+        orig8, opt32 = (replace(report.measure(m, d, timed=False), latency=lat) for m, d, lat in
+                        zip(extra, ("original INT8", "optimized FP32"), latencies[len(models):]))
+        rows = (PrecisionRow("original", "fp32", baseline), PrecisionRow("original", "int8", orig8),
+                PrecisionRow("optimized", "fp32", opt32), PrecisionRow("optimized", "int8", final))
+        return baseline, final, rows
 
     def report(self, *, model_name: str, output_name: str | None, settings: dict[str, Any],
                baseline: Serializable | None, final: Serializable | None, extra: dict[str, Any] | None = None,
-               budget: BudgetReport | None = None) -> Report:
+               budget: BudgetReport | None = None, precisions: tuple[PrecisionRow, ...] = ()) -> Report:
         return Report(model=model_name, output=output_name, passes=tuple(self.reports), settings=settings,
                       environment=environment(), macs_before=self.macs0, macs_after=self.macs,
                       params_before=self.params0, params_after=self.params, baseline=baseline, final=final,
-                      budget=budget, extra=extra or {})
+                      budget=budget, precisions=precisions, extra=extra or {})
 
 
 @dataclass

@@ -22,8 +22,9 @@ class Step:
 
     name: str
     plan: Plan
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # as deployed (quantized with --quantize int8)
     records: list[NodeRewrite]
+    fp32: onnx.ModelProto | None = field(default=None, repr=False)  # the rewritten FP32 model, when it differs
     _measured: dict[int, Measurement] = field(default_factory=dict, repr=False)
 
     def measure(self, evaluator: Evaluator) -> Measurement:

@@ -10,6 +10,7 @@ affine optimum). Every function takes the moment to fit under as a plain (F, F) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -46,9 +47,9 @@ class Moments:
     def dim(self) -> int:
         return int(self.mean.shape[0])
 
-    @property
+    @cached_property
     def covariance(self) -> np.ndarray:
-        """C (F, F) = E[(x − μ)(x − μ)ᵀ] = S − μ μᵀ."""
+        """C (F, F) = E[(x − μ)(x − μ)ᵀ] = S − μ μᵀ (computed once)."""
         return self.about(self.mean)
 
     def about(self, center: np.ndarray) -> np.ndarray:

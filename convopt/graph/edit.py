@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from convopt.graph.infer import copy_fields
+
 from convopt.graph.read import ConvSpec
 
 
@@ -143,6 +145,22 @@ class Builder:
                                     pass_name=self.pass_name))
         return out
 
+    def gemm_node(self, role: str, x: str, weight: np.ndarray, *, bias: np.ndarray | None = None,
+                  y: str | None = None) -> str:
+        """A Gemm y = x · weightᵀ (+ bias), weight (O, I); returns its output tensor."""
+        n = self._node_name(role)
+        w = self.names.fresh(n + "/W")
+        self.initializers.append(tensor(w, weight))
+        inputs = [x, w]
+        if bias is not None:
+            inputs.append(self.names.fresh(n + "/B"))
+            self.initializers.append(tensor(inputs[-1], bias))
+        out = y if y is not None else self.names.fresh(n + "/out")
+        node = helper.make_node("Gemm", inputs, [out], name=n, transB=1)
+        node.doc_string = f"convopt:{self.pass_name}"
+        self.nodes.append(node)
+        return out
+
     def concat(self, role: str, inputs: list[str], axis: int) -> str:
         """A Concat of ``inputs`` along ``axis``; returns its output tensor."""
         n = self._node_name(role)
@@ -158,11 +176,11 @@ class Builder:
 
 def apply_replacements(model: onnx.ModelProto, replacements: list[Replacement]) -> onnx.ModelProto:
     """A copy of ``model`` with each replaced Conv swapped for its chain (in place, so order stays
-    topological), new initializers added, and the constants only the old nodes used removed."""
-    m = copy_model(model)
+    topological), new initializers added, and the constants only the old nodes used left out. The copy is built
+    field by field, so the weights being replaced are never copied (peak: the model plus its new version)."""
     by_index = {r.conv.index: r for r in replacements}
     nodes: list[onnx.NodeProto] = []
-    for idx, node in enumerate(m.graph.node):
+    for idx, node in enumerate(model.graph.node):
         r = by_index.get(idx)
         if r is None:
             nodes.append(node)
@@ -170,17 +188,39 @@ def apply_replacements(model: onnx.ModelProto, replacements: list[Replacement]) 
             if node.output[0] != r.conv.y:
                 raise RuntimeError(f"graph changed under a replacement for {r.conv.name}")
             nodes.extend(r.nodes)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    new_inits = [t for r in replacements for t in r.initializers]
-    m.graph.initializer.extend(new_inits)
-    if m.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
-        m.graph.input.extend(
-            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits
-        )
     candidates = {r.conv.w_name for r in replacements} | {r.conv.b_name for r in replacements if r.conv.b_name}
-    remove_unused_constants(m, candidates)
+    dead = candidates - _names_read(nodes, model.graph)
+    m = onnx.ModelProto()
+    copy_fields(model, m, skip=("graph",))
+    g = m.graph
+    copy_fields(model.graph, g, skip=("node", "initializer", "input"))
+    g.node.extend(n for n in nodes if not (n.op_type == "Constant" and n.output and n.output[0] in dead))
+    g.initializer.extend(t for t in model.graph.initializer if t.name not in dead)
+    new_inits = [t for r in replacements for t in r.initializers]
+    g.initializer.extend(new_inits)
+    g.input.extend(i for i in model.graph.input if i.name not in dead)
+    if m.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
+        g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits)
     return m
+
+
+def _names_read(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> set[str]:
+    """Tensor names ``nodes`` read (their subgraphs included) or ``graph`` outputs."""
+    used: set[str] = {o.name for o in graph.output} | used_names_in_subgraphs(nodes)
+    for n in nodes:
+        used.update(n.input)
+    return used
+
+
+def used_names_in_subgraphs(nodes: list[onnx.NodeProto]) -> set[str]:
+    """Tensor names read inside the subgraphs (If/Loop/Scan bodies, nested) of ``nodes``."""
+    used: set[str] = set()
+    for n in nodes:
+        for sg in subgraphs(n):
+            for g in all_graphs(sg):
+                for inner in g.node:
+                    used.update(inner.input)
+    return used
 
 
 def used_names(graph: onnx.GraphProto) -> set[str]:
@@ -199,15 +239,12 @@ def remove_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> Non
     dead = {c for c in candidates if c not in used}
     if not dead:
         return
-    keep_inits = [t for t in g.initializer if t.name not in dead]
-    del g.initializer[:]
-    g.initializer.extend(keep_inits)
-    keep_nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output and n.output[0] in dead)]
-    del g.node[:]
-    g.node.extend(keep_nodes)
-    keep_inputs = [i for i in g.input if i.name not in dead]
-    del g.input[:]
-    g.input.extend(keep_inputs)
+    # deleted by index, last first: rebuilding the lists would copy every kept weight
+    for field, dead_at in ((g.initializer, lambda t: t.name in dead),
+                           (g.node, lambda n: n.op_type == "Constant" and bool(n.output) and n.output[0] in dead),
+                           (g.input, lambda i: i.name in dead)):
+        for i in reversed([i for i, item in enumerate(field) if dead_at(item)]):
+            del field[i]
 
 
 # ---------------------------------------------------------------- sub-models for intermediate tensors

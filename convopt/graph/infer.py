@@ -23,9 +23,9 @@ def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     replaced by graph inputs of the same type and shape, so inference never copies the weights (a model's
     bulk). Small initializers (shape vectors, axes, indices) keep their values, which inference may need."""
     m = onnx.ModelProto()
-    _copy_fields(model, m, skip=("graph",))
+    copy_fields(model, m, skip=("graph",))
     src, g = model.graph, m.graph
-    _copy_fields(src, g, skip=("initializer", "input"))
+    copy_fields(src, g, skip=("initializer", "input"))
     g.input.extend(src.input)
     declared = {i.name for i in src.input}
     for t in src.initializer:
@@ -38,7 +38,7 @@ def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def _copy_fields(src: object, dst: object, skip: tuple[str, ...]) -> None:
+def copy_fields(src: object, dst: object, skip: tuple[str, ...]) -> None:
     """Copy the set fields of protobuf message ``src`` into ``dst`` (same type), except those in ``skip``."""
     for f, v in src.ListFields():  # type: ignore[attr-defined]
         if f.name in skip:

@@ -29,8 +29,8 @@ Quantized convs and ConvTranspose are not Convs here: read_convs reports them as
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -47,14 +47,16 @@ INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """A 2-D Conv node with constant weights, read out of the graph."""
+    """A 2-D Conv node with constant weights, read out of the graph. The weight is read from the model when
+    ``W`` is used (each use a fresh float32 array), so a list of ConvSpecs holds no copy of the weights."""
 
     index: int
     node: onnx.NodeProto
     name: str
     x: str
     y: str
-    W: np.ndarray  # (O, I/g, kh, kw) float32
+    w_shape: tuple[int, int, int, int]  # (O, I/g, kh, kw)
+    finite: bool  # no NaN or Inf in the weight
     B: np.ndarray | None  # (O,)
     w_name: str
     b_name: str | None
@@ -67,14 +69,23 @@ class ConvSpec:
     in_shape: tuple[int, int, int, int] | None  # (N, C, H, W) of x, batch 1 when dynamic
     out_shape: tuple[int, int, int, int] | None
     pads_reason: str | None = None  # why pads could not be resolved
+    weight: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    op: str = "Conv"  # "Gemm": a fully connected layer seen as a 1×1 conv (see convopt.graph.linear)
+    x_shape: tuple[int, ...] | None = None  # Gemm: the input's real shape (rows, I), batch 1
+
+    @property
+    def W(self) -> np.ndarray:
+        """The weight (O, I/g, kh, kw), float32, read from the model now."""
+        assert self.weight is not None
+        return np.ascontiguousarray(self.weight(), dtype=np.float32)
 
     @property
     def out_channels(self) -> int:
-        return int(self.W.shape[0])
+        return int(self.w_shape[0])
 
     @property
     def in_channels(self) -> int:
-        return int(self.W.shape[1] * self.group)
+        return int(self.w_shape[1] * self.group)
 
     @property
     def out_hw(self) -> tuple[int, int] | None:
@@ -85,11 +96,11 @@ class ConvSpec:
         """Multiply-accumulates for one sample (batch 1); None when the output size is unknown."""
         if self.out_shape is None:
             return None
-        return conv_macs(self.W.shape, self.out_shape[2], self.out_shape[3])
+        return conv_macs(self.w_shape, self.out_shape[2], self.out_shape[3])
 
     @property
     def params(self) -> int:
-        return int(self.W.size + (0 if self.B is None else self.B.size))
+        return int(np.prod(self.w_shape) + (0 if self.B is None else self.B.size))
 
 
 @dataclass(frozen=True)
@@ -314,6 +325,11 @@ def read_convs(
         if node.op_type == "ConvTranspose":
             out.append(ConvSkip(idx, node, name, "ConvTranspose is not rewritten"))
             continue
+        if node.op_type == "Gemm" and node.domain in ("", "ai.onnx"):
+            from convopt.graph.linear import read_gemm
+
+            out.append(read_gemm(idx, node, name, consts, shapes))
+            continue
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
             continue
         issue = conv_issue(node, consts, shapes, model.ir_version)
@@ -344,9 +360,11 @@ def _spec(
     else:
         y = static_shape(shapes.get(node.output[0]))
         out_shape = y if y is not None and len(y) == 4 else None
+    w_name = node.input[1]
     return ConvSpec(
         index=idx, node=node, name=name, x=node.input[0], y=node.output[0],
-        W=np.ascontiguousarray(W, dtype=np.float32), B=None if bv is None else bv.astype(np.float32),
+        w_shape=tuple(int(d) for d in W.shape), finite=bool(np.all(np.isfinite(W))),  # type: ignore[arg-type]
+        weight=lambda: consts.value(w_name), B=None if bv is None else bv.astype(np.float32),
         w_name=node.input[1], b_name=b_name, kernel=kernel, strides=strides, dilations=dilations,  # type: ignore[arg-type]
         group=a.group, pads=pads, auto_pad=a.auto_pad, in_shape=in4, out_shape=out_shape,  # type: ignore[arg-type]
         pads_reason=reason,

@@ -5,8 +5,7 @@ seeded random inputs, which measure fidelity to the original model rather than a
 """
 from __future__ import annotations
 
-import csv
-import zipfile
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,12 @@ import onnx
 from convopt.errors import DataError, InputError, ShapeError
 # model inputs and their shapes live in the graph layer (the one resolver); these names stay importable from here
 from convopt.graph.shapes import graph_inputs, input_dtype, parse_input_shape, resolve_input_shapes  # noqa: F401
+from convopt.limits import check_data_memory
+from convopt.measure.labels import LABEL_KEYS, as_labels, resolve_labels
+from convopt.measure.npz import ArrayHeader, NpzFile, check_real, npy_header, read_npy
 
 RANDOM_DATA_WARNING = "no --data given: measuring fidelity to the original model on random inputs, not accuracy"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-LABEL_KEYS = ("labels", "y")
 SINGLE_INPUT_KEYS = ("images", "x")
 
 
@@ -176,6 +177,8 @@ def _load_image_folder(
     if not all_files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     files = all_files[:limit] if limit is not None else all_files
+    check_data_memory(2 * len(files) * h * w * c * 4 + len(files) * h * w * c * input_dtype(vi).itemsize,
+                      f"{len(files)} images of {h}x{w}x{c}", "pass --limit to use fewer images")
     batch = np.stack([load_image(f, h, w, c, preset) for f in files])  # (N, H, W, C)
     if layout == "NCHW":
         batch = batch.transpose(0, 3, 1, 2)
@@ -188,46 +191,80 @@ def _load_image_folder(
 # Arrays and labels
 
 
-def _open_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"cannot read {path} as an .npz archive: {e}") from None
-
-
-def _open_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read {path} as an .npy array: {e}") from None
-
-
-def _pick_arrays(
-    arrays: dict[str, np.ndarray], names: list[str], path: Path
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Map npz arrays to model inputs: by input name; for one input, also `images`/`x` or the only array."""
-    labels = next((arrays[k] for k in LABEL_KEYS if k in arrays and k not in names), None)
-    picked: dict[str, np.ndarray] = {}
-    for name in names:
-        if name in arrays:
-            picked[name] = arrays[name]
+def _pick_keys(keys: Sequence[str], names: list[str], path: Path) -> tuple[dict[str, str], str | None]:
+    """Map npz members to model inputs: by input name; for one input, also `images`/`x` or the only array.
+    Returns ({input name: member}, labels member or None)."""
+    label_key = next((k for k in LABEL_KEYS if k in keys and k not in names), None)
+    picked = {name: name for name in names if name in keys}
     if len(names) == 1 and not picked:
-        candidates = [k for k in SINGLE_INPUT_KEYS if k in arrays]
+        candidates = [k for k in SINGLE_INPUT_KEYS if k in keys]
         if not candidates:
-            candidates = [k for k in arrays if k not in LABEL_KEYS]
+            candidates = [k for k in keys if k not in LABEL_KEYS]
             if len(candidates) != 1:
                 candidates = []
         if candidates:
-            picked[names[0]] = arrays[candidates[0]]
+            picked[names[0]] = candidates[0]
     missing = [n for n in names if n not in picked]
     if missing:
         raise DataError(
-            f"{path} has arrays {sorted(arrays)} but no array for model input(s) "
+            f"{path} has arrays {sorted(keys)} but no array for model input(s) "
             f"{', '.join(repr(m) for m in missing)}; name each array after its input "
             f"(np.savez(path, {missing[0]}=..., labels=...))"
         )
-    return picked, labels
+    return picked, label_key
+
+
+def _check_header(name: str, header: ArrayHeader, shape: tuple[int, ...], path: Path) -> None:
+    """The declared shape of the array for input ``name`` fits the model's samples (before any data is read)."""
+    per_sample = tuple(shape[1:])
+    if not header.shape or tuple(header.shape[1:]) != per_sample:
+        raise DataError(
+            f"array for input '{name}' in {path} has shape {header.shape}, but the model takes samples of "
+            f"shape {per_sample} (input shape {shape}); store it as (samples, {', '.join(map(str, per_sample))})"
+        )
+    if header.shape[0] == 0:
+        raise DataError(f"array for input '{name}' in {path} has no samples")
+
+
+def _read_arrays(
+    path: Path, vis: list[onnx.ValueInfoProto], shapes: Mapping[str, tuple[int, ...]], limit: int | None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
+    """(inputs cast to the model's dtypes, labels or None, samples in the file) from an .npz or .npy, reading
+    headers first, then only the first ``limit`` rows, within the memory limit."""
+    names = [v.name for v in vis]
+    npz = NpzFile(path) if path.suffix.lower() == ".npz" else None
+    try:
+        if npz is not None:
+            keys, label_key = _pick_keys(list(npz.headers), names, path)
+            headers = {name: npz.headers[k] for name, k in keys.items()}
+        else:
+            if len(vis) != 1:
+                raise DataError(f"{path} is one array but the model has {len(vis)} inputs; use an .npz")
+            keys, label_key, headers = {names[0]: names[0]}, None, {names[0]: npy_header(path)}
+        for v in vis:
+            _check_header(v.name, headers[v.name], shapes[v.name], path)
+        counts = {k: h.shape[0] for k, h in headers.items()}
+        if len(set(counts.values())) != 1:
+            raise DataError(f"arrays in {path} have different sample counts {counts}; give the same number per input")
+        n_total = next(iter(counts.values()))
+        rows = min(n_total, limit or n_total)
+        need = sum(rows * h.row_bytes + (0 if h.dtype == input_dtype(v) else
+                                          rows * (h.row_bytes // max(h.dtype.itemsize, 1)) * input_dtype(v).itemsize)
+                   for v, h in zip(vis, headers.values()))
+        check_data_memory(need, f"{rows} samples from {path}", "pass --limit to use fewer samples")
+        raw = {v.name: (npz.read(keys[v.name], rows) if npz is not None else read_npy(path, rows)) for v in vis}
+        labels = None
+        if npz is not None and label_key is not None:
+            lh = npz.headers[label_key]
+            if lh.rows != n_total:
+                raise DataError(f"{path} has {lh.rows} labels for {n_total} samples; give one per sample")
+            check_data_memory(rows * max(lh.row_bytes, 8), f"labels from {path}", "pass --limit")
+            labels = npz.read(label_key, rows)
+    finally:
+        if npz is not None:
+            npz.close()
+    inputs = {v.name: _check_and_cast(v.name, raw.pop(v.name), shapes[v.name], input_dtype(v), path) for v in vis}
+    return inputs, labels, n_total
 
 
 def _check_and_cast(name: str, arr: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, path: Path) -> np.ndarray:
@@ -239,6 +276,7 @@ def _check_and_cast(name: str, arr: np.ndarray, shape: tuple[int, ...], dtype: n
         )
     if arr.shape[0] == 0:
         raise DataError(f"array for input '{name}' in {path} has no samples")
+    check_real(arr.dtype, f"the array for input '{name}' in {path}")
     if np.issubdtype(dtype, np.integer) and np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
             raise DataError(
@@ -247,82 +285,17 @@ def _check_and_cast(name: str, arr: np.ndarray, shape: tuple[int, ...], dtype: n
     return np.ascontiguousarray(arr.astype(dtype, copy=False))
 
 
-def _as_labels(arr: np.ndarray, where: str) -> np.ndarray:
-    a = np.asarray(arr)
-    if a.ndim == 2 and a.shape[1] == 1:
-        a = a[:, 0]
-    if a.ndim != 1:
-        raise DataError(f"labels from {where} have shape {a.shape}; give one integer class index per sample")
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise DataError(f"labels from {where} are not integers; give integer class indices")
-    elif a.dtype.kind not in "iub":
-        raise DataError(f"labels from {where} have dtype {a.dtype}; give integer class indices")
-    return a.astype(np.int64)
-
-
-def _read_label_csv(path: Path) -> tuple[list[str] | None, np.ndarray]:
-    """(file names or None, labels in row order) from a CSV with a header containing a `label` column."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read labels CSV {path}: {e}") from None
-    if not rows or "label" not in rows[0]:
-        raise DataError(f"labels CSV {path} needs a header row with a 'label' column (and 'file' for images)")
-    try:
-        labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"labels CSV {path}: the 'label' column must hold integer class indices") from None
-    files = [str(r.get("file") or "") for r in rows] if "file" in rows[0] else None
-    return files, labels
-
-
-def _resolve_labels(
-    labels: Path | str | np.ndarray, files: list[str] | None, n_total: int, n_used: int
-) -> np.ndarray:
-    """Labels of the ``n_used`` samples kept (the first ones of ``n_total``). ``files``: the kept image file
-    names when the data is a folder; a CSV with a `file` column is then matched by name, anything else
-    by order."""
-    if isinstance(labels, np.ndarray):
-        out = _as_labels(labels, "the given array")
-        where = "the given array"
-    else:
-        path = Path(labels)
-        where = str(path)
-        if not path.is_file():
-            raise DataError(f"labels file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            csv_files, csv_labels = _read_label_csv(path)
-            if files is not None:
-                if csv_files is None:
-                    raise DataError(f"labels CSV {path} needs a 'file' column to match the image file names")
-                by_name = {Path(f).name: int(lab) for f, lab in zip(csv_files, csv_labels)}
-                missing = [f for f in files if f not in by_name]
-                if missing:
-                    raise DataError(
-                        f"labels CSV {path} has no row for {len(missing)} image(s), e.g. {missing[:3]}; "
-                        "add a row per image (file,label)"
-                    )
-                return np.array([by_name[f] for f in files], dtype=np.int64)
-            out = csv_labels
-        elif suffix == ".npy":
-            out = _as_labels(_open_npy(path), where)
-        elif suffix == ".npz":
-            arrays = _open_npz(path)
-            key = next((k for k in LABEL_KEYS if k in arrays), None)
-            if key is None and len(arrays) == 1:
-                key = next(iter(arrays))
-            if key is None:
-                raise DataError(f"{path} has arrays {sorted(arrays)}; name the labels array 'labels'")
-            out = _as_labels(arrays[key], where)
-        else:
-            raise DataError(f"labels file {path} must be .csv (file,label), .npy or .npz")
-    if out.shape[0] != n_total:
-        hint = "; use a CSV with file,label columns to match images by name" if files is not None else ""
-        raise DataError(f"labels from {where} have {out.shape[0]} entries but the data has {n_total} samples{hint}")
-    return out[:n_used]
+def _random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Random values made directly in ``dtype`` (float16 and other floats via float32)."""
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape, dtype=np.uint8).astype(bool)
+    if dtype == np.uint8:
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 10, size=shape, dtype=dtype)
+    if dtype in (np.float32, np.float64):
+        return rng.random(size=shape, dtype=dtype)
+    return rng.random(size=shape, dtype=np.float32).astype(dtype)
 
 
 def random_eval_data(
@@ -332,19 +305,12 @@ def random_eval_data(
     if samples < 1:
         raise InputError(f"random_samples must be at least 1, got {samples}")
     rng = np.random.default_rng(seed)
-    inputs: dict[str, np.ndarray] = {}
-    for vi in graph_inputs(model):
-        dtype = input_dtype(vi)
-        shape = (samples, *shapes[vi.name][1:])
-        if dtype == np.bool_:
-            arr = rng.integers(0, 2, size=shape).astype(bool)
-        elif dtype == np.uint8:
-            arr = rng.integers(0, 256, size=shape).astype(dtype)
-        elif np.issubdtype(dtype, np.integer):
-            arr = rng.integers(0, 10, size=shape).astype(dtype)
-        else:
-            arr = rng.random(size=shape, dtype=np.float64).astype(dtype)
-        inputs[vi.name] = arr
+    plan = [(vi.name, (samples, *shapes[vi.name][1:]), input_dtype(vi)) for vi in graph_inputs(model)]
+    need = sum(math.prod(shape) * max(dtype.itemsize, 4 if dtype.kind == "f" else 1) for _, shape, dtype in plan)
+    check_data_memory(need, f"random evaluation data ({samples} samples of "
+                      + ", ".join(f"{n} {'x'.join(map(str, s[1:]))} {d}" for n, s, d in plan) + ")",
+                      "pass --no-eval to rewrite without measuring, or --input-shape for a smaller dynamic input")
+    inputs = {name: _random_array(rng, shape, dtype) for name, shape, dtype in plan}
     return EvalData(inputs, None, f"random inputs ({samples} samples, seed {seed})", RANDOM_DATA_WARNING)
 
 
@@ -397,34 +363,18 @@ def load_eval_data(
         inputs = {vis[0].name: arr}
         found_labels = None
     else:
-        suffix = path.suffix.lower()
-        if suffix == ".npz":
-            arrays, found_labels = _pick_arrays(_open_npz(path), [v.name for v in vis], path)
-        elif suffix == ".npy":
-            if len(vis) != 1:
-                raise DataError(f"{path} is one array but the model has {len(vis)} inputs; use an .npz")
-            arrays, found_labels = {vis[0].name: _open_npy(path)}, None
-        else:
+        if path.suffix.lower() not in (".npz", ".npy"):
             raise DataError(
                 f"cannot read data {path}: use an .npz (arrays named after the inputs), .npy, or a folder of images"
             )
         if preprocess is not None:
             raise DataError("--preprocess applies to a folder of images; arrays in an .npz are fed as they are")
-        inputs = {v.name: _check_and_cast(v.name, arrays[v.name], shapes[v.name], input_dtype(v), path) for v in vis}
-        counts = {k: a.shape[0] for k, a in inputs.items()}
-        if len(set(counts.values())) != 1:
-            raise DataError(f"arrays in {path} have different sample counts {counts}; give the same number per input")
-        n_total = next(iter(counts.values()))
-        if limit is not None:
-            inputs = {k: a[:limit] for k, a in inputs.items()}
+        inputs, found_labels, n_total = _read_arrays(path, vis, shapes, limit)
         source = f"{path} ({min(n_total, limit or n_total)} of {n_total} samples)"
     n_used = next(iter(inputs.values())).shape[0]
     label_arr: np.ndarray | None = None
     if labels is not None:
-        label_arr = _resolve_labels(labels, files, n_total, n_used)
+        label_arr = resolve_labels(labels, files, n_total, n_used)
     elif found_labels is not None:
-        label_arr = _as_labels(found_labels, str(path))
-        if label_arr.shape[0] != n_total:
-            raise DataError(f"{path} has {label_arr.shape[0]} labels for {n_total} samples; give one per sample")
-        label_arr = label_arr[:n_used]
+        label_arr = as_labels(found_labels, str(path))[:n_used]  # its count was checked on the header
     return EvalData(inputs, label_arr, source, None)

@@ -17,13 +17,13 @@ from convopt.errors import DataError, ModelLoadError, RewriteError
 from convopt.measure.data import EvalData
 from convopt.measure.latency import speedup, time_sessions
 from convopt.measure import stats
-from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparison, Measurement, Outcomes
-from convopt.measure.metrics import class_scores, compare_outputs, labelled_accuracy
+from convopt.measure.executor import Candidate, EvaluationSpec, Executor, LocalExecutor
+from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparison, Measurement
+from convopt.measure.metrics import hit_rate
 from convopt.measure.outcomes import outcomes, with_intervals
 from convopt.measure.plugin import TaskMetric
-from convopt.measure.ort import (
-    ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, run_model,
-)
+from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session
+from convopt.measure.shards import Comparison
 
 
 @contextmanager
@@ -44,10 +44,15 @@ def _progress(enabled: bool, label: str, total: int) -> Iterator[Progress | None
 class Evaluator:
     """Measures candidates against ``original`` on ``data`` (one data role: ``role``) with ``settings``.
 
-    The original runs once here (reference outputs, labelled accuracy when ``data`` has labels, the task
-    metric's scores when ``metric`` is given); raises ModelLoadError if ORT cannot load it, DataError if the
-    data does not fit it (missing input arrays, ORT refusing the arrays, labels without a class-score output,
-    or labels on which the original scores no better than chance).
+    The original runs once (reference outputs, kept where the executor runs the shards; labelled accuracy
+    when ``data`` has labels; the task metric's scores when ``metric`` is given, called once per shard);
+    raises ModelLoadError if ORT cannot load it, DataError if the data does not fit it (missing input arrays,
+    ORT refusing the arrays, labels without a class-score output, or labels on which the original scores no
+    better than chance).
+
+    ``executor`` runs the models over the data and compares them (default: in this process, shard after
+    shard; a RayExecutor runs the shards on a cluster and keeps the original's outputs there). Latency is
+    always timed here, on this machine, whatever the executor.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class Evaluator:
         progress: bool = False,
         metric: TaskMetric | None = None,
         role: str = "evaluation",
+        executor: Executor | None = None,
     ) -> None:
         self.data, self.settings, self.role = data, settings, role
         self.measure_latency, self.progress, self.metric = measure_latency, progress, metric
@@ -69,27 +75,33 @@ class Evaluator:
             raise ModelLoadError(f"ONNX Runtime cannot load the model: {e}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
-        try:
-            self.reference = self._run(self._session, "original model")
-        except ORT_ERRORS as e:
-            raise DataError(f"ONNX Runtime cannot run the model on {data.source}: {e}") from None
-        self.scored_index = next((k for k, r in enumerate(self.reference) if class_scores(r) is not None), None)
+        self.executor: Executor = executor if executor is not None else LocalExecutor()
+        self._evaluation = self.executor.evaluation(EvaluationSpec(
+            original, self._session, data, settings, tuple(self.output_names),
+            labelled=data.labels is not None and metric is None, metric=metric, role=role))
+        self._original = self._compare(None, "original model")
+        self.scored_index = self._original.scored
         self.original_accuracy: dict[str, float] | None = None
         if data.labels is not None and metric is None:
             self.original_accuracy = self._check_labels()
-        self.reference_scores = None if metric is None else self._score(self.reference)
+        self.reference_scores = self._original.scores
         self._feeds = batch_feeds(self._session, data, 0, latency_batch(self._session, settings))
         self._baseline: Measurement | None = None
 
+    @property
+    def reference(self) -> list[np.ndarray]:
+        """The original's outputs over the data (axis 0 = samples), fetched from where the executor keeps them."""
+        return self._evaluation.reference_outputs()
+
     def _check_labels(self) -> dict[str, float]:
         """The original's labelled accuracy; DataError when the labels cannot be judged on this model."""
-        if self.scored_index is None:
+        ref = self._original
+        if self.scored_index is None or ref.correct is None or ref.top5 is None:
             raise DataError(
                 f"labels were given but no model output is class scores (output shapes "
-                f"{[list(r.shape) for r in self.reference]}); drop the labels to compare with the original")
-        ref = self.reference[self.scored_index]
-        acc = labelled_accuracy(ref, self.data.labels)  # type: ignore[arg-type]
-        classes, n = class_scores(ref).shape[1], self.data.n  # type: ignore[union-attr]
+                f"{[o['shape'] for o in ref.figures['outputs']]}); drop the labels to compare with the original")
+        acc = {"top1": hit_rate(ref.correct), "top5": hit_rate(ref.top5)}
+        classes, n = ref.figures["outputs"][self.scored_index]["classes"], self.data.n
         k = int(round(acc["top1"] * n / 100.0))
         low = stats.rate_interval(k, n, 0.95)[0]
         if low <= 1.0 / classes:
@@ -98,15 +110,11 @@ class Evaluator:
                 f"{classes} classes: no better than chance); check --preprocess or the labels")
         return acc
 
-    def _score(self, outputs: list[np.ndarray]) -> np.ndarray:
-        assert self.metric is not None
-        return self.metric.score(dict(zip(self.output_names, outputs)), self.data.labels, self.data.inputs)
-
     # -- running ------------------------------------------------------------------------------------------
 
-    def _run(self, session: ort.InferenceSession, label: str) -> list[np.ndarray]:
+    def _compare(self, candidate: Candidate | None, label: str) -> Comparison:
         with _progress(self.progress, f"evaluating {label}", self.data.n) as cb:
-            return run_model(session, self.data, self.settings, cb)
+            return self._evaluation.compare(candidate, cb)
 
     def _latency(self, candidate: ort.InferenceSession | None) -> LatencyComparison | None:
         if not self.measure_latency:
@@ -117,30 +125,23 @@ class Evaluator:
         orig, cand = time_sessions([self._session, candidate], self._feeds, self.settings)
         return LatencyComparison(cand, orig, speedup(orig, cand))
 
-    def _outcomes(self, outputs: list[np.ndarray]) -> Outcomes:
-        o = outcomes(self.reference, outputs, self.data.index, self.scored_index,
-                     None if self.original_accuracy is None else self.data.labels)
-        if self.metric is None:
-            return o
-        return replace(o, score_before=self.reference_scores, score_after=self._score(outputs))
-
-    def _measurement(self, desc: str, outputs: list[np.ndarray], latency: LatencyComparison | None,
+    def _measurement(self, desc: str, cmp: Comparison, latency: LatencyComparison | None,
                      t0: float) -> Measurement:
-        cmp = compare_outputs(self.reference, outputs, self.output_names)
-        acc = Accuracy(**{k: cmp[k] for k in ("top1_agreement", "top5_overlap", "rel_l2_error", "cosine",
+        fig = cmp.figures
+        acc = Accuracy(**{k: fig[k] for k in ("top1_agreement", "top5_overlap", "rel_l2_error", "cosine",
                                               "max_abs_error")})
         if self.metric is not None:
             acc = replace(acc, metric=self.metric.name)
-        if self.original_accuracy is not None:
-            lab = labelled_accuracy(outputs[self.scored_index], self.data.labels)  # type: ignore[index,arg-type]
-            acc = replace(acc, labelled_top1=lab["top1"], labelled_top5=lab["top5"],
-                          top1_drop=self.original_accuracy["top1"] - lab["top1"])
+        if self.original_accuracy is not None and cmp.correct is not None and cmp.top5 is not None:
+            top1 = hit_rate(cmp.correct)
+            acc = replace(acc, labelled_top1=top1, labelled_top5=hit_rate(cmp.top5),
+                          top1_drop=self.original_accuracy["top1"] - top1)
         elif acc.top1_agreement is not None:
             acc = replace(acc, top1_drop=100.0 - acc.top1_agreement)
-        o = self._outcomes(outputs)
+        o = outcomes(self._original, cmp, self.data.index, labelled=self.original_accuracy is not None)
         return Measurement(
             desc=desc, samples=self.data.n, data_source=self.data.source, accuracy=with_intervals(acc, o),
-            outputs=tuple(cmp["outputs"]), latency=latency,
+            outputs=tuple(fig["outputs"]), latency=latency,
             scored_output=self.output_names[self.scored_index] if self.scored_index is not None else None,
             warning=self.data.warning, seconds=time.perf_counter() - t0, outcomes=o, role=self.role)
 
@@ -150,7 +151,7 @@ class Evaluator:
         """The original against itself (agreement 100, error 0), its labelled accuracy and its latency."""
         if self._baseline is None:
             t0 = time.perf_counter()
-            self._baseline = self._measurement("original", self.reference, self._latency(None), t0)
+            self._baseline = self._measurement("original", self._original, self._latency(None), t0)
         return self._baseline
 
     def session(self, candidate: onnx.ModelProto, desc: str = "") -> ort.InferenceSession:
@@ -173,14 +174,8 @@ class Evaluator:
         t0 = time.perf_counter()
         session = self.session(candidate, desc)
         what = f"the rewritten model ({desc})" if desc else "the rewritten model"
-        try:
-            outputs = self._run(session, desc or "candidate")
-        except ORT_ERRORS as e:
-            raise RewriteError(f"ONNX Runtime cannot run {what}: {e}") from None
-        try:
-            return self._measurement(desc, outputs, self._latency(session) if timed else None, t0)
-        except ValueError as e:
-            raise RewriteError(f"{what} changed its outputs: {e}") from None
+        cmp = self._compare(Candidate(candidate, session, what), desc or "candidate")
+        return self._measurement(desc, cmp, self._latency(session) if timed else None, t0)
 
     def time_models(self, candidates: list[onnx.ModelProto]) -> tuple[LatencyComparison, list[LatencyComparison]]:
         """The original and every candidate timed in ONE interleaved run: (the original against itself, each

@@ -6,6 +6,7 @@ top-1 agreement = % of samples whose argmax matches; top-5 overlap = mean |top5(
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,58 +51,114 @@ def _cosine(dot: float, a_sq: float, b_sq: float) -> float:
     return float(dot / np.sqrt(a_sq * b_sq))
 
 
-def _agreement(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement %, top-5 overlap %) of two (N, C) score arrays."""
-    k = min(TOP_K, ref.shape[1])
-    agree = float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)) * 100.0)
-    rk, ck = top_k(ref, k), top_k(cand, k)
+@dataclass(frozen=True)
+class OutputPartial:
+    """One output of a candidate compared with the reference on one shard of the samples: the additive pieces
+    behind :func:`compare_outputs`. ``diff_sq``, ``ref_sq``, ``cand_sq`` and ``dot`` are per sample, shape
+    (n,), when ``per_sample`` (the output's rows are the samples: axis 0, or n equal runs of rows), else shape
+    (1,): the shard's totals. ``agree`` (same top-1 class) and ``shared`` (how many of the top-k classes are
+    shared, k = min(5, classes)) are per row of the class scores, None when the output is not class scores
+    (see :func:`class_scores`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    per_sample: bool
+    diff_sq: np.ndarray
+    ref_sq: np.ndarray
+    cand_sq: np.ndarray
+    dot: np.ndarray
+    max_abs: float
+    classes: int | None = None
+    agree: np.ndarray | None = None
+    shared: np.ndarray | None = None
+
+
+def sample_rows(arr: np.ndarray, n: int) -> np.ndarray | None:
+    """``arr`` as (n, rest) when its rows are the n samples in order (axis 0, or n equal runs of rows)."""
+    a = np.asarray(arr)
+    if a.ndim == 0 or n == 0 or a.size % n or a.shape[0] % n:
+        return None
+    return a.reshape(n, -1)
+
+
+def _agreement(r: np.ndarray, c: np.ndarray) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
+    """(classes, same top-1 per row, top-k classes shared per row) of two class-score outputs, else Nones."""
+    rs, cs = class_scores(r), class_scores(c)
+    if rs is None or cs is None:
+        return None, None, None
+    k = min(TOP_K, rs.shape[1])
+    rk, ck = top_k(rs, k), top_k(cs, k)
     shared = (rk[:, :, None] == ck[:, None, :]).any(axis=2).sum(axis=1)
-    return agree, float(np.mean(shared / k) * 100.0)
+    return int(rs.shape[1]), np.argmax(rs, axis=1) == np.argmax(cs, axis=1), shared
 
 
-def compare_outputs(
-    ref: Sequence[np.ndarray], cand: Sequence[np.ndarray], names: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Compare candidate outputs with reference outputs (same order, axis 0 = samples).
+def output_partial(r: np.ndarray, c: np.ndarray, n: int | None, name: str, index: int = 0) -> OutputPartial:
+    """The pieces of output ``index`` (called ``name``) compared on ``n`` samples (None: the rows of axis 0 are
+    the samples). Sums are float64. Raises ValueError when the shapes differ."""
+    r, c = np.asarray(r), np.asarray(c)
+    if r.shape != c.shape:
+        raise ValueError(f"output {index}: reference shape {r.shape} but candidate shape {c.shape}")
+    rows = (r.shape[0] if r.ndim else 0) if n is None else n
+    rs, cs = sample_rows(r, rows), sample_rows(c, rows)
+    per_sample = rs is not None and cs is not None
+    if not per_sample:
+        rs, cs = r.reshape(1, -1), c.reshape(1, -1)
+    r64, c64 = rs.astype(np.float64), cs.astype(np.float64)  # type: ignore[union-attr]
+    d = c64 - r64
+    diff_sq, ref_sq, cand_sq, dot = (np.einsum("ij,ij->i", a, b) for a, b in ((d, d), (r64, r64), (c64, c64), (r64, c64)))
+    mab = float(np.max(np.abs(d))) if d.size else 0.0
+    return OutputPartial(name, tuple(r.shape), per_sample, diff_sq, ref_sq, cand_sq, dot, mab, *_agreement(r, c))
 
-    Returns ``{"outputs": [per-output dict], "rel_l2_error", "cosine", "max_abs_error", "top1_agreement",
-    "top5_overlap"}``. Per output: name, shape, the three error metrics, and for classifier-like outputs
-    (see :func:`class_scores`) classes, top1_agreement and top5_overlap (else None). Overall error metrics
-    treat all outputs as one vector; overall agreement/overlap are the minimum over classifier-like outputs
-    (None if there are none). Raises ValueError if the outputs do not line up.
-    """
+
+def output_partials(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                    n: int | None = None) -> tuple[OutputPartial, ...]:
+    """:func:`output_partial` for every output (same order); ValueError if the outputs do not line up."""
     if len(ref) != len(cand):
         raise ValueError(f"{len(ref)} reference outputs but {len(cand)} candidate outputs")
+    return tuple(output_partial(r, c, n, names[k] if names is not None else str(k), k)
+                 for k, (r, c) in enumerate(zip(ref, cand)))
+
+
+SUMS = ("diff_sq", "ref_sq", "cand_sq", "dot")
+
+
+def _totals(parts: Sequence[OutputPartial]) -> tuple[float, ...]:
+    """Each of SUMS over every shard's pieces, concatenated in shard order: one sum whatever the sharding."""
+    return tuple(float(np.sum(np.concatenate([getattr(p, f) for p in parts]))) for f in SUMS)
+
+
+def _merge_output(parts: Sequence[OutputPartial], totals: tuple[float, ...]) -> dict[str, Any]:
+    first = parts[0]
+    diff_sq, ref_sq, cand_sq, dot = totals
+    entry: dict[str, Any] = {
+        "name": first.name,
+        "shape": [sum(p.shape[0] for p in parts), *first.shape[1:]] if first.shape else [],
+        "rel_l2_error": _rel_l2(diff_sq, ref_sq),
+        "cosine": _cosine(dot, ref_sq, cand_sq),
+        "max_abs_error": float(np.max([p.max_abs for p in parts])),
+        "classes": first.classes,
+        "top1_agreement": None,
+        "top5_overlap": None,
+    }
+    if first.classes is not None and all(p.agree is not None and p.shared is not None for p in parts):
+        k = min(TOP_K, first.classes)
+        agree = np.concatenate([p.agree for p in parts])  # type: ignore[misc]
+        shared = np.concatenate([p.shared for p in parts])  # type: ignore[misc]
+        entry["top1_agreement"] = float(np.mean(agree) * 100.0)
+        entry["top5_overlap"] = float(np.mean(shared / k) * 100.0)
+    return entry
+
+
+def merge_outputs(shards: Sequence[Sequence[OutputPartial]]) -> dict[str, Any]:
+    """:func:`compare_outputs`'s answer from the pieces of every shard (shards in sample order)."""
     per: list[dict[str, Any]] = []
-    tot_diff = tot_ref = tot_cand = tot_dot = 0.0
-    for k, (r, c) in enumerate(zip(ref, cand)):
-        r = np.asarray(r)
-        c = np.asarray(c)
-        if r.shape != c.shape:
-            raise ValueError(f"output {k}: reference shape {r.shape} but candidate shape {c.shape}")
-        r64, c64 = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
-        d = c64 - r64
-        diff_sq, ref_sq, cand_sq, dot = float(d @ d), float(r64 @ r64), float(c64 @ c64), float(r64 @ c64)
-        mab = float(np.max(np.abs(d))) if d.size else 0.0
-        entry: dict[str, Any] = {
-            "name": names[k] if names is not None else str(k),
-            "shape": list(r.shape),
-            "rel_l2_error": _rel_l2(diff_sq, ref_sq),
-            "cosine": _cosine(dot, ref_sq, cand_sq),
-            "max_abs_error": mab,
-            "classes": None,
-            "top1_agreement": None,
-            "top5_overlap": None,
-        }
-        rs, cs = class_scores(r), class_scores(c)
-        if rs is not None and cs is not None:
-            entry["classes"] = int(rs.shape[1])
-            entry["top1_agreement"], entry["top5_overlap"] = _agreement(rs, cs)
-        per.append(entry)
-        tot_diff += diff_sq
-        tot_ref += ref_sq
-        tot_cand += cand_sq
-        tot_dot += dot
+    tot = [0.0, 0.0, 0.0, 0.0]
+    for k in range(len(shards[0]) if shards else 0):
+        parts = [s[k] for s in shards]
+        totals = _totals(parts)
+        per.append(_merge_output(parts, totals))
+        tot = [a + b for a, b in zip(tot, totals)]
+    tot_diff, tot_ref, tot_cand, tot_dot = tot
     agreements = [e["top1_agreement"] for e in per if e["top1_agreement"] is not None]
     overlaps = [e["top5_overlap"] for e in per if e["top5_overlap"] is not None]
     return {
@@ -114,8 +171,26 @@ def compare_outputs(
     }
 
 
-def labelled_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """{"top1": %, "top5": %} of class scores (N, C) (or any classifier-like shape) against integer labels (N,)."""
+def compare_outputs(
+    ref: Sequence[np.ndarray], cand: Sequence[np.ndarray], names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Compare candidate outputs with reference outputs (same order, axis 0 = samples).
+
+    Returns ``{"outputs": [per-output dict], "rel_l2_error", "cosine", "max_abs_error", "top1_agreement",
+    "top5_overlap"}``. Per output: name, shape, the three error metrics, and for classifier-like outputs
+    (see :func:`class_scores`) classes, top1_agreement and top5_overlap (else None). Overall error metrics
+    treat all outputs as one vector; overall agreement/overlap are the minimum over classifier-like outputs
+    (None if there are none). Raises ValueError if the outputs do not line up.
+
+    The sums are taken per sample, then over the samples (:func:`output_partials` + :func:`merge_outputs`), so
+    the same figures come from the pieces of any split of the samples into shards.
+    """
+    return merge_outputs([output_partials(ref, cand, names)])
+
+
+def check_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) class scores of ``scores`` and the integer labels (N,) they are judged against; DataError when
+    the output is not class scores or the labels do not fit it."""
     s = class_scores(scores)
     if s is None:
         raise DataError(
@@ -130,10 +205,26 @@ def labelled_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float
             f"labels range {int(lab.min())}..{int(lab.max())} but the model scores {s.shape[1]} classes "
             f"(0..{s.shape[1] - 1}); check that the labels belong to this model"
         )
+    return s, lab
+
+
+def label_hits(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: (label is the top-1 class, label is among the top-5), bool arrays (N,); DataError as
+    :func:`check_labels`."""
+    s, lab = check_labels(scores, labels)
     k = min(TOP_K, s.shape[1])
-    top1 = float(np.mean(np.argmax(s, axis=1) == lab) * 100.0)
-    top5 = float(np.mean((top_k(s, k) == lab[:, None]).any(axis=1)) * 100.0)
-    return {"top1": top1, "top5": top5}
+    return np.argmax(s, axis=1) == lab, (top_k(s, k) == lab[:, None]).any(axis=1)
+
+
+def labelled_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """{"top1": %, "top5": %} of class scores (N, C) (or any classifier-like shape) against integer labels (N,)."""
+    top1, top5 = label_hits(scores, labels)
+    return {"top1": hit_rate(top1), "top5": hit_rate(top5)}
+
+
+def hit_rate(hits: np.ndarray) -> float:
+    """% of True in a bool array (the one formula of every labelled figure, whatever the sharding)."""
+    return float(np.mean(hits) * 100.0)
 
 
 def top1_drop_ci95(ref_scores: np.ndarray, cand_scores: np.ndarray, labels: np.ndarray | None = None) -> float | None:

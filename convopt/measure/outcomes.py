@@ -1,48 +1,24 @@
 """Per-sample outcomes of a candidate against the original, and the accuracy figures (with intervals) they
-give. Pure numpy: the same functions run in-process or on a worker that holds a shard of the data."""
+give, from the per-sample pieces every executor merges in sample order (convopt.measure.shards). Pure numpy."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from convopt.measure import stats
 from convopt.measure.measurement import LEVEL, Accuracy, Outcomes, drop_interval
-from convopt.measure.metrics import class_scores
+from convopt.measure.shards import Comparison
 
 
-def _per_sample(arr: np.ndarray, n: int) -> np.ndarray | None:
-    """``arr`` as (n, rest) when its rows are the samples in order (axis 0, or n equal runs of rows)."""
-    a = np.asarray(arr)
-    if a.ndim == 0 or n == 0 or a.size % n or a.shape[0] % n:
-        return None
-    return a.reshape(n, -1)
-
-
-def outcomes(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray], index: np.ndarray,
-             scored: int | None, labels: np.ndarray | None) -> Outcomes:
-    """Squared error and reference norm per sample over all outputs; agreement on the class-score output
-    ``scored``; right/wrong before and after with ``labels``."""
-    n = int(index.size)
-    err, norm = np.zeros(n), np.zeros(n)
-    for r, c in zip(ref, cand):
-        rs, cs = _per_sample(r, n), _per_sample(c, n)
-        if rs is None or cs is None:
-            err[:], norm[:] = np.nan, np.nan  # outputs not split by sample: no per-sample figure
-            break
-        d = cs.astype(np.float64) - rs.astype(np.float64)
-        err += np.einsum("ij,ij->i", d, d)
-        norm += np.einsum("ij,ij->i", rs.astype(np.float64), rs.astype(np.float64))
-    agree = before = after = None
-    if scored is not None:
-        rsc, csc = class_scores(ref[scored]), class_scores(cand[scored])
-        if rsc is not None and csc is not None:
-            rtop, ctop = np.argmax(rsc, axis=1), np.argmax(csc, axis=1)
-            agree = rtop == ctop
-            if labels is not None:
-                before, after = rtop == labels, ctop == labels
-    return Outcomes(index, err, norm, agree, before, after)
+def outcomes(original: Comparison, cand: Comparison, index: np.ndarray, *, labelled: bool) -> Outcomes:
+    """Per-sample outcomes of ``cand`` from its comparison with the original's outputs and the original's own
+    (``original``: the original against itself): squared error and reference norm over all outputs, agreement
+    on the class-score output, right/wrong before and after when ``labelled``, a task metric's scores."""
+    before = after = None
+    if labelled and cand.agree is not None:
+        before, after = original.correct, cand.correct
+    return Outcomes(index, cand.err_sq, cand.ref_sq, cand.agree, before, after, original.scores, cand.scores)
 
 
 def with_intervals(acc: Accuracy, o: Outcomes) -> Accuracy:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
+from convopt.datafit import Moments
 from convopt.graph import Builder, ConvSpec, conv_macs, conv_out_size
 
 RankMode = Literal["full", "fraction", "energy"]
@@ -77,22 +79,33 @@ class RankPolicy:
 
 @dataclass(frozen=True)
 class FitContext:
-    """Options of a decomposition: the seed and sweeps of the iterative fits (split5x5's ALS)."""
+    """Options of a decomposition: the seed and sweeps of the iterative fits (split5x5's ALS), and, for
+    data-aware factors, each layer's input-patch moments on the fit data (node name → Moments, im2col order
+    (c, a, b) as convopt.auto.lstsq.im2col_at gives it). Without moments a pass fits the kernel alone."""
 
     seed: int = 0
     als_iters: int = 30
+    moments: Mapping[str, Moments] = field(default_factory=dict)
+    refine: bool = False  # data-aware: also try least-squares-refined factors under the full patch moment (slow)
+
+    def moments_for(self, conv: ConvSpec) -> Moments | None:
+        """The layer's moments when its factors can use them (dense convs: one group)."""
+        m = self.moments.get(conv.name)
+        return m if m is not None and conv.group == 1 and m.dim == int(np.prod(conv.w_shape[1:])) else None
 
 
 @dataclass(frozen=True)
 class Factors:
     """A pass's factors for one Conv, pure numpy: ``arrays`` holds each conv's weight of the chain in order
     (the last one is the chain's last conv, which also carries ``bias``); ``ranks`` the ranks they have;
-    ``weight_rel_error`` = ‖W − compose(factors)‖ / ‖W‖."""
+    ``weight_rel_error`` = ‖W − compose(factors)‖ / ‖W‖; ``output_error``: for data-aware factors, the layer's
+    relative output error on the fit data (‖Δy‖/‖y‖ from the moments, bias corrected), else None."""
 
     ranks: Ranks
     arrays: dict[str, np.ndarray]
     bias: np.ndarray | None
     weight_rel_error: float
+    output_error: float | None = None
 
     @property
     def last(self) -> str:
@@ -102,7 +115,40 @@ class Factors:
         """These factors with the last conv's weight and bias replaced (a least-squares refit)."""
         arrays = dict(self.arrays)
         arrays[self.last] = np.ascontiguousarray(weight.reshape(arrays[self.last].shape), np.float32)
-        return Factors(self.ranks, arrays, np.ascontiguousarray(bias, np.float32), self.weight_rel_error)
+        return Factors(self.ranks, arrays, np.ascontiguousarray(bias, np.float32), self.weight_rel_error,
+                       self.output_error)
+
+
+_ENERGY: dict[tuple[int, str], float] = {}
+
+
+def _output_energy(conv: ConvSpec, moments: Moments) -> float:
+    """E‖y‖² of the dense layer's output (per pixel) on the fit data, once per layer and moments."""
+    key = (id(moments), conv.name)
+    if key not in _ENERGY:
+        if len(_ENERGY) > 1024:
+            _ENERGY.clear()
+        W = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64)
+        b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
+        _ENERGY[key] = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    return _ENERGY[key]
+
+
+def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_hat: np.ndarray,
+                 moments: Moments | None) -> Factors:
+    """Factors with their errors; with ``moments`` the last bias is corrected for the mean shift of the output
+    (b + (W − Ŵ)μ) and the output error on the fit data is recorded."""
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+    err = decompose.relative_error(conv.W, W_hat)
+    if moments is None:
+        return Factors(dict(ranks), arrays, conv.B, err)
+    W, Wh = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64), W_hat.reshape(conv.w_shape[0], -1)
+    bias = datafit.bias_correction(W, Wh, conv.B, moments.mean)
+    D = W - Wh
+    num = float(np.sum((D @ moments.covariance) * D))
+    den = _output_energy(conv, moments)
+    out_err = float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+    return Factors(dict(ranks), arrays, bias.astype(np.float32), err, out_err)
 
 
 @dataclass(frozen=True)
@@ -143,6 +189,7 @@ class ConvPass(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     in_auto: ClassVar[bool] = True
+    ops: ClassVar[tuple[str, ...]] = ("Conv",)  # the layer kinds it rewrites (a Gemm reads as a 1×1 conv)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -159,11 +206,13 @@ class ConvPass(ABC):
 
     def applies(self, conv: ConvSpec) -> str | None:
         """Reason this pass refuses ``conv`` (None: it applies)."""
+        if conv.op not in self.ops:
+            return f"{conv.op} layer: {self.name} rewrites {', '.join(self.ops)} layers"
         if conv.pads is None:
             return conv.pads_reason or "pads cannot be resolved"
         if conv.node.doc_string.startswith(MARK):
             return f"already rewritten by {conv.node.doc_string[len(MARK):]}"
-        if not np.all(np.isfinite(conv.W)):
+        if not conv.finite:
             return "weight has NaN or Inf values"
         return self.refuses(conv)
 
@@ -209,7 +258,7 @@ class ConvPass(ABC):
 
     def dense_macs(self, conv: ConvSpec) -> int:
         g = Geometry.of(conv)
-        return conv_macs(conv.W.shape, g.out_h, g.out_w)
+        return conv_macs(conv.w_shape, g.out_h, g.out_w)
 
     def saving_refusal(self, conv: ConvSpec, ranks: Ranks) -> str | None:
         """Why ``ranks`` are not worth rewriting: they do not lower MACs."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
 from convopt.graph import Builder, ConvSpec
 from convopt.passes.base import (
-    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, split_groups, unique,
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, make_factors, split_groups, unique,
 )
 
 FRACTIONS = (0.25, 0.5, 0.75)  # auto mode's rank grid, × the exact rank of each side
@@ -21,19 +21,19 @@ class Bottleneck(ConvPass):
     def refuses(self, conv: ConvSpec) -> str | None:
         if conv.kernel == (1, 1):
             return "1x1 kernel: a bottleneck would only add 1x1 convs"
-        if conv.W.shape[1] == 1 and conv.W.shape[0] == conv.group:
+        if conv.w_shape[1] == 1 and conv.w_shape[0] == conv.group:
             return "depthwise conv (1 channel per group): nothing to reduce"
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
         # exact Tucker ranks are bounded by the other modes: rank of the (O, I·k²) unfolding ≤ I·k²
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         Og = O // conv.group
         return {"rank_in": min(Ig, Og * kh * kw), "rank_out": min(Og, Ig * kh * kw)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
         full = self.full_ranks(conv)
-        Og, Ig = conv.W.shape[0] // conv.group, conv.W.shape[1]
+        Og, Ig = conv.w_shape[0] // conv.group, conv.w_shape[1]
         grid: list[Ranks] = []
         for f in FRACTIONS:
             ri, ro = aligned(f, full["rank_in"], align), aligned(f, full["rank_out"], align)
@@ -50,7 +50,7 @@ class Bottleneck(ConvPass):
         if policy.bottleneck_side in ("both", "out"):
             ranks["rank_out"] = policy.pick_groups(full["rank_out"], [s[0] for s in spectra])
         if policy.mode != "full":  # a full-size side is a pure extra 1x1 conv: drop it
-            O, Ig = conv.W.shape[:2]
+            O, Ig = conv.w_shape[:2]
             if ranks.get("rank_in") == Ig:
                 del ranks["rank_in"]
             if ranks.get("rank_out") == O // conv.group:
@@ -59,7 +59,7 @@ class Bottleneck(ConvPass):
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
         g, geo = conv.group, Geometry.of(conv)
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         r_in, r_out = ranks.get("rank_in"), ranks.get("rank_out")
         ci = Ig if r_in is None else r_in  # core input channels per group
         co = O // g if r_out is None else r_out  # core output channels per group
@@ -72,7 +72,11 @@ class Bottleneck(ConvPass):
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         r_in, r_out = ranks.get("rank_in"), ranks.get("rank_out")
-        factors = [decompose.tucker2(bk, r_in, r_out) for bk in split_groups(conv.W, conv.group)]
+        m = fit.moments_for(conv)
+        if m is not None:  # output PCA of the responses, whitened input side, then refit under the covariance
+            factors = [datafit.tucker2_datafit(conv.W, m.covariance, r_in, r_out, refine=fit.refine)]
+        else:
+            factors = [decompose.tucker2(bk, r_in, r_out) for bk in split_groups(conv.W, conv.group)]
         W_hat = np.concatenate([decompose.compose_tucker2(*f) for f in factors], axis=0)
         arrays: dict[str, np.ndarray] = {}
         if r_in is not None:
@@ -80,7 +84,7 @@ class Bottleneck(ConvPass):
         arrays["core"] = np.concatenate([f[1] for f in factors], axis=0)  # (g·co, ci, kh, kw)
         if r_out is not None:
             arrays["expand"] = np.concatenate([f[2] for f in factors], axis=0)  # (O, r_out, 1, 1)
-        return Factors(dict(ranks), arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, ranks, arrays, W_hat, m)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         a, g = factors.arrays, conv.group

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
 from convopt.graph import Builder, ConvSpec
-from convopt.passes.base import ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, split_groups
+from convopt.passes.base import (
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, make_factors, split_groups,
+)
 
 MULTIPLIERS = (1, 2, 3, 4)  # auto mode's grid
 
@@ -24,12 +26,12 @@ class Depthwise(ConvPass):
     def refuses(self, conv: ConvSpec) -> str | None:
         if conv.kernel == (1, 1):
             return "1x1 kernel: nothing to separate"
-        if conv.W.shape[1] == 1 and conv.group > 1:
+        if conv.w_shape[1] == 1 and conv.group > 1:
             return "already depthwise (1 input channel per group)"
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        O, _, kh, kw = conv.W.shape
+        O, _, kh, kw = conv.w_shape
         return {"multiplier": min(O // conv.group, kh * kw)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
@@ -44,14 +46,18 @@ class Depthwise(ConvPass):
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
         m, geo = ranks["multiplier"], Geometry.of(conv)
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         return Ig * conv.group * m * kh * kw * geo.out_h * geo.out_w + O * Ig * m * geo.out_h * geo.out_w
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         m = ranks["multiplier"]
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         I = Ig * conv.group
-        factors = [decompose.depthwise_svd(bk, m) for bk in split_groups(conv.W, conv.group)]
+        moments = fit.moments_for(conv)
+        if moments is not None:  # per input channel, whitened by its k×k patch moment; P refit under the covariance
+            factors = [datafit.depthwise_datafit(conv.W, moments.covariance, m, refine=fit.refine)]
+        else:
+            factors = [decompose.depthwise_svd(bk, m) for bk in split_groups(conv.W, conv.group)]
         W_hat = np.concatenate([decompose.compose_depthwise(D, P) for D, P in factors], axis=0)
         D = np.concatenate([f[0] for f in factors], axis=0)  # (I, m, kh, kw)
         P = np.concatenate([f[1] for f in factors], axis=0)  # (O, Ig, m)
@@ -60,11 +66,11 @@ class Depthwise(ConvPass):
                       "pw": P.transpose(0, 2, 1).reshape(O, m * I, 1, 1)}
         else:  # native multiplier: channel i·m + j
             arrays = {"dw": D.reshape(I * m, 1, kh, kw), "pw": P.reshape(O, Ig * m, 1, 1)}
-        return Factors(dict(ranks), arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, ranks, arrays, W_hat, moments)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         m = factors.ranks["multiplier"]
-        I = conv.W.shape[1] * conv.group
+        I = conv.w_shape[1] * conv.group
         x = b.concat("tile", [conv.x] * m, axis=1) if _tiled(conv, m) else conv.x
         assert conv.pads is not None
         mid = b.conv_node("dw", x, factors.arrays["dw"], strides=conv.strides, pads=conv.pads,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
 from convopt.graph import Builder, ConvSpec
 from convopt.passes.base import (
-    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, split_groups, unique,
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, aligned, make_factors, split_groups, unique,
 )
 
 FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)  # auto mode's rank grid, × the exact rank
@@ -26,7 +26,7 @@ class Factorize(ConvPass):
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         return {"rank": min(Ig * kh, O // conv.group * kw)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
@@ -39,17 +39,21 @@ class Factorize(ConvPass):
 
     def macs(self, conv: ConvSpec, ranks: Ranks) -> int:
         R, g = ranks["rank"], conv.group
-        O, Ig, kh, kw = conv.W.shape
+        O, Ig, kh, kw = conv.w_shape
         geo = Geometry.of(conv)
         return g * R * Ig * kh * geo.out_h * geo.in_w + O * R * kw * geo.out_h * geo.out_w
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
-        Vs, Hs = zip(*(decompose.spatial_svd(bk, ranks["rank"]) for bk in split_groups(conv.W, conv.group)))
+        m = fit.moments_for(conv)
+        if m is not None:  # whitened on the vertical patches, H refit under the patch covariance
+            Vs, Hs = zip(*[datafit.spatial_datafit(conv.W, m.covariance, ranks["rank"], refine=fit.refine)])
+        else:
+            Vs, Hs = zip(*(decompose.spatial_svd(bk, ranks["rank"]) for bk in split_groups(conv.W, conv.group)))
         W_hat = np.concatenate([decompose.compose_spatial(v, h) for v, h in zip(Vs, Hs)], axis=0)
         kh, kw = conv.kernel
         arrays = {f"{kh}x1": np.concatenate(Vs, axis=0),  # (g·R, Ig, kh, 1)
                   f"1x{kw}": np.concatenate(Hs, axis=0)}  # (O, R, 1, kw)
-        return Factors(dict(ranks), arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, {"rank": int(Vs[0].shape[0])}, arrays, W_hat, m)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         (r1, V), (r2, H) = factors.arrays.items()

@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 
-from convopt import decompose
+from convopt import datafit, decompose
+from convopt.datafit import Moments
 from convopt.graph import Builder, ConvSpec
 from convopt.passes.base import (
-    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, split_groups, unique,
+    ConvPass, Factors, FitContext, Geometry, RankPolicy, Ranks, make_factors, split_groups, unique,
 )
 
 FRACTIONS = (0.5, 1.0, 1.5, 2.0, 3.0)  # auto mode's rank grid, × min(I, O)
@@ -26,7 +27,7 @@ class Split5x5(ConvPass):
         return None
 
     def full_ranks(self, conv: ConvSpec) -> Ranks:
-        return {"rank": 9 * min(conv.W.shape[1], conv.W.shape[0] // conv.group)}
+        return {"rank": 9 * min(conv.w_shape[1], conv.w_shape[0] // conv.group)}
 
     def rank_grid(self, conv: ConvSpec, align: int) -> list[Ranks]:
         full = self.full_ranks(conv)["rank"]
@@ -64,23 +65,28 @@ class Split5x5(ConvPass):
         t, left, bottom, right = conv.pads
         mid_h = geo.in_h + t + bottom - 2 * conv.dilations[0]
         mid_w = geo.in_w + left + right - 2 * conv.dilations[1]
-        O, Ig = conv.W.shape[:2]
+        O, Ig = conv.w_shape[:2]
         return g * R * Ig * 9 * mid_h * mid_w + O * R * 9 * geo.out_h * geo.out_w
 
     def decompose(self, conv: ConvSpec, ranks: Ranks, fit: FitContext) -> Factors:
         R = ranks["rank"]
         blocks = split_groups(conv.W, conv.group)
+        m = fit.moments_for(conv)
         if R >= self.full_ranks(conv)["rank"]:
             fits = [decompose.split5x5_shift(bk) for bk in blocks]
+        elif m is not None:  # ALS on activations (or the input-channel whitening on wide layers)
+            fits = [datafit.split5x5_datafit(conv.W, m.covariance, R, n_iter=fit.als_iters, rng=fit.seed,
+                                                  refine=fit.refine)]
         else:
             fits = [decompose.split5x5_als(bk, R, n_iter=fit.als_iters, rng=fit.seed) for bk in blocks]
-        return self._factors(conv, {"rank": int(fits[0][0].shape[0])}, fits)
+        return self._factors(conv, {"rank": int(fits[0][0].shape[0])}, fits, m)
 
-    def _factors(self, conv: ConvSpec, ranks: Ranks, fits: list[tuple[np.ndarray, np.ndarray]]) -> Factors:
+    def _factors(self, conv: ConvSpec, ranks: Ranks, fits: list[tuple[np.ndarray, np.ndarray]],
+                 moments: Moments | None = None) -> Factors:
         W_hat = np.concatenate([decompose.compose_split5x5(A, B) for A, B in fits], axis=0)
         arrays = {"3x3a": np.concatenate([f[0] for f in fits], axis=0),  # (g·R, Ig, 3, 3)
                   "3x3b": np.concatenate([f[1] for f in fits], axis=0)}  # (O, R, 3, 3)
-        return Factors(ranks, arrays, conv.B, decompose.relative_error(conv.W, W_hat))
+        return make_factors(conv, ranks, arrays, W_hat, moments)
 
     def emit(self, conv: ConvSpec, factors: Factors, b: Builder) -> None:
         assert conv.pads is not None
