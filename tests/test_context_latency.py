@@ -2,23 +2,31 @@
 computes what the model computes), the candidate windows, the paired statistic, and the cache."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from convopt.auto.candidates import Candidate
 from convopt.auto.context import (
     FUSED,
     FUSED_ADD,
     ContextPricer,
     GraphDelta,
+    LayerPrices,
+    Price,
     nchwc_block,
     ort_ops,
     paired_rounds,
     summarize,
 )
 from convopt.auto.latency import LayerLatencyCache
+from convopt.auto.search import AutoOptions, read_window_prices
 from convopt.auto.window import GraphIndex, context_window, whole
+from convopt.core.budget import Budget
 from convopt.core.driver import conv_shapes
 from convopt.core.plan import Choice, conv_table
 from convopt.graph import infer_tensor_shapes
@@ -245,3 +253,90 @@ def test_squeezenet_windows() -> None:
     pricer = ContextPricer(d.base, d.convs, QUICK, repeats=3, warmup=1)
     p = pricer.price("fire9/expand3x3_1", [Choice("factorize", {"rank": 48})])
     assert p.scope == "window" and np.isfinite(p.prices[0].saved_ms)
+
+
+# -- auto mode prices in context ------------------------------------------------------------------------------
+
+
+def _cand(rank: int) -> Candidate:
+    return Candidate("L", Choice("factorize", {"rank": rank}), 100, 50, "factorize", 0.1)
+
+
+def test_window_prices_read_as_layer_times_and_must_beat_their_noise() -> None:
+    g = GraphDelta(0, 0, 0, 0)
+    lp = LayerPrices("L", "window", 2.0, (Price("a", 0.3, 0.1, 1.7, g), Price("b", 0.05, 0.1, 1.95, g),
+                                          Price("c", -0.2, 0.05, 2.2, g), Price("d", 5.0, 0.1, 0.1, g)), 7)
+    cands = [_cand(r) for r in (8, 16, 24, 32)]
+    fast = read_window_prices(lp, 0.5, cands, 1.05)
+    assert [k.dense_ms for k in cands] == [1.0] * 4  # the layer's half of the 2 ms window
+    assert [round(k.saved_ms, 9) for k in cands[:3]] == [0.3, 0.05, -0.2]  # the window's paired savings
+    assert cands[0].speedup == pytest.approx(1 / 0.7) and cands[3].ms == pytest.approx(1e-3)  # floored
+    assert fast == [cands[0], cands[3]]  # b saves less than its noise, c is slower
+    assert read_window_prices(lp, 0.5, cands, 0.0) == cands  # asking for no speedup keeps every candidate
+    assert read_window_prices(lp, 0.5, cands, 1e9) == []
+
+
+def test_layer_share_is_the_layers_part_of_its_windows_macs() -> None:
+    m = fire_model()
+    convs = conv_table(m, conv_shapes(m, None))
+    pricer = ContextPricer(m, convs, QUICK)
+    in_window = ("fire2/squeeze", "fire2/expand1x1", "fire2/expand3x3")
+    want = convs["fire2/expand3x3"].macs / sum(convs[n].macs for n in in_window)  # type: ignore[operator]
+    assert pricer.layer_share("fire2/expand3x3") == pytest.approx(want)
+    whole_model = ContextPricer(m, convs, QUICK, scope="model")
+    assert whole_model.layer_share("fire2/expand3x3") == pytest.approx(
+        convs["fire2/expand3x3"].macs / sum(c.macs for c in convs.values()))  # type: ignore[operator,misc]
+
+
+def test_a_cache_with_in_context_prices_reloads_and_bad_values_are_still_refused(tmp_path) -> None:
+    from convopt.errors import InputError
+
+    m = fire_model()
+    path = tmp_path / "lat.json"
+    cache = LayerLatencyCache(path)
+    pricer = ContextPricer(m, conv_table(m, conv_shapes(m, None)), QUICK, cache=cache, repeats=3, warmup=1)
+    first = pricer.price("fire2/expand3x3", [Choice("factorize", {"rank": 8}), Choice("depthwise", {"multiplier": 1})])
+    cache.save()
+    again = ContextPricer(m, pricer.convs, QUICK, cache=LayerLatencyCache(path), repeats=3, warmup=1)
+    second = again.price("fire2/expand3x3", [Choice("depthwise", {"multiplier": 1})])
+    assert second.prices[0] == first.prices[1].__class__(**{**first.prices[1].__dict__, "cached": True})
+    assert again.cache.misses == 0
+    path.write_text('{"convopt_latency_cache": 1, "entries": {"conv:1|dense|x": -1.0}}')
+    with pytest.raises(InputError):
+        LayerLatencyCache(path)
+
+
+def _auto(tmp_path, pricing: str, threads: int = 1):
+    """auto_optimize on a two-conv model (data split three ways) at ``threads``; (its auto report, cache entries)."""
+    from convopt.auto import auto_optimize
+    from convopt.measure.evaluator import Evaluator
+    from convopt.measure.roles import fit_size, split_data
+    from tests.test_auto import FAST, data, two_conv_model
+
+    settings = replace(FAST, threads=threads)
+    model, d, cache = two_conv_model(c=32, hw=16), data(48, seed=3, hw=16), tmp_path / f"{pricing}{threads}.json"
+    roles = split_data(d, fit_size(d.n, 128), seed=0)
+    assert roles.fit is not None
+    res = auto_optimize(model, fit=roles.fit, select=Evaluator(model, roles.select, settings, role="select"),
+                        report=None, settings=settings, budget=Budget(max_rel_error=0.2), latency_cache=cache,
+                        options=AutoOptions(min_layer_speedup=0.0, pricing=pricing))  # type: ignore[arg-type]
+    return res.report.extra["auto"], json.loads(cache.read_text())["entries"]
+
+
+def test_auto_prices_in_context_at_its_thread_count_and_reuses_the_cache(tmp_path) -> None:
+    auto, entries = _auto(tmp_path, "window", threads=2)
+    assert entries and all(k.startswith("ctx:window:") and "|t2|" in k for k in entries)
+    by_layer: dict[str, set[float]] = {}
+    for c in auto["candidates"]:
+        by_layer.setdefault(c["layer"], set()).add(c["dense_ms"])
+        assert c["ms"] > 0 and np.isfinite(c["layer_speedup"])
+    assert set(by_layer) == {"conv1", "conv2"} and all(len(v) == 1 for v in by_layer.values())
+    again, _ = _auto(tmp_path, "window", threads=2)  # the same cache file: nothing timed again
+    assert again["latency_cache"]["misses"] == 0 and again["latency_cache"]["hits"] > 0
+    assert [c["dense_ms"] for c in again["candidates"]] == [c["dense_ms"] for c in auto["candidates"]]
+
+
+def test_auto_layer_pricing_times_the_conv_alone(tmp_path) -> None:
+    auto, entries = _auto(tmp_path, "layer")
+    assert entries and all(k.startswith("conv:") and "|t1|" in k for k in entries)
+    assert {c["layer"] for c in auto["candidates"]} == {"conv1", "conv2"}

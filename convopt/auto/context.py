@@ -214,6 +214,17 @@ class ContextPricer:
                 self._windows[layer] = (w, sub, "layer")
         return self._windows[layer]
 
+    def layer_share(self, layer: str) -> float:
+        """The layer's share of its window's Conv MACs (1.0 when it is timed alone): how auto mode reads a
+        window's dense time as the layer's own (``dense_ms × share``), to keep a per-layer speedup."""
+        w, _, scope = self.window(layer)
+        if scope == "layer":
+            return 1.0
+        nodes = self.model.graph.node
+        total = sum(self.convs[n.name].macs or 0 for n in (nodes[i] for i in w.nodes) if n.name in self.convs)
+        own = self.convs[layer].macs or 0
+        return float(own / total) if total and own else 1.0
+
     def candidate(self, layer: str, choice: Choice) -> onnx.ModelProto:
         """The window of ``layer`` with ``choice`` applied (its factors reused when it has them)."""
         w, sub, scope = self.window(layer)

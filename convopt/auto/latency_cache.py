@@ -5,11 +5,12 @@ File format (written sorted, so the marker comes first)::
 
     {"convopt_latency_cache": 1, "entries": {"conv:1,3,...|dense|CPU...": 0.123, ...}}
 
-A file from before the marker (a flat object of "conv:..." keys) is still read. Anything else, a value that
-is not a finite number ≥ 0, a file that is not a regular file or is over CACHE_MAX_BYTES, is refused with
-InputError (exit 2) before the run starts, unless ``replace_invalid`` (the CLI's ``--overwrite``): then the
-run starts with an empty cache and replaces the file. Saving goes through convopt.writes (temporary file,
-rename, removed on a signal).
+A file from before the marker (a flat object of "conv:..." keys) is still read. Keys start "conv:" or "gemm:"
+(a layer timed alone) or "ctx:" (a candidate priced in context, convopt.auto.context: its saving, noise and
+graph deltas may be negative). Anything else, a value that is not a finite number (≥ 0 but under "ctx:"),
+a file that is not a regular file or is over CACHE_MAX_BYTES, is refused with InputError (exit 2) before the
+run starts, unless ``replace_invalid`` (the CLI's ``--overwrite``): then the run starts with an empty cache
+and replaces the file. Saving goes through convopt.writes (temporary file, rename, removed on a signal).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from convopt.text import safe
 
 MARKER = "convopt_latency_cache"
 FORMAT_VERSION = 1
+KEY_PREFIXES = ("conv:", "gemm:", "ctx:")  # a Conv, a Gemm read as a 1x1 conv, a candidate priced in context
 
 
 def _no_constant(name: str) -> float:
@@ -48,9 +50,10 @@ def parse_cache(raw: bytes | bytearray, source: str) -> dict[str, float]:
         data = data["entries"]
     out: dict[str, float] = {}
     for k, v in data.items():
-        if not k.startswith("conv:"):
+        if not k.startswith(KEY_PREFIXES):
             raise bad(f"key {safe(k[:60])!s} is not a layer key")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        signed = k.startswith("ctx:")  # in-context prices: savings and graph deltas may be negative
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (v < 0 and not signed):
             raise bad(f"the value of {safe(k[:60])} is {safe(json.dumps(v)[:20])}, not a time in ms")
         out[k] = float(v)
     return out

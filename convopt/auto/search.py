@@ -1,9 +1,13 @@
 """Auto mode: a search over plans, run on the driver.
 
 1. list the dense k×k Convs of the BN-folded model (group 1, known shapes);
-2. candidates per Conv: the applicable passes × their rank grids, each timed as a single-layer ORT model
-   interleaved with the dense layer (cached by shape, provider, threads); only candidates that measure at
-   least ``min_layer_speedup`` faster than the dense layer are kept — a slower rewrite is never used;
+2. candidates per Conv: the applicable passes × their rank grids, each priced at the deployment thread count
+   in context (``pricing="window"``, convopt.auto.context: the layer's window — producer, consumers, siblings —
+   with the candidate in place, timed paired with the dense window, cached by window structure, provider,
+   threads) or as a single-layer ORT model interleaved with the dense layer (``pricing="layer"``; always for
+   a Gemm and for INT8 deployment); only candidates that measure at least ``min_layer_speedup`` faster than
+   the dense layer are kept (in context: beyond their noise too, and with the layer's share of the window's
+   time as its dense time) — a slower rewrite is never used;
 3. price each candidate alone: its last factor refit on the fit data, the model measured end to end on
    the refit samples (relative L2 error of the outputs vs the original); candidates that alone break the
    budget (with a little slack) are dropped;
@@ -19,12 +23,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import onnx
 
 from convopt.auto.candidates import Candidate, build_candidates
+from convopt.auto.context import ContextPricer, LayerPrices
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
 from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
 from convopt.auto.stats import MOMENT_BYTES, CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
@@ -53,7 +58,9 @@ class AutoOptions:
     """Auto mode's knobs. ``max_checks``: steps of the greedy sequence tested on the select data (spread
     evenly); ``every_step`` measures them all (the selection still stops at the first uncertified step).
     ``time_budget`` (seconds): stop early with the best plan found so far (layers not reached stay dense).
-    ``passes`` None: every registered pass that auto mode tries by default."""
+    ``passes`` None: every registered pass that auto mode tries by default. ``pricing``: how a candidate's
+    latency is measured — "window" (in context, predicts the end-to-end saving at 2+ threads where the layer
+    alone does not: bench/results/thread_pricing.md) or "layer" (the Conv alone, single-layer models)."""
 
     passes: tuple[str, ...] | None = None
     align: int = 8
@@ -65,6 +72,7 @@ class AutoOptions:
     max_checks: int = 12
     every_step: bool = False
     time_budget: float | None = None
+    pricing: Literal["window", "layer"] = "window"
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,22 @@ def pareto_spread(cands: list[Candidate], n: int) -> list[Candidate]:
 
 def fmt(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def read_window_prices(lp: LayerPrices, share: float, cands: list[Candidate], min_speedup: float
+                       ) -> list[Candidate]:
+    """Set each candidate's dense/candidate ms from its in-context saving (``lp.prices`` in the order of
+    ``cands``): the layer's dense time is its ``share`` of the dense window's, the candidate's that minus the
+    saving (floored at 0.1 % of it), so ``saved_ms`` is the window's paired saving. Returns the fast ones: at
+    least ``min_speedup`` by that reading and, when that asks for any speedup (> 1), saving more than their
+    own measurement noise."""
+    fast = []
+    dense = lp.dense_ms * share
+    for k, p in zip(cands, lp.prices, strict=True):
+        k.dense_ms, k.ms = dense, max(dense - p.saved_ms, 1e-3 * dense)
+        if k.speedup >= min_speedup and (p.pays or min_speedup <= 1.0):
+            fast.append(k)
+    return fast
 
 
 class AutoSearch:
@@ -190,19 +214,25 @@ class AutoSearch:
     def time_candidates(self, built: dict[str, list[Candidate]], batch: int) -> None:
         o = self.options
         lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
+        pricer = self.context_pricer(lat, batch)
         for i, (name, cands) in enumerate(built.items(), 1):
             if self.out_of_time([n for n in built if n not in self.cands and n != name] + [name]):
                 break
             c = self.driver.convs[name]
-            models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
-            dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
-            fast = []
+            if pricer is not None and c.op == "Conv":
+                lp = pricer.price(name, [k.choice for k in cands])
+                fast = read_window_prices(lp, pricer.layer_share(name), cands, o.min_layer_speedup)
+                where = f"in a window of {lp.nodes} nodes ({lp.scope})"
+            else:
+                models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
+                dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
+                for k in cands:
+                    k.dense_ms, k.ms = dense, ms[k.key]
+                fast = [k for k in cands if k.speedup >= o.min_layer_speedup]
+                where = "alone"
             for k in cands:
-                k.dense_ms, k.ms = dense, ms[k.key]
-                if k.speedup >= o.min_layer_speedup:
-                    fast.append(k)
-                else:
-                    k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {o.min_layer_speedup})"
+                if k not in fast:
+                    k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {o.min_layer_speedup}, {where})"
             self.all_cands += cands
             keep = pareto_spread(fast, o.max_candidates_per_layer)
             for k in cands:
@@ -214,9 +244,21 @@ class AutoSearch:
                 self.cands[name] = keep
             else:
                 self.skipped[name] = f"no candidate measured >= {o.min_layer_speedup}x faster than the dense layer"
-            self.say(f"auto: [{i}/{len(built)}] {name}: dense {dense:.3f} ms, {len(cands)} candidates, "
-                     f"{len(fast)} faster, best {max((k.speedup for k in cands), default=float('nan')):.2f}x")
+            self.say(f"auto: [{i}/{len(built)}] {name}: dense {cands[0].dense_ms:.3f} ms, {len(cands)} candidates "
+                     f"timed {where}, {len(fast)} faster, best {max((k.speedup for k in cands), default=float('nan')):.2f}x")
         self.cache.save()
+
+    def context_pricer(self, settings: OrtSettings, batch: int) -> ContextPricer | None:
+        """The window pricer at the deployment settings and latency batch (None: ``pricing="layer"``, or an
+        INT8 deployment, whose candidates are timed quantized one layer at a time)."""
+        if self.options.pricing != "window" or self.driver.deploy.quantized:
+            return None
+        base = self.driver.base
+        inits = {t.name for t in base.graph.initializer}
+        hints = {i.name: (batch, *self.driver.shapes[i.name][1:]) for i in base.graph.input
+                 if i.name not in inits and i.name in self.driver.shapes and len(self.driver.shapes[i.name]) > 0}
+        return ContextPricer(base, self.driver.convs, settings, input_shapes=hints, cache=self.cache,
+                             repeats=max(settings.repeats, 50), warmup=settings.warmup)
 
     # -- 3: prices ------------------------------------------------------------------------------------------
 
@@ -343,6 +385,6 @@ class AutoSearch:
         return result
 
 
-__all__ = ["AutoOptions", "AutoSearch", "Check", "pareto_spread", "split_eval_data"]
+__all__ = ["AutoOptions", "AutoSearch", "Check", "pareto_spread", "read_window_prices", "split_eval_data"]
 
 
