@@ -2,6 +2,7 @@
 and micro-models that isolate each suspected cost (µs per extra node, per NCHWc reorder, per lost fusion).
 
     python bench/thread_costs.py [--runs 200] [--passes 3] [--threads 1 2] [--quiet 0.1]
+    python bench/thread_costs.py --report bench/results/thread_pricing_costs.json   # the tables again
 
 Every comparison is timed in one process with the sessions interleaved run by run; each part is repeated
 ``--passes`` times and reported as the median over passes with its range. The CPU time other processes took
@@ -323,7 +324,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--configs", nargs="*", help="names of the rewritten variants to profile (default: all)")
     ap.add_argument("--only-nodes", action="store_true", help="only the per-node cost chains")
     ap.add_argument("--out", type=Path, default=RESULTS / "thread_pricing_costs.json")
+    ap.add_argument("--report", type=Path, help="print the tables of a results JSON and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return 0
     d = Driver(onnx.load(str(SHARED / "squeezenet1.1.onnx")))
     configs = {k: v for k, v in squeezenet_configs(d).items() if k in args.configs} if args.configs else squeezenet_configs(d)
     models = {n: apply_plan(d.base, Plan(c), d.convs).model for n, c in configs.items()}
@@ -343,8 +348,65 @@ def main(argv: list[str]) -> int:
         res["passes"].append(row)  # type: ignore[union-attr]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
+    print(report(res))
     print(f"wrote {args.out}")
     return 0
+
+
+def _med(res: dict, key: str, f) -> tuple[float, float]:
+    """(median, range) over passes of ``f(pass[key])``."""
+    v = [f(p[key]) for p in res["passes"] if key in p]
+    return float(np.median(v)), float(np.ptp(v)) if len(v) > 1 else 0.0
+
+
+def _layer_us(node_us: dict[str, float], layer: str) -> float:
+    """µs of one layer's nodes in a profile: the Conv ORT names after the layer's output (the dense Conv, or
+    a rewrite's last factor, which keeps it) and every other node a pass made for it (named pass/layer/...)."""
+    stem = layer.rsplit("_", 1)[0] + "_"
+    return sum(v for k, v in node_us.items() if f"/{layer}/" in k or (k.startswith(stem) and k.endswith("nchwc")))
+
+
+def report(res: dict) -> str:
+    ths = sorted({int(k.split("_t")[1]) for p in res["passes"] for k in p if k.startswith("node_cost_t")})
+    lines = [f"ORT {res['ort']}, {res['cpu_count']} CPUs, {len(res['passes'])} pass(es).", "",
+             "| variant | ORT graph: ops added (vs original) |", "|---|---|"]
+    for name, delta in res["graph"].items():
+        if name != "original":
+            lines.append(f"| {name} | {', '.join(f'{k} {v:+d}' for k, v in delta.items()) or 'none'} |")
+    lines += ["", "µs one extra 1×1 Conv+Relu node adds (slope over chains of 1, 2, 4, 8 nodes; our threads' "
+              "CPU wait share in brackets)", "", "| node | " + " | ".join(f"{t} thread(s)" for t in ths) + " |",
+              "|---|" + "---|" * len(ths)]
+    for label, _, _ in SIZES:
+        cells = []
+        for t in ths:
+            m, r = _med(res, f"node_cost_t{t}", lambda d: d[label])
+            w, _ = _med(res, f"node_cost_t{t}", lambda d: d.get(label + " waiting", float("nan")))
+            cells.append(f"{m:.1f} ±{r / 2:.1f} [{w:.0%}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Per-op profile (ORT enable_profiling, median µs over kept runs): whole-run wall, sum of node "
+              "times, Conv time, and the saving against the original", "",
+              "| variant | threads | wall µs | saved wall | sum nodes | saved Conv µs | nodes | worker share |",
+              "|---|---|---|---|---|---|---|---|"]
+    for t in ths:
+        key = f"profile_t{t}"
+        if not any(key in p for p in res["passes"]):
+            continue
+        for name in res["passes"][0][key]:
+            w, _ = _med(res, key, lambda d: d[name]["wall_us"])
+            ow, _ = _med(res, key, lambda d: d["original"]["wall_us"])
+            sn, _ = _med(res, key, lambda d: d[name]["sum_nodes_us"])
+            sc, _ = _med(res, key, lambda d: d["original"]["by_op"]["Conv"] - d[name]["by_op"]["Conv"])
+            v = res["passes"][0][key][name]
+            lines.append(f"| {name} | {t} | {w:.0f} | {ow - w:+.0f} | {sn:.0f} | {sc:+.0f} | {v['nodes']} | "
+                         f"{v['worker_share']:.2f} |")
+        auto = "auto@1thr (8 layers)"
+        if auto in res["passes"][0][key]:
+            for layer in AUTO_1T:
+                dense, _ = _med(res, key, lambda d: _layer_us(d["original"]["node_us"], layer))
+                fac, _ = _med(res, key, lambda d: _layer_us(d[auto]["node_us"], layer))
+                lines.append(f"| · {layer} {AUTO_1T[layer].key} | {t} | dense {dense:.0f} | factors {fac:.0f} | "
+                             f"{dense - fac:+.0f} | | | |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
