@@ -101,6 +101,15 @@ def wait_quiet(max_foreign: float, deadline: float, probe: float = 0.3) -> float
 MAX_WAITING = 0.03  # a block is kept when our threads waited for a CPU at most 3 % of its wall time
 
 
+def rotated_rounds(sessions: list, feeds: dict[str, np.ndarray], block: int, start: int) -> np.ndarray:
+    """``paired_rounds`` whose rotation goes on from round ``start``: each block begins with the session
+    the last one would have run next. (Restarting it per block made the first session — the dense model —
+    always run first after the gate's pause; with blocks of one round it alone paid every wake-up.)"""
+    k = start % len(sessions)
+    t = paired_rounds(sessions[k:] + sessions[:k], feeds, 0, block)
+    return np.roll(t, k, axis=1)
+
+
 def quiet_rounds(sessions: list, feeds: dict[str, np.ndarray], rounds: int, max_foreign: float,
                  timeout: float, block_s: float = 0.05, warmup: int = 5) -> tuple[np.ndarray, dict[str, float]]:
     """``paired_rounds`` in blocks of ``block`` rounds, each started when other processes use at most
@@ -116,7 +125,7 @@ def quiet_rounds(sessions: list, feeds: dict[str, np.ndarray], rounds: int, max_
         if max_foreign < 1.0:
             wait_quiet(max_foreign, deadline)
         busy.start()
-        t = paired_rounds(sessions, feeds, 0, block)
+        t = rotated_rounds(sessions, feeds, block, seen)
         seen += block
         w = busy.stop()
         if max_foreign >= 1.0 or w <= MAX_WAITING:
