@@ -59,8 +59,9 @@ class AutoOptions:
     evenly); ``every_step`` measures them all (the selection still stops at the first uncertified step).
     ``time_budget`` (seconds): stop early with the best plan found so far (layers not reached stay dense).
     ``passes`` None: every registered pass that auto mode tries by default. ``pricing``: how a candidate's
-    latency is measured — "window" (in context, predicts the end-to-end saving at 2+ threads where the layer
-    alone does not: bench/results/thread_pricing.md) or "layer" (the Conv alone, single-layer models)."""
+    latency is measured — "window" (in context: the layer with its neighbours, laid out, fused and woken as
+    the model runs them; bench/results/thread_pricing.md compares both with whole-model savings) or "layer"
+    (the Conv alone, single-layer models)."""
 
     passes: tuple[str, ...] | None = None
     align: int = 8
