@@ -298,10 +298,21 @@ def main() -> None:
             if prev is not None:
                 subprocess.run(["git", "worktree", "remove", "--force", str(prev)], cwd=ROOT, capture_output=True)
     command = "python bench/speed.py " + " ".join(a.cases) + (f" --previous {a.previous}" if a.previous else "")
+    rows, commands = _merged(rows, command)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1, default=str))
-    (RESULTS / "speed.md").write_text(markdown(rows, command))
+    (RESULTS / "speed.json").write_text(json.dumps({"commands": commands, "rows": rows}, indent=1, default=str))
+    (RESULTS / "speed.md").write_text(markdown(rows, "`, `".join(commands)))
     print(markdown(rows, command))
+
+
+def _merged(rows: list[dict], command: str) -> tuple[list[dict], list[str]]:
+    """This run's rows replace the same cases of the results file; the other cases (and their commands) stay,
+    so that the cases can be run one invocation at a time."""
+    path = RESULTS / "speed.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    new = {r["case"] for r in rows}
+    kept = [r for r in old.get("rows", []) if r["case"] not in new]
+    return kept + rows, [*old.get("commands", []), command]
 
 
 if __name__ == "__main__":
