@@ -56,6 +56,7 @@ class Case:
     budget: list[str]
     note: str
     prev_data: list[str] = field(default_factory=list)  # the previous version's data options (default: data)
+    int8: bool = False  # deploy INT8: convopt's own four-model precision table (original/optimized x FP32/INT8)
 
 
 def _npz(tmp: Path, name: str, **arrays: np.ndarray) -> Path:
@@ -91,6 +92,10 @@ def cases(tmp: Path) -> dict[str, Case]:
                         "--overwrite"], check=True, capture_output=True, cwd=ROOT)
         out[seed_model] = Case(seed_model, path, ["--data", str(_random_npz(tmp, path, 48))],
                                ["--max-rel-error", "0.05"], f"{seed_model} seed network, random weights, 48 random inputs")
+    for name in ("squeezenet", "ddddocr-det"):
+        c = out[name]
+        out[f"{name}-int8"] = Case(f"{name}-int8", c.model, c.data, c.budget, c.note + ", deployed as INT8",
+                                   int8=True)
     return out
 
 
@@ -125,6 +130,8 @@ def optimize(case: Case, out: Path, threads: int, tmp: Path, pythonpath: Path, d
     report = out.with_suffix(".json")
     args = ["optimize", str(case.model), "-o", str(out), *data, *case.budget, "--threads", str(threads), "-q",
             "--report", str(report)]
+    if case.int8:
+        args += ["--quantize", "int8", "--repeats", "100"]
     r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, cwd=tmp,
                        env={**os.environ, "PYTHONPATH": str(pythonpath)})
     if r.returncode != 0 or not r.stdout.strip():
@@ -173,7 +180,29 @@ def measure(case: Case, models: dict[str, Path], runs: dict[str, dict]) -> dict:
     return out
 
 
+def run_int8_case(case: Case, tmp: Path) -> dict:
+    """Factorization + INT8 against INT8 alone: convopt's own precision table (the original and the optimized
+    model at FP32 and INT8, measured on the report split and timed interleaved in one run), at 1 and 2 threads."""
+    out: dict = {"case": case.name, "note": case.note, "budget": case.budget, "int8": {}}
+    for threads in (1, 2):
+        run = optimize(case, tmp / f"{case.name}.{threads}.onnx", threads, tmp, ROOT, case.data)
+        print(f"  int8@{threads}thr: {run['seconds']} s, peak {run['peak_mib']} MiB", flush=True)
+        rows = []
+        for p in (run["report"] or {}).get("precisions") or []:
+            m = p["measurement"]
+            rows.append({"model": p["model"], "precision": p["precision"], "speedup": m["latency"]["speedup"],
+                         "median_ms": m["latency"]["candidate"]["median_ms"], "samples": m["samples"],
+                         **{k: m["accuracy"][k] for k in ("top1_drop", "top1_drop_interval", "rel_l2_error",
+                                                          "rel_l2_error_interval", "top1_agreement")}})
+        out["int8"][threads] = {"seconds": run["seconds"], "peak_mib": run["peak_mib"], "rows": rows,
+                                "macs_ratio": _macs(run["report"]),
+                                "written": (run["report"] or {}).get("output")}
+    return out
+
+
 def run_case(case: Case, tmp: Path, previous: Path | None) -> dict:
+    if case.int8:
+        return run_int8_case(case, tmp)
     models, runs = {}, {}
     for threads in (1, 2):
         key = f"auto@{threads}thr"
@@ -203,6 +232,8 @@ def markdown(rows: list[dict], command: str) -> str:
              "| model | variant | MACs | speedup 1 thr | speedup 2 thr | accuracy change | certified (bound) | "
              "optimizer time | peak memory |", "|" + "---|" * 9]
     for r in rows:
+        if "int8" in r:
+            continue
         for k, run in r["runs"].items():
             acc = r["accuracy"][k]
             if acc["labelled"] or acc["top1_drop"] is not None:
@@ -217,6 +248,31 @@ def markdown(rows: list[dict], command: str) -> str:
             macs = "?" if run["macs_ratio"] is None else f"{run['macs_ratio']:.2f}"
             lines.append(f"| {r['case']} | {k} | {macs} | {r['latency'][1][k]:.2f}× | {r['latency'][2][k]:.2f}× | "
                          f"{a} | {cert} | {run['seconds']:.0f} s | {run['peak_mib']} MiB |")
+    return "\n".join(lines) + "\n" + int8_markdown([r for r in rows if "int8" in r])
+
+
+def _acc(row: dict) -> str:
+    if row["top1_drop"] is not None:
+        lo, hi = row["top1_drop_interval"] or (float("nan"), float("nan"))
+        return f"{-row['top1_drop']:+.2f} pt [{-hi:+.2f}, {-lo:+.2f}]"
+    lo, hi = row["rel_l2_error_interval"] or (float("nan"), float("nan"))
+    return f"rel err {row['rel_l2_error']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def int8_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["\n## Factorization + INT8 against INT8 alone\n",
+             "convopt's own precision table (`--quantize int8 --repeats 100`): the four models measured on the report "
+             "split and timed interleaved in one run; speedup against the original at FP32; auto tuned and timed at "
+             "the thread count of the column's run.\n",
+             "| model | threads | variant | speedup | accuracy change vs original FP32 [95 %] | optimizer time |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        for threads, run in r["int8"].items():
+            for row in run["rows"]:
+                lines.append(f"| {r['case']} | {threads} | {row['model']} {row['precision'].upper()} | "
+                             f"{row['speedup']:.2f}× | {_acc(row)} | {run['seconds']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
