@@ -86,15 +86,13 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
             except ConvOptError as exc:
                 raise fail(exc) from None
             except KeyboardInterrupt as exc:
-                journal.signum = journal.signum or 2  # later signals must not break the clean-up
-                code = exc.exit_code if isinstance(exc, Interrupted) else 130
-                name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-                journal.cleanup()
-                err.print(f"interrupted by {name}: {journal.on_disk()}", markup=False, soft_wrap=True)
-                raise typer.Exit(code) from None
+                raise _interrupted(journal, exc) from None
             except (typer.Exit, typer.Abort, SystemExit):
                 raise
             except Exception as exc:  # the one place convopt catches everything: report a bug in one line
+                cause = _interrupt_in_chain(exc)
+                if cause is not None:  # e.g. Ctrl-C while a C extension initializes: ImportError from it
+                    raise _interrupted(journal, cause) from None
                 if os.environ.get("CONVOPT_DEBUG") == "1":
                     raise
                 first = safe((str(exc).strip().splitlines() or [""])[0])
@@ -103,6 +101,28 @@ def guarded(fn: Callable[..., None]) -> Callable[..., None]:
                 raise typer.Exit(3) from None
 
     return wrapper
+
+
+def _interrupted(journal: Any, exc: KeyboardInterrupt) -> typer.Exit:
+    """Clean up after a signal and say what is on disk; the exit to raise (130, or the signal's own code)."""
+    journal.signum = journal.signum or 2  # later signals must not break the clean-up
+    code = exc.exit_code if isinstance(exc, Interrupted) else 130
+    name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
+    journal.cleanup()
+    err.print(f"interrupted by {name}: {journal.on_disk()}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _interrupt_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that an exception was raised from or while handling, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def out_path(spelled: str | None, option: str) -> Path | None:

@@ -171,6 +171,23 @@ def test_demo_ctrl_c_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "interrupted" in r.output
 
 
+def test_ctrl_c_while_a_module_initializes_is_an_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a C extension initializes surfaces as ImportError raised during the KeyboardInterrupt:
+    still an interrupt (exit 130, what is on disk), not 'a convopt bug' (exit 3)."""
+    import convopt.cli
+
+    def interrupt(*_a: object, **_k: object) -> int:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed")
+
+    monkeypatch.setattr(convopt.cli, "_run_optimize", interrupt)
+    r = runner.invoke(app, ["demo", "-q"])
+    assert r.exit_code == 130, r.output
+    assert "interrupted" in r.output and "convopt bug" not in r.output
+
+
 def test_over_2gb_model_goes_through_optimize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole optimize path with the protobuf limit lowered to 4 KB and a checker that, like onnx's, refuses
     a ModelProto over the limit: the output is written as model + .data beside it, not failed late."""
