@@ -181,7 +181,7 @@ def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, wa
         select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select",
                            executor=executor)
         report = Evaluator(model, roles.report, opts.ort, progress=progress, metric=metric, role="report",
-                           executor=executor)
+                           executor=executor, timing_from=select)
         budget, message = None, "no budget: --no-budget keeps rewrites unchecked"
         if not opts.no_budget:
             budget = opts.budget.defaulted(select.scored_index is not None)

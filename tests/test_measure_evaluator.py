@@ -166,3 +166,16 @@ def test_progress_is_silent_when_stderr_is_not_a_terminal(capfd: pytest.CaptureF
     Evaluator(tiny_classifier("N"), data(), FAST, measure_latency=False, progress=True).measure(tiny_classifier("N"))
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_select_and_report_share_one_timing_session_and_drop_the_reference_session() -> None:
+    model = tiny_classifier("N")
+    select = Evaluator(model, data(), FAST)
+    report = Evaluator(model, data(6), FAST, timing_from=select)
+    for ev in (select, report):  # the original's outputs are computed; the session that made them is gone
+        assert ev._evaluation._session is None and len(ev.reference[0]) == ev.data.n
+    assert report.baseline().latency is not None and select.baseline().latency is not None
+    assert report._timing.session() is select._timing.session()
+    assert select._timing.session().get_session_options().enable_cpu_mem_arena  # timed as deployed
+    with pytest.raises(ValueError, match="same model with the same settings"):
+        Evaluator(model, data(), OrtSettings(threads=1), timing_from=select)

@@ -108,3 +108,14 @@ def test_missing_input_array_is_a_data_error() -> None:
     settings = OrtSettings()
     with pytest.raises(DataError, match="no array for model input 'X'"):
         run_model(make_session(tiny_classifier(1), settings), EvalData({"Z": np.zeros((1, 3))}, None, "t"), settings)
+
+
+def test_session_without_arena_computes_the_same_and_keeps_no_model_copy() -> None:
+    model, settings = tiny_classifier("N"), OrtSettings(threads=1)
+    x = {"X": data(5).inputs["X"]}
+    timed, plain = make_session(model, settings), make_session(model, settings, arena=False)
+    assert timed.get_session_options().enable_cpu_mem_arena  # timed sessions keep ORT's default, as deployed
+    assert not plain.get_session_options().enable_cpu_mem_arena
+    np.testing.assert_array_equal(plain.run(None, x)[0], timed.run(None, x)[0])
+    # the Python session does not hold a second serialized copy of the weights (nor the provider fallback)
+    assert all(getattr(s, "_model_bytes", None) is None and not s._enable_fallback for s in (timed, plain))

@@ -40,7 +40,7 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
                  max_batch: int = 16):
     """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch."""
-    sess = make_session(with_outputs(model, names), settings)
+    sess = make_session(with_outputs(model, names), settings, arena=False)  # outputs only: no memory arena
     batch = min(session_batch(sess, settings), max_batch) if not _fixed(sess) else session_batch(sess, settings)
     n = data.n
     for start in range(0, n, batch):

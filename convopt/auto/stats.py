@@ -103,7 +103,7 @@ def sensitivity(rewritten: onnx.ModelProto, local_error: float, evaluator: Evalu
     from convopt.measure.metrics import class_scores
     from convopt.measure.ort import make_session, run_model
 
-    outs = run_model(make_session(rewritten, evaluator.settings), evaluator.data, evaluator.settings)
+    outs = run_model(make_session(rewritten, evaluator.settings, arena=False), evaluator.data, evaluator.settings)
     err = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, evaluator.reference))
     norm = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in evaluator.reference)
     unit = max(local_error, 1e-12)

@@ -22,7 +22,9 @@ from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparis
 from convopt.measure.metrics import hit_rate
 from convopt.measure.outcomes import outcomes, with_intervals
 from convopt.measure.plugin import TaskMetric
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session
+from convopt.measure.ort import (
+    ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, session_batch,
+)
 from convopt.measure.shards import Comparison
 
 
@@ -53,6 +55,11 @@ class Evaluator:
     ``executor`` runs the models over the data and compares them (default: in this process, shard after
     shard; a RayExecutor runs the shards on a cluster and keeps the original's outputs there). Latency is
     always timed here, on this machine, whatever the executor.
+
+    Memory: the original's outputs come from a session without memory arena, dropped once they are computed;
+    the session that times the original (ORT's defaults, as deployed) is made at the first timing and kept.
+    ``timing_from``: another evaluator of the same model and settings whose timing session this one shares
+    (the select and report evaluators time the same original: one session, not two).
     """
 
     def __init__(
@@ -66,26 +73,31 @@ class Evaluator:
         metric: TaskMetric | None = None,
         role: str = "evaluation",
         executor: Executor | None = None,
+        timing_from: Evaluator | None = None,
     ) -> None:
         self.data, self.settings, self.role = data, settings, role
         self.measure_latency, self.progress, self.metric = measure_latency, progress, metric
+        self._timing = _OriginalTiming(original, settings) if timing_from is None else timing_from._timing
+        if self._timing.model is not original or self._timing.settings != settings:
+            raise ValueError("timing_from must be an evaluator of the same model with the same settings")
         try:
-            self._session = make_session(original, settings)
+            session = make_session(original, settings, arena=False)  # the original's outputs only
         except ORT_ERRORS as e:
             raise ModelLoadError(f"ONNX Runtime cannot load the model: {e}") from None
-        self.input_names = [i.name for i in self._session.get_inputs()]
-        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
         self.executor: Executor = executor if executor is not None else LocalExecutor()
         self._evaluation = self.executor.evaluation(EvaluationSpec(
-            original, self._session, data, settings, tuple(self.output_names),
-            labelled=data.labels is not None and metric is None, metric=metric, role=role))
+            original, data, settings, session_batch(session, settings), tuple(self.output_names),
+            labelled=data.labels is not None and metric is None, metric=metric, role=role), session)
+        self._feeds = batch_feeds(session, data, 0, latency_batch(session, settings))
+        del session  # the evaluation drops it after the reference run
         self._original = self._compare(None, "original model")
         self.scored_index = self._original.scored
         self.original_accuracy: dict[str, float] | None = None
         if data.labels is not None and metric is None:
             self.original_accuracy = self._check_labels()
         self.reference_scores = self._original.scores
-        self._feeds = batch_feeds(self._session, data, 0, latency_batch(self._session, settings))
         self._baseline: Measurement | None = None
 
     @property
@@ -120,9 +132,9 @@ class Evaluator:
         if not self.measure_latency:
             return None
         if candidate is None:
-            (orig,) = time_sessions([self._session], self._feeds, self.settings)
+            (orig,) = time_sessions([self._timing.session()], self._feeds, self.settings)
             return LatencyComparison(orig, orig, 1.0)
-        orig, cand = time_sessions([self._session, candidate], self._feeds, self.settings)
+        orig, cand = time_sessions([self._timing.session(), candidate], self._feeds, self.settings)
         return LatencyComparison(cand, orig, speedup(orig, cand))
 
     def _measurement(self, desc: str, cmp: Comparison, latency: LatencyComparison | None,
@@ -154,11 +166,12 @@ class Evaluator:
             self._baseline = self._measurement("original", self._original, self._latency(None), t0)
         return self._baseline
 
-    def session(self, candidate: onnx.ModelProto, desc: str = "") -> ort.InferenceSession:
-        """An ORT session of a rewritten model with the original's inputs and outputs (else RewriteError)."""
+    def session(self, candidate: onnx.ModelProto, desc: str = "", *, timed: bool = True) -> ort.InferenceSession:
+        """An ORT session of a rewritten model with the original's inputs and outputs (else RewriteError);
+        ``timed`` False: for its outputs only (no memory arena)."""
         what = f"the rewritten model ({desc})" if desc else "the rewritten model"
         try:
-            session = make_session(candidate, self.settings)
+            session = make_session(candidate, self.settings, arena=timed)
         except ORT_ERRORS as e:
             raise RewriteError(f"ONNX Runtime cannot load {what}: {e}") from None
         for kind, got, want in (("inputs", [i.name for i in session.get_inputs()], self.input_names),
@@ -172,7 +185,8 @@ class Evaluator:
         original. A candidate ORT cannot load or run, or whose outputs differ in number or shape, is a
         RewriteError."""
         t0 = time.perf_counter()
-        session = self.session(candidate, desc)
+        timed = timed and self.measure_latency
+        session = self.session(candidate, desc, timed=timed)
         what = f"the rewritten model ({desc})" if desc else "the rewritten model"
         cmp = self._compare(Candidate(candidate, session, what), desc or "candidate")
         return self._measurement(desc, cmp, self._latency(session) if timed else None, t0)
@@ -180,10 +194,27 @@ class Evaluator:
     def time_models(self, candidates: list[onnx.ModelProto]) -> tuple[LatencyComparison, list[LatencyComparison]]:
         """The original and every candidate timed in ONE interleaved run: (the original against itself, each
         candidate against the original), so every figure of a table shares one baseline."""
-        sessions = [self._session] + [self.session(m) for m in candidates]
+        sessions = [self._timing.session()] + [self.session(m) for m in candidates]
         times = time_sessions(sessions, self._feeds, self.settings)
         orig = times[0]
         return LatencyComparison(orig, orig, 1.0), [LatencyComparison(t, orig, speedup(orig, t)) for t in times[1:]]
+
+
+class _OriginalTiming:
+    """The session that times the original (ORT's defaults: what the user deploys), made at first use and
+    shared by the evaluators of one model and settings."""
+
+    def __init__(self, model: onnx.ModelProto, settings: OrtSettings) -> None:
+        self.model, self.settings = model, settings
+        self._session: ort.InferenceSession | None = None
+
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            try:
+                self._session = make_session(self.model, self.settings)
+            except ORT_ERRORS as e:
+                raise ModelLoadError(f"ONNX Runtime cannot load the model: {e}") from None
+        return self._session
 
 
 __all__ = ["ACCURACY_KEYS", "Accuracy", "Evaluator", "LatencyComparison", "Measurement"]

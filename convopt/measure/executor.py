@@ -64,14 +64,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """What an evaluation compares against: the original (proto and its session on this machine), the data,
-    the ORT settings, the output names, whether top-1/top-5 are judged on the labels (``labelled``), a task
-    metric, and the data role (for the report)."""
+    """What an evaluation compares against: the original model, the data, the ORT settings, the original's
+    samples per run (``batch``: its fixed batch, else ``settings.batch_size``; the shard plan follows it), the
+    output names, whether top-1/top-5 are judged on the labels (``labelled``), a task metric, and the data role
+    (for the report)."""
 
     original: onnx.ModelProto
-    session: ort.InferenceSession
     data: EvalData
     settings: OrtSettings
+    batch: int
     names: tuple[str, ...]
     labelled: bool
     metric: TaskMetric | None
@@ -135,9 +136,11 @@ class ExecutorInfo:
 
 
 class Executor(Protocol):
-    """Runs evaluations and map-reduces over shards of the data."""
+    """Runs evaluations and map-reduces over shards of the data. ``evaluation`` gets the original's session on
+    this machine (outputs only, no arena) for an executor that runs the reference here; it must not keep it
+    beyond the reference run."""
 
-    def evaluation(self, spec: EvaluationSpec) -> Evaluation: ...
+    def evaluation(self, spec: EvaluationSpec, session: ort.InferenceSession) -> Evaluation: ...
 
     def map_reduce(self, model: onnx.ModelProto, names: Sequence[str], data: EvalData, reducer: Reducer,
                    settings: OrtSettings) -> tuple[np.ndarray, ...]: ...
@@ -155,20 +158,24 @@ def offset_progress(progress: Progress | None, done: int, total: int) -> Progres
 
 
 def session_of(model: onnx.ModelProto, settings: OrtSettings) -> ort.InferenceSession:
-    """An ORT session of a model convopt made itself (a sub-model); ORT refusing it is a ModelLoadError."""
+    """An ORT session of a model convopt made itself (a sub-model), to compute outputs (never timed: no memory
+    arena); ORT refusing it is a ModelLoadError."""
     try:
-        return make_session(model, settings)
+        return make_session(model, settings, arena=False)
     except ORT_ERRORS as e:
         raise ModelLoadError(f"ONNX Runtime cannot load the model: {e}") from None
 
 
 class LocalEvaluation:
-    """Every shard in this process, one after the other; the original's outputs kept here."""
+    """Every shard in this process, one after the other; the original's outputs kept here (its session is
+    dropped once they are computed)."""
 
-    def __init__(self, spec: EvaluationSpec, plan: ShardPlan, log: list[CompareLog]) -> None:
+    def __init__(self, spec: EvaluationSpec, plan: ShardPlan, log: list[CompareLog],
+                 session: ort.InferenceSession) -> None:
         self.spec, self.plan, self._log = spec, plan, log
         self._shards = [shard_data(spec.data, a, b) for a, b in plan.ranges]
         self._refs: list[list[np.ndarray]] | None = None
+        self._session: ort.InferenceSession | None = session
 
     def _run(self, session: ort.InferenceSession, what: str | None, progress: Progress | None,
              index: int) -> list[np.ndarray]:
@@ -182,13 +189,14 @@ class LocalEvaluation:
         for i, (start, stop) in enumerate(self.plan.ranges):
             t_shard = time.perf_counter()
             if self._refs is None:  # the original's outputs, once: part of its shard's work
-                refs.append(self._run(self.spec.session, None, progress if candidate is None else None, i))
+                assert self._session is not None
+                refs.append(self._run(self._session, None, progress if candidate is None else None, i))
             ref = refs[i]
             cand = ref if candidate is None else self._run(candidate.session, candidate.what, progress, i)
             parts.append(compare_shard(ref, cand, self._shards[i], self.spec.names, labelled=self.spec.labelled,
                                        metric=self.spec.metric, what=None if candidate is None else candidate.what,
                                        run=timed_run(i, start, stop, t_shard)))
-        self._refs = refs
+        self._refs, self._session = refs, None  # the reference is all the original's session was for
         cmp = merge(parts)
         self._log.append(CompareLog(self.spec.role, time.perf_counter() - t0, cmp.runs))
         return cmp
@@ -208,10 +216,10 @@ class LocalExecutor:
         self._shards: dict[str, int] = {}
         self._log: list[CompareLog] = []
 
-    def evaluation(self, spec: EvaluationSpec) -> LocalEvaluation:
-        plan = plan_shards(spec.data.n, session_batch(spec.session, spec.settings), self.shard_size)
+    def evaluation(self, spec: EvaluationSpec, session: ort.InferenceSession) -> LocalEvaluation:
+        plan = plan_shards(spec.data.n, spec.batch, self.shard_size)
         self._shards[spec.role] = plan.count
-        return LocalEvaluation(spec, plan, self._log)
+        return LocalEvaluation(spec, plan, self._log, session)
 
     def map_reduce(self, model: onnx.ModelProto, names: Sequence[str], data: EvalData, reducer: Reducer,
                    settings: OrtSettings) -> tuple[np.ndarray, ...]:

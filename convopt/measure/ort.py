@@ -81,9 +81,14 @@ class OrtSettings:
         return d
 
 
-def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings, *, arena: bool = True
+                 ) -> ort.InferenceSession:
     """An InferenceSession with every setting explicit. Unknown provider → InputError listing the available
-    ones. ORT's own load errors propagate (the caller knows whether the model was the user's or ours)."""
+    ones. ORT's own load errors propagate (the caller knows whether the model was the user's or ours).
+
+    ``arena`` False: no CPU memory arena (ORT frees each run's tensors instead of keeping the arena grown to the
+    largest run), for sessions that only compute outputs; sessions whose latency is timed keep ORT's default,
+    the arena, as deployed. Either way the outputs are the same."""
     available = ort.get_available_providers()
     if settings.provider not in available:
         raise InputError(
@@ -97,8 +102,22 @@ def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings) -> ort.I
     so.graph_optimization_level = OPT_LEVELS[settings.graph_optimization_level]
     so.log_severity_level = 4  # fatal only: convopt reports ORT's errors itself, in one line
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
+    so.enable_cpu_mem_arena = arena
     blob = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(blob, sess_options=so, providers=[settings.provider])
+    session = ort.InferenceSession(blob, sess_options=so, providers=[settings.provider])
+    _drop_model_bytes(session)
+    return session
+
+
+def _drop_model_bytes(session: ort.InferenceSession) -> None:
+    """ORT's Python InferenceSession keeps the serialized model for its whole life, only to rebuild itself
+    when a run fails in the execution provider and it falls back to another (onnxruntime_inference_collection:
+    "TODO: This is bad as we're holding the memory indefinitely"): a second copy of every weight per session.
+    Drop it, and the fallback with it: a failing provider is an error convopt reports, never a silent switch to
+    another provider than the one the report names."""
+    if getattr(session, "_model_bytes", None) is not None:
+        session.disable_fallback()
+        session._model_bytes = None
 
 
 def _fixed_batch(inp: ort.NodeArg) -> int | None:

@@ -272,8 +272,8 @@ class RayExecutor:
                 self._seen.setdefault(run.index % len(self._workers), set()).add(run.worker)
         return results
 
-    def evaluation(self, spec: EvaluationSpec) -> RayEvaluation:
-        plan = plan_shards(spec.data.n, session_batch(spec.session, spec.settings), self.options.shard_size)
+    def evaluation(self, spec: EvaluationSpec, session: ort.InferenceSession) -> RayEvaluation:
+        plan = plan_shards(spec.data.n, spec.batch, self.options.shard_size)  # workers make their own sessions
         self._shards[spec.role] = plan.count
         if spec.metric is not None:
             _ship_metric(spec.metric)
