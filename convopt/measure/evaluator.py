@@ -22,7 +22,7 @@ from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparis
 from convopt.measure.metrics import hit_rate
 from convopt.measure.outcomes import outcomes, with_intervals
 from convopt.measure.plugin import TaskMetric
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session
+from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, latency_feeds, make_session
 from convopt.measure.shards import Comparison
 
 
@@ -85,7 +85,7 @@ class Evaluator:
         if data.labels is not None and metric is None:
             self.original_accuracy = self._check_labels()
         self.reference_scores = self._original.scores
-        self._feeds = batch_feeds(self._session, data, 0, latency_batch(self._session, settings))
+        self._feeds = latency_feeds(self._session, data, settings)  # ragged data: its timing sample
         self._baseline: Measurement | None = None
 
     @property
