@@ -14,7 +14,8 @@ def ctc_like_model(classes: int = 6, channels: int = 8, seed: int = 0, batch: in
                    shift: float = 0.0) -> onnx.ModelProto:
     """x [batch, 1, 8, W] → Conv 3×3 (1→c) → Relu → Conv 3×3 (c→c) → Relu → Conv 1×1 (c→classes) → mean over
     the height → logits [W, batch, classes]: one row of class scores per column, as an OCR model's [T, 1, C].
-    ``shift`` is added to the last conv's bias of class 1 (a candidate that reads differently)."""
+    ``shift`` is added to the last conv's bias of class 1, the class that wins most columns (a negative shift: a
+    candidate that reads some columns differently)."""
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
     w2 = (rng.standard_normal((channels, channels, 3, 3)) / 4).astype(np.float32)

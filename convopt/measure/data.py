@@ -166,6 +166,7 @@ def _read_arrays(
                 raise DataError(f"{path} is one array but the model has {len(vis)} inputs; use an .npz")
             keys, label_key, headers = {names[0]: names[0]}, None, {names[0]: npy_header(path)}
         for v in vis:
+            check_real(headers[v.name].dtype, f"array '{keys[v.name]}' in {path}")  # an object array: the hint first
             _check_header(v.name, headers[v.name], shapes[v.name], path)
         counts = {k: h.shape[0] for k, h in headers.items()}
         if len(set(counts.values())) != 1:
