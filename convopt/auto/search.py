@@ -131,7 +131,8 @@ class AutoSearch:
         self.refits: dict[int, dict[str, list[float]]] = {}  # step → layer → refit error [before, after]
         self.refit_cache: RefitCache = {}
         self.fit_data = fit
-        self.cost_ev = Evaluator(driver.original, fit, settings, measure_latency=False, role="fit",
+        plain = fit if select.metric is None else replace(fit, labels=None)  # a metric's labels are not classes
+        self.cost_ev = Evaluator(driver.original, plain, settings, measure_latency=False, role="fit",
                            executor=select.executor)
         self.targets: Targets | None = None
         self.decisions: dict[int, Decision] = {}
