@@ -50,7 +50,7 @@ from convopt.measure.data import EvalData, load_eval_data
 from convopt.measure.ort import OrtSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_layers_table import METHODS, render  # noqa: E402
+from method_layers_table import render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

@@ -3,135 +3,29 @@ Errors become exit codes here and nowhere else: 0 success, 1 the CI gate was mis
 3 internal rewrite error."""
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import os
 import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from typer.core import TyperGroup
 
 import convopt
-from convopt.errors import ConvOptError, InputError, OutputError
+from convopt.cli_boundary import Group, err, guarded, out, out_path
+from convopt.errors import InputError
 from convopt.limits import DEFAULT_MAX_MODEL_BYTES
-from convopt.text import cell, json_safe, one_line, safe
-from convopt.writes import Interrupted, signals_handled
-
-class _Group(TyperGroup):
-    """Usage errors of the CLI framework (an unknown option, a bad value) come out like convopt's own errors:
-    one line on stderr, exit 2 — from the console script and from any caller of the app alike."""
-
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
-        except typer.Abort:
-            err.print("interrupted: nothing was written", markup=False)
-            rv, standalone_mode = 130, True
-        except typer.TyperException as exc:  # the CLI framework's usage errors (typer vendors click)
-            rv, standalone_mode = _usage_error(exc), True
-        if not standalone_mode:
-            return rv
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _usage_error(exc: Any) -> int:
-    if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the answer
-        exc.show()
-        return int(exc.exit_code)
-    ctx = getattr(exc, "ctx", None)
-    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-    err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
-    return int(exc.exit_code)
-
+from convopt.text import json_safe, one_line, safe
 
 app = typer.Typer(
-    cls=_Group,
+    cls=Group,
     name="convopt",
     help="Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False, emoji=False)
-# stdout: the terminal's width; in a pipe or a CI log COLUMNS when set, else 160 (rich's default there is 80)
-out = Console(highlight=False, emoji=False,
-              width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160)
-
 OUTPUT, STRATEGY, RANK, DATA, BUDGET, MEASURE = (
     "Output", "Strategy and passes", "Rank (uniform mode)", "Data", "Budget and CI gate", "Measurement")
-
-
-def _fail(exc: ConvOptError) -> typer.Exit:
-    err.print(f"error: {one_line(exc)}", markup=False, soft_wrap=True)
-    return typer.Exit(exc.exit_code)
-
-
-@contextlib.contextmanager
-def _warnings_as_lines(quiet: bool) -> Iterator[None]:
-    """Python warnings (numpy's, onnx checker's captured output) as one escaped line each; none under -q."""
-    with warnings.catch_warnings():
-        if quiet:
-            warnings.simplefilter("ignore")
-        else:
-            def show(message: Warning | str, *_a: Any, **_k: Any) -> None:
-                err.print(f"warning: {one_line(message)}", markup=False, soft_wrap=True)
-
-            warnings.showwarning = show  # type: ignore[assignment]
-        yield
-
-
-def guarded(fn: Callable[..., None]) -> Callable[..., None]:
-    """The CLI boundary: ConvOptError → its exit code; SIGINT, SIGTERM, SIGHUP → 130, 143, 129 with every
-    temporary file removed and one line saying what is on disk (convopt.writes); any other exception → exit 3
-    with one line (CONVOPT_DEBUG=1 re-raises it for the traceback). Every line is escaped (convopt.text).
-    Typer reads the signature through functools.wraps."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        with signals_handled() as journal, _warnings_as_lines(bool(kwargs.get("quiet", False))):
-            try:
-                fn(*args, **kwargs)
-            except ConvOptError as exc:
-                raise _fail(exc) from None
-            except KeyboardInterrupt as exc:
-                journal.signum = journal.signum or 2  # later signals must not break the clean-up
-                code = exc.exit_code if isinstance(exc, Interrupted) else 130
-                name = str(exc) if isinstance(exc, Interrupted) else "SIGINT"
-                journal.cleanup()
-                err.print(f"interrupted by {name}: {journal.on_disk()}", markup=False, soft_wrap=True)
-                raise typer.Exit(code) from None
-            except (typer.Exit, typer.Abort, SystemExit):
-                raise
-            except Exception as exc:  # the one place convopt catches everything: report a bug in one line
-                if os.environ.get("CONVOPT_DEBUG") == "1":
-                    raise
-                first = safe((str(exc).strip().splitlines() or [""])[0])
-                err.print(f"internal error: {type(exc).__name__}: {first} (a convopt bug, please report it; "
-                          "CONVOPT_DEBUG=1 shows the traceback)", markup=False, soft_wrap=True)
-                raise typer.Exit(3) from None
-
-    return wrapper
-
-
-def _out_path(spelled: str | None, option: str) -> Path | None:
-    """An output path as typed: a trailing separator means a folder (``-o opts/newdir/``), refused here
-    because a Path forgets it (convopt.outputs refuses the rest)."""
-    from convopt.outputs import OutputTarget
-
-    if spelled is None:
-        return None
-    if OutputTarget.of(spelled, "model", option).folder_syntax:
-        raise OutputError(f"{option} {safe(spelled)} ends with a path separator, so it names a folder; give a file "
-                          "name inside it")
-    return Path(spelled)
 
 
 MaxModelBytes = Annotated[int, typer.Option(
@@ -342,7 +236,7 @@ def optimize(
         model, data = example_model_path(), data or example_data_path()
         output = output or "example.opt.onnx"
     opts = OptimizeOptions(
-        model=model, output=_out_path(output, "-o"), report=_out_path(report, "--report"), overwrite=overwrite,
+        model=model, output=out_path(output, "-o"), report=out_path(report, "--report"), overwrite=overwrite,
         strategy=strategy,  # type: ignore[arg-type]  (checked by the library)
         passes=None if passes is None else tuple(p.strip() for p in passes.split(",")),
         rank=RankOptions(full_rank, rank_fraction, energy, align, bottleneck_side),  # type: ignore[arg-type]
@@ -353,7 +247,7 @@ def optimize(
                         latency_batch=latency_batch),
         executor=ExecutorOptions(executor, ray_address),  # type: ignore[arg-type]  (checked by the options)
         require_faster=require_faster, no_eval=no_eval, fold_bn=not no_fold_bn, seed=seed,
-        latency_cache=_out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
+        latency_cache=out_path(latency_cache, "--latency-cache"), time_budget=time_budget,
         max_model_bytes=max_model_bytes, quantize=quantize, force_quantize=force_quantize)
     raise typer.Exit(_run_optimize(opts, quiet))
 
@@ -395,8 +289,8 @@ def demo(
     from convopt.models.example import example_data_path, example_model_path
     from convopt.options import DataOptions, OptimizeOptions
 
-    opts = OptimizeOptions(model=example_model_path(), output=_out_path(output, "-o"),
-                           report=_out_path(report, "--report"),
+    opts = OptimizeOptions(model=example_model_path(), output=out_path(output, "-o"),
+                           report=out_path(report, "--report"),
                            data=DataOptions(data=example_data_path()), budget=Budget(max_accuracy_drop=3.0))
     raise typer.Exit(_run_optimize(opts, quiet))
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from convopt.auto import AutoOptions, LayerLatencyCache, auto_optimize, split_eval_data
+from convopt.auto import AutoOptions, LayerLatencyCache, auto_optimize
 from convopt.auto.candidates import build_candidates
 from convopt.auto.latency import candidate_model, measure_candidates
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, sample_positions

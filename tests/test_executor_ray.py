@@ -328,7 +328,7 @@ def test_auto_mode_same_decisions_and_bytes_as_local(tmp_path: Path) -> None:
     assert len(checks["local"]) >= 3 and any(c["ok"] for c in checks["local"])
     assert checks["ray"] == checks["local"]
     assert reports["ray"]["baseline"]["accuracy"] == reports["local"]["baseline"]["accuracy"]
-    assert reports["ray"]["settings"]["executor"]["shards"] == {"select": 5, "report": 5}
+    assert reports["ray"]["settings"]["executor"]["shards"] == {"fit": 4, "select": 5, "report": 5}  # fit: 50 / 16
     if reports["ray"]["extra"]["auto"]["chosen"] == reports["local"]["extra"]["auto"]["chosen"]:
         assert models["ray"] == models["local"]
         assert reports["ray"]["final"]["accuracy"] == reports["local"]["final"]["accuracy"]

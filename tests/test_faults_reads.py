@@ -142,7 +142,6 @@ def test_row8_limit_bounds_what_is_read_from_a_2gib_npz(work: Path) -> None:
                             "uniform", "-o", str(work / "o.onnx"), "--report", str(work / "r.json"), "-q",
                             "--repeats", "2", "--warmup", "1"])
     assert r.exit_code == 0, r.output
-    import json
 
     rows = 2**31 // (3 * 8 * 8 * 4)
     assert f"(4 of {rows} samples)" in (work / "r.json").read_text()

@@ -89,7 +89,6 @@ def measurement(**acc: float | None) -> Measurement:
 
 
 def test_check_reasons() -> None:
-    ev = Evaluator(tiny_classifier("N"), data(), FAST, measure_latency=False)
     labelled = measurement(labelled_top1=58.5, top1_drop=2.3, top1_agreement=96.0, rel_l2_error=0.02)
     assert Budget(max_accuracy_drop=1.0).check(labelled.accuracy) == "top-1 dropped 2.30 points (> --max-accuracy-drop 1.0)"
     assert Budget(max_accuracy_drop=2.3).check(labelled.accuracy) is None

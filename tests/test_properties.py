@@ -9,7 +9,6 @@ printed by the last test of this file ("property cases: ...").
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from convopt.cli import app
-from convopt.graph import ConvSkip, ConvSpec, model_problem, read_convs
+from convopt.graph import ConvSpec, model_problem, read_convs
 from convopt.io import validate_model
 from convopt.passes import PASSES
 from convopt.passes.base import RankPolicy

@@ -57,4 +57,5 @@ __all__ = [
     "vertical_moment",
     "weighted_error",
     "whiten",
+    "whitened_lowrank",
 ]

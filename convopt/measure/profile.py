@@ -25,7 +25,7 @@ import onnx
 
 from convopt.errors import DataError, ShapeError
 from convopt.graph import graph_inputs, input_dtype, resolve_input_shapes
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, make_session
+from convopt.measure.ort import ORT_ERRORS, OrtSettings
 
 FUSED_AFTER = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Sum", "HardSwish", "Mul"}
 NAME_PREFIX = "convopt_profiled_"
