@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 
 from convopt.auto import auto_optimize, split_eval_data
