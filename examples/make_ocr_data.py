@@ -13,7 +13,7 @@ OUT/ocr_labels.npz (``labels``: int64 [n, L], the index sequences read, padded w
 drawn).
 
 ``--ragged``: each image is as wide as its text (height 64, widths about 140 to 260), written twice: as a folder
-OUT/ocr_ragged/ of PNGs (000.png, 001.png, ...; convopt reads it with ``--preprocess unit --resize height=64``)
+OUT/ocr_ragged/ of PNGs (000.png, 001.png, ..., zero-padded so that they sort in sample order; convopt reads it with ``--preprocess unit --resize height=64``)
 and as OUT/ocr_ragged.npz keyed per sample (``input1/0``, ``input1/1``, ...: float32 [1, 1, 64, W_i]), with
 OUT/ocr_ragged_labels.npz (as above, in file order). The labels are what the model reads from the images as
 convopt loads them.
@@ -133,8 +133,9 @@ def write_ragged(args: argparse.Namespace) -> tuple[list[list[int]], list[str]]:
     for old in folder.glob("*.png"):
         old.unlink()
     xs = [(im.astype(np.float32) / 255.0)[None] for im in images]  # [1, HEIGHT, W]: what --preprocess unit gives
+    digits = max(3, len(str(len(images) - 1)))  # names sort in sample order (convopt reads a folder sorted)
     for i, im in enumerate(images):
-        Image.fromarray(im, "L").save(folder / f"{i:03d}.png")
+        Image.fromarray(im, "L").save(folder / f"{i:0{digits}d}.png")
     seqs = read_sequences(args.model, xs)
     np.savez_compressed(args.out / "ocr_ragged.npz", **{f"{INPUT}/{i}": x[None] for i, x in enumerate(xs)})
     widths = [im.shape[1] for im in images]
