@@ -124,7 +124,8 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
     d = opts.data
     def load(path: Path | None, labels: Path | None, seed: int) -> EvalData:
         return load_eval_data(model, path, preprocess=d.preprocess, labels=labels, input_shapes=d.input_shapes,
-                              limit=d.limit, seed=seed, random_samples=opts.random_samples)
+                              limit=d.limit, seed=seed, random_samples=opts.random_samples, resize=d.resize,
+                              targets=opts.metric is not None)
 
     data = load(d.data, d.labels, opts.seed)
     fits = strategy == "auto" or opts.quantize == "int8"  # INT8 calibrates on the fit data
@@ -149,6 +150,9 @@ def report_settings(opts: OptimizeOptions, strategy: Strategy, roles: DataRoles 
         **opts.budget.to_dict(), "no_budget": opts.no_budget, "fail_under_speedup": opts.fail_under_speedup}}
     if roles is not None:
         s.update(ort=opts.ort.to_dict(), data=roles.to_dict())
+        ragged = roles.select.ragged_settings()  # samples of different shapes: how they run, what is timed
+        if ragged is not None:
+            s["ragged"] = ragged
     return s
 
 
@@ -176,6 +180,10 @@ def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, wa
         roles = load_roles(model, opts, strategy)
         if roles.select.warning:
             warn(roles.select.warning)
+        ragged = roles.select.ragged_settings()
+        if ragged is not None and say is not None:
+            say(f"data: samples of {ragged['shapes']} shapes, run {ragged['run']}; latency timed on "
+                f"{ragged['latency_sample']}")
         metric = None if opts.metric is None else (
             load_metric(opts.metric) if isinstance(opts.metric, str) else TaskMetric.from_callable(opts.metric))
         select = Evaluator(model, roles.select, opts.ort, progress=progress, metric=metric, role="select",
@@ -241,6 +249,7 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
         return optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                 settings=report_settings(opts, strategy, None), on_event=say, **names)
     setup = set_up(model, opts, strategy, warn, progress, say)
+    opts = with_timing_shapes(opts, setup.roles)
     try:
         result = _run_strategy(model, opts, strategy, setup, passes, policy, names, say, cache)
     finally:
@@ -248,6 +257,16 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
     settings = {**result.report.settings, "executor": setup.executor.info().to_dict()}  # workers, shards
     result.report = replace(result.report, settings=settings, budget=budget_report(setup, result))
     return result
+
+
+def with_timing_shapes(opts: OptimizeOptions, roles: DataRoles) -> OptimizeOptions:
+    """Samples of different shapes: the inputs --input-shape leaves out take the shape of the sample latency
+    is timed on, so that the layers auto times have the shapes the whole model is timed at."""
+    timing = roles.select.timing
+    if timing is None or not roles.select.ragged:
+        return opts
+    shapes = {**{k: tuple(v.shape) for k, v in timing.feeds.items()}, **opts.data.input_shapes}
+    return replace(opts, data=replace(opts.data, input_shapes=shapes))
 
 
 def _run_strategy(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, setup: Setup,

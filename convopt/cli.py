@@ -161,12 +161,14 @@ def optimize(
                                        rich_help_panel=RANK)] = 8,
     bottleneck_side: Annotated[str, typer.Option(metavar="both|in|out", help="Bottleneck reduces: both, in or out.",
                                                  rich_help_panel=RANK)] = "both",
-    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name, or a folder of images.",
+    data: Annotated[Optional[Path], typer.Option(help=".npz keyed by input name (or NAME/0, NAME/1, ...: one "
+                                                 "array per sample), or a folder of images.",
                                                  rich_help_panel=DATA)] = None,
     calib: Annotated[Optional[Path], typer.Option(
         help="auto: calibration data (default: half of --data, kept apart from the evaluation half).",
         show_default=False, rich_help_panel=DATA)] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Labels: CSV (file,label), .npy or .npz.",
+    labels: Annotated[Optional[Path], typer.Option(help="Labels: CSV (file,label), .npy or .npz (with --metric: "
+                                                   "any real array, one row per sample).",
                                                    rich_help_panel=DATA)] = None,
     preprocess: Annotated[Optional[str], typer.Option(
         metavar="PRESET", help=f"Image preset for a folder of images. {_presets()}.", show_default=False,
@@ -174,6 +176,10 @@ def optimize(
     limit: Annotated[Optional[int], typer.Option(help="Use at most this many samples.", min=1, metavar="N",
                                                  rich_help_panel=DATA)] = None,
     input_shape: InputShape = None,
+    resize: Annotated[Optional[str], typer.Option(
+        metavar="SIDE=N", help="Folder of images: resize each to height=N (the width follows its aspect ratio) or "
+        "width=N, for a model with a dynamic side; samples of different shapes run one at a time.",
+        show_default=False, rich_help_panel=DATA)] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(metavar="X", 
         help="Points of top-1 (labelled, else agreement) (default: 1).", show_default=False,
         rich_help_panel=BUDGET)] = None,
@@ -234,7 +240,7 @@ def optimize(
         strategy=strategy,  # type: ignore[arg-type]  (checked by the library)
         passes=None if passes is None else tuple(p.strip() for p in passes.split(",")),
         rank=RankOptions(full_rank, rank_fraction, energy, align, bottleneck_side),  # type: ignore[arg-type]
-        data=DataOptions(data, calib, labels, preprocess, limit, _shapes(input_shape)),
+        data=DataOptions(data, calib, labels, preprocess, limit, _shapes(input_shape), resize=resize),
         budget=Budget(max_accuracy_drop, min_agreement, max_rel_error, max_metric_drop, confidence),
         no_budget=no_budget, metric=metric, fail_under_speedup=fail_under_speedup,
         ort=OrtSettings(provider=provider, threads=threads, warmup=warmup, repeats=repeats,

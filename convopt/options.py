@@ -55,8 +55,8 @@ class RankOptions:
 @dataclass(frozen=True)
 class DataOptions:
     """Where the samples come from: ``data`` (.npz or a folder of images with ``preprocess``), ``calib``
-    (auto mode's calibration data, else half of ``data``), ``labels``, ``limit`` samples at most, and the shapes
-    of dynamic inputs."""
+    (auto mode's calibration data, else half of ``data``), ``labels``, ``limit`` samples at most, the shapes
+    of dynamic inputs, and ``resize`` (a folder's resize rule, e.g. ``height=64``: samples of different shapes)."""
 
     data: Path | None = None
     calib: Path | None = None
@@ -64,6 +64,7 @@ class DataOptions:
     preprocess: str | None = None
     limit: int | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    resize: str | None = None
 
 
 @dataclass(frozen=True)

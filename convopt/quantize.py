@@ -35,6 +35,7 @@ from convopt.errors import DataError, InputError, RewriteError, UnsupportedModel
 from convopt.io import default_opset, fits_in_one_protobuf, run_checker
 from convopt.measure.data import EvalData, graph_inputs, input_dtype
 from convopt.measure.ort import ORT_ERRORS, OrtSettings
+from convopt.measure.samples import rows as sample_rows
 
 PER_CHANNEL_OPSET = 13  # QuantizeLinear/DequantizeLinear gained ``axis`` (per-channel scales) in opset 13
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -147,7 +148,7 @@ class _Reader:
             return None
         feeds = {}
         for name, dtype in self.dtypes.items():
-            arr = self.data.inputs[name][self.start:self.start + self.batch].astype(dtype, copy=False)
+            arr = sample_rows(self.data.inputs[name], self.start, self.start + self.batch).astype(dtype, copy=False)
             if self.fixed and arr.shape[0] < self.batch:
                 arr = np.concatenate([arr, np.repeat(arr[-1:], self.batch - arr.shape[0], axis=0)])
             feeds[name] = np.ascontiguousarray(arr)
@@ -174,6 +175,8 @@ def _calib_reader(model: onnx.ModelProto, calib: EvalData) -> _Reader:
         )
     if calib.n < 1:
         raise DataError(f"the calibration data ({calib.source}) has no samples; give at least one")
+    if calib.ragged:  # samples of different shapes (checked against the model when loaded): one per batch
+        return _Reader(calib, {vi.name: input_dtype(vi) for vi in vis}, 1, False)
     leads = set()
     for vi in vis:
         dims, arr = _fixed_dims(vi), calib.inputs[vi.name]

@@ -10,7 +10,9 @@ decoded boxes become the labels.
         [--model ../shared/models/ddddocr-det.onnx]
 
 Writes OUT/det_inputs.npz (``images``: uint8 [n, 3, 416, 416], which convopt casts to the model's float input)
-and OUT/det_labels.npz (``labels``: float32 [M, 5] rows (image, x1, y1, x2, y2); ``counts``: boxes per image).
+and OUT/det_labels.npz (``labels``: float32 [n, K, 4] boxes (x1, y1, x2, y2) per image padded with NaN rows, one
+row per sample as ``convopt optimize --labels`` wants them; ``rows``: float32 [M, 5] rows (image, x1, y1, x2,
+y2); ``counts``: boxes per image).
 """
 from __future__ import annotations
 
@@ -81,6 +83,14 @@ def label_table(boxes: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 5), np.float32)
 
 
+def per_image(boxes: list[np.ndarray]) -> np.ndarray:
+    """Boxes per image, float32 [n, K, 4], K the most boxes of an image, padded with NaN rows."""
+    out = np.full((len(boxes), max([1, *map(len, boxes)]), 4), np.nan, np.float32)
+    for i, b in enumerate(boxes):
+        out[i, :len(b)] = b
+    return out
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=24)
@@ -93,7 +103,7 @@ def main(argv: list[str]) -> int:
     boxes = detect_all(args.model, images)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out / "det_inputs.npz", **{INPUT: images})
-    np.savez_compressed(args.out / "det_labels.npz", labels=label_table(boxes),
+    np.savez_compressed(args.out / "det_labels.npz", labels=per_image(boxes), rows=label_table(boxes),
                         counts=np.array([len(b) for b in boxes], dtype=np.int64))
     counts = [len(b) for b in boxes]
     print(f"wrote {len(images)} images to {args.out}/det_inputs.npz and det_labels.npz; boxes per image: "

@@ -236,7 +236,7 @@ def test_ocr_string_match_drops_for_a_changed_reading(ocr):
 def det(tmp_path_factory):
     out = tmp_path_factory.mktemp("det")
     assert _script("make_det_labels").main(["--n", "3", "--out", str(out)]) == 0
-    labels = np.load(out / "det_labels.npz")["labels"]
+    labels = np.load(out / "det_labels.npz")["rows"]
     outputs, inputs = _run(SHARED_MODELS / "ddddocr-det.onnx", out / "det_inputs.npz")
     return outputs, labels, inputs
 

@@ -23,6 +23,7 @@ from convopt.graph.edit import with_outputs
 from convopt.graph.linear import nchw
 from convopt.measure.data import EvalData
 from convopt.measure.ort import OrtSettings, make_session, session_batch
+from convopt.measure.samples import rows as sample_rows
 
 Say = Callable[[str], None]
 
@@ -42,12 +43,13 @@ def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, setti
     """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch."""
     sess = make_session(with_outputs(model, names), settings, arena=False)  # outputs only: no memory arena
     batch = min(session_batch(sess, settings), max_batch) if not _fixed(sess) else session_batch(sess, settings)
+    batch = 1 if data.ragged else batch  # samples of different shapes run one at a time
     n = data.n
     for start in range(0, n, batch):
         take = min(batch, n - start)
         feeds = {}
         for inp in sess.get_inputs():
-            arr = data.inputs[inp.name][start:start + batch]
+            arr = sample_rows(data.inputs[inp.name], start, start + batch)
             if arr.shape[0] < batch and _fixed(sess):
                 arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
             feeds[inp.name] = np.ascontiguousarray(arr)
@@ -93,7 +95,7 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
     for start, outs in iter_batches(model, tensors, data, settings):
         for k, y in zip(names, outs):
             if specs is not None and k in specs:
-                y = nchw(y, specs[k])
+                y = nchw(y, specs[k], 1 if data.ragged else None)
             p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rng)
             ys[k].append(pixels_at(y, p).astype(np.float32))
             p[:, 0] += start
@@ -162,8 +164,8 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     for start, (z,) in iter_batches(model, [node.input[0]], data, settings):
-        if node.op_type == "Gemm":
-            z = z.reshape(-1, rows, z.shape[-1]).transpose(0, 2, 1)[..., None]
+        if node.op_type == "Gemm":  # ragged data: one sample per batch, whatever its rows
+            z = z.reshape(-1, z.shape[0] if data.ragged else rows, z.shape[-1]).transpose(0, 2, 1)[..., None]
         lo, hi = bounds[start], bounds[min(start + z.shape[0], data.n)]
         if hi <= lo:
             continue

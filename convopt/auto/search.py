@@ -156,7 +156,8 @@ class AutoSearch:
         self.refits: dict[int, dict[str, list[float]]] = {}  # step → layer → refit error [before, after]
         self.refit_cache: RefitCache = {}
         self.fit_data = fit
-        self.cost_ev = Evaluator(driver.original, fit, settings, measure_latency=False, role="fit",
+        plain = fit if select.metric is None else replace(fit, labels=None)  # a metric's labels are not classes
+        self.cost_ev = Evaluator(driver.original, plain, settings, measure_latency=False, role="fit",
                            executor=select.executor)
         self.targets: Targets | None = None
         self.decisions: dict[int, Decision] = {}
@@ -285,7 +286,8 @@ class AutoSearch:
             self.sensitivity[name] = sensitivity(model, rep.error, self.cost_ev)
         top1 = self.budget.max_accuracy_drop is not None or self.budget.min_agreement is not None
         ref = self.cost_ev.reference[self.cost_ev.scored_index] if self.cost_ev.scored_index is not None else None
-        margins = top1_margins(class_scores(ref).astype(np.float64))[1] if top1 and ref is not None else None
+        scores = None if ref is None else class_scores(ref)  # None for ragged outputs: priced by output error
+        margins = top1_margins(scores.astype(np.float64))[1] if top1 and scores is not None else None
         model = CostModel(self.sensitivity, margins)
         limit = PRUNE * self._limit(margins is not None)
         picks = []

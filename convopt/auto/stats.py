@@ -61,9 +61,9 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
         per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}
         for _, xs in iter_batches(model, [c.x for c in group], data, settings):
             for c, x in zip(group, xs):
-                assert c.out_shape is not None
-                x = nchw(x, c)
-                pos = sample_positions(x.shape[0], c.out_shape[2], c.out_shape[3], per[c.name], rng)
+                x = nchw(x, c, 1 if data.ragged else None)
+                oh, ow = geometry(c).out_hw(x.shape[2], x.shape[3])  # this batch's own size (ragged: per sample)
+                pos = sample_positions(x.shape[0], oh, ow, per[c.name], rng)
                 acc[c.name].add(im2col_at(x, geometry(c), pos))
         yield {name: a.moments() for name, a in acc.items()}
 
@@ -100,12 +100,16 @@ def sensitivity(rewritten: onnx.ModelProto, local_error: float, evaluator: Evalu
     data, the outputs' relative L2 error and each sample's top-1 lead shift, per unit of local error. A real
     rewrite of the layer (not white noise) carries the spatial correlation its error has, which pooling
     layers do not average away."""
-    from convopt.measure.metrics import class_scores
+    from convopt.measure.metrics import class_scores, output_partials
     from convopt.measure.ort import make_session, run_model
 
     outs = run_model(make_session(rewritten, evaluator.settings, arena=False), evaluator.data, evaluator.settings)
-    err = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, evaluator.reference))
-    norm = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in evaluator.reference)
+    if evaluator.data.ragged:  # one array per sample (convopt.measure.samples): the same sums, sample by sample
+        parts = output_partials(evaluator.reference, outs, n=evaluator.data.n)
+        err, norm = (sum(float(np.sum(getattr(p, f))) for p in parts) for f in ("diff_sq", "ref_sq"))
+    else:
+        err = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, evaluator.reference))
+        norm = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in evaluator.reference)
     unit = max(local_error, 1e-12)
     rel = float(np.sqrt(err / norm)) / unit if norm > 0 else 0.0
     scored = evaluator.scored_index

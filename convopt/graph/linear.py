@@ -67,12 +67,13 @@ def read_gemm(idx: int, node: onnx.NodeProto, name: str, consts: ConstantTable,
         op="Gemm", x_shape=None if x is None else tuple(int(d) for d in x))
 
 
-def nchw(arr: np.ndarray, conv: ConvSpec) -> np.ndarray:
+def nchw(arr: np.ndarray, conv: ConvSpec, samples: int | None = None) -> np.ndarray:
     """A layer's input or output as (samples, channels, H, W): as it is for a Conv; a Gemm's (b·rows, C)
-    rows as (b, C, rows, 1), ``rows`` its rows per sample."""
+    rows as (b, C, rows, 1), ``rows`` its rows per sample (``samples`` given: the tensor's rows / samples,
+    for samples whose row count differs from the one the shapes were computed at)."""
     if conv.op == "Conv":
         return arr
     assert conv.in_shape is not None
-    rows = conv.in_shape[2]
+    rows = arr.shape[0] // samples if samples else conv.in_shape[2]
     a = np.asarray(arr).reshape(-1, rows, arr.shape[-1])
     return a.transpose(0, 2, 1)[..., None]

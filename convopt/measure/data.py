@@ -1,13 +1,16 @@
-"""Evaluation data: the samples every pass is measured on, one array per model input (axis 0 = samples).
+"""Evaluation data: the samples every pass is measured on, one array per model input (axis 0 = samples), or,
+when samples differ in shape, one array per sample (ragged data: convopt.measure.samples).
 
-Sources: an ``.npz``/``.npy`` file, a folder of images with a named preprocessing preset, or (no data)
-seeded random inputs, which measure fidelity to the original model rather than accuracy.
+Sources: an ``.npz``/``.npy`` file, an ``.npz`` keyed per sample (``NAME/0``, ``NAME/1``, …:
+convopt.measure.keyed), a folder of images with a named preprocessing preset and either the model's fixed size
+or a resize rule (convopt.measure.images), or (no data) seeded random inputs, which measure fidelity to the
+original model rather than accuracy.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +18,37 @@ import onnx
 
 from convopt.errors import DataError, InputError, ShapeError
 # model inputs and their shapes live in the graph layer (the one resolver); these names stay importable from here
-from convopt.graph.shapes import graph_inputs, input_dtype, parse_input_shape, resolve_input_shapes  # noqa: F401
+from convopt.graph.shapes import (  # noqa: F401
+    declared_dims, graph_inputs, input_dtype, parse_input_shape, resolve_input_shapes, resolve_inputs,
+)
 from convopt.limits import check_data_memory
+# image folders live in convopt.measure.images; these names stay importable from here
+from convopt.measure.images import (  # noqa: F401
+    IMAGE_SUFFIXES, PRESETS, Preprocess, Resize, image_layout, load_folder, load_folder_ragged, load_image,
+)
+from convopt.measure.keyed import keyed_members, read_keyed
 from convopt.measure.labels import LABEL_KEYS, as_labels, resolve_labels
 from convopt.measure.npz import ArrayHeader, NpzFile, check_real, npy_header, read_npy
+from convopt.measure.samples import RUN_NOTE, TimingSample, is_ragged, timing_sample
+from convopt.measure.targets import check_targets, load_targets
 
 RANDOM_DATA_WARNING = "no --data given: measuring fidelity to the original model on random inputs, not accuracy"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SINGLE_INPUT_KEYS = ("images", "x")
 
 
 @dataclass(frozen=True)
 class EvalData:
-    """Samples to evaluate on. ``inputs[name]`` has shape (n, *per_sample_shape); ``labels`` shape (n,)."""
+    """Samples to evaluate on. ``inputs[name]`` has shape (n, *per_sample_shape), or for ragged data (samples of
+    different shapes) is a ragged array of n per-sample arrays (1, *shape_i) (convopt.measure.samples);
+    ``labels`` has n rows: class indices (n,), or for a task metric whatever it compares with (n, ...).
+    ``timing``: for ragged data, the sample latency is timed on (kept by every subset and shard)."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
     warning: str | None = None
     index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sample ids (default 0..n-1)
+    timing: TimingSample | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -44,147 +59,56 @@ class EvalData:
                 f"evaluation data from {self.source}: every input needs the same number of samples on axis 0, "
                 f"got {counts}"
             )
+        self._check_ragged()
         if self.index.size == 0:
             object.__setattr__(self, "index", np.arange(self.n))
         if self.index.shape != (self.n,):
             raise DataError(f"evaluation data from {self.source}: {self.n} samples but {self.index.size} ids")
-        if self.labels is not None and self.labels.shape != (self.n,):
+        if self.labels is not None and (self.labels.ndim == 0 or self.labels.shape[0] != self.n):
             raise DataError(
                 f"evaluation data from {self.source}: {self.n} samples but labels have shape "
-                f"{tuple(self.labels.shape)}; give one integer label per sample"
+                f"{tuple(self.labels.shape)}; give one integer label per sample (for a task metric: one row)"
             )
+        if self.ragged and self.timing is None and self.n:
+            object.__setattr__(self, "timing", timing_sample(self.inputs, self.index))
+
+    def _check_ragged(self) -> None:
+        kinds = {is_ragged(a) for a in self.inputs.values()}
+        if len(kinds) > 1:
+            raise DataError(f"evaluation data from {self.source} mixes inputs of one shape per sample and ragged "
+                            "inputs; give every input one array per sample")
+        if kinds == {True} and not all(isinstance(x, np.ndarray) and x.ndim >= 1 and x.shape[0] == 1
+                                       for a in self.inputs.values() for x in a):
+            raise DataError(f"evaluation data from {self.source}: every ragged sample must be an array of shape "
+                            "(1, ...)")
 
     @property
     def n(self) -> int:
         """Number of samples."""
         return int(next(iter(self.inputs.values())).shape[0])
 
+    @property
+    def ragged(self) -> bool:
+        """True when the samples are held one array each (they differ in shape): they run one at a time."""
+        return is_ragged(next(iter(self.inputs.values())))
+
     def subset(self, index: np.ndarray, note: str) -> "EvalData":
         """The samples at ``index`` (labels too), described as this source with ``note``."""
-        return EvalData({k: a[index] for k, a in self.inputs.items()},
-                        None if self.labels is None else self.labels[index], f"{self.source} [{note}]", self.warning,
-                        self.index[index])
+        return replace(self, inputs={k: a[index] for k, a in self.inputs.items()},
+                       labels=None if self.labels is None else self.labels[index],
+                       source=f"{self.source} [{note}]", index=self.index[index])
 
+    def rows(self, start: int, stop: int) -> "EvalData":
+        """Samples [start, stop) as views (inputs, labels and sample ids), same source and timing sample."""
+        return replace(self, inputs={k: a[start:stop] for k, a in self.inputs.items()},
+                       labels=None if self.labels is None else self.labels[start:stop], index=self.index[start:stop])
 
-# ---------------------------------------------------------------------------------------------------------
-# Image preprocessing
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """x = (pixels[channel order] * scale - mean) / std, per channel; grayscale uses the channel means."""
-
-    name: str
-    order: str  # "RGB" | "BGR"
-    scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    description: str
-
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels: (H, W, C) uint8 in RGB order (C = 3) or luminance (C = 1). Returns float32 (H, W, C)."""
-        x = pixels.astype(np.float32)
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        if x.shape[-1] == 3:
-            if self.order == "BGR":
-                x = x[..., ::-1]
-        else:
-            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-        return ((x * np.float32(self.scale) - mean) / std).astype(np.float32)
-
-
-PRESETS: dict[str, Preprocess] = {
-    p.name: p
-    for p in (
-        Preprocess("imagenet", "RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                   "RGB /255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225) (torchvision)"),
-        Preprocess("caffe", "BGR", 1.0, (103.94, 116.78, 123.68), (1.0, 1.0, 1.0),
-                   "BGR 0..255 minus mean (103.94, 116.78, 123.68) in BGR order (Caffe)"),
-        Preprocess("unit", "RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB 0..1"),
-        Preprocess("raw", "RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB 0..255"),
-    )
-}
-
-
-def _preset_help() -> str:
-    return "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
-
-
-def image_layout(shape: Sequence[int]) -> str:
-    """"NHWC" if the last dim is 1 or 3 and the second is not, else "NCHW" (shape is rank 4)."""
-    return "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
-
-
-def load_image(path: Path, height: int, width: int, channels: int, preset: Preprocess) -> np.ndarray:
-    """One image as float32 (H, W, C), normalized by ``preset``.
-
-    Resize (bilinear, aspect ratio kept) to the smallest size covering round(H·256/224) × round(W·256/224),
-    so a 224×224 input gets its short side at 256; then center-crop H×W at offsets floor((w − W)/2),
-    floor((h − H)/2) (Caffe/Keras convention; torchvision rounds instead, which moves the crop one pixel
-    on odd margins).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"cannot read image {path}: {e}; remove it or replace it with a valid image") from None
-    th, tw = round(height * 256 / 224), round(width * 256 / 224)
-    w, h = im.size
-    scale = max(th / h, tw / w)
-    size = (max(tw, round(w * scale)), max(th, round(h * scale)))
-    if size != im.size:
-        im = im.resize(size, Image.BILINEAR)
-    w, h = im.size
-    left, top = (w - width) // 2, (h - height) // 2
-    im = im.crop((left, top, left + width, top + height))
-    pixels = np.asarray(im, dtype=np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    return preset.normalize(pixels)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: p.name)
-
-
-def _load_image_folder(
-    folder: Path, vi: onnx.ValueInfoProto, shape: tuple[int, ...], preprocess: str | None, limit: int | None
-) -> tuple[np.ndarray, list[str], str, int]:
-    if preprocess is None:
-        raise DataError(
-            f"{folder} is a folder of images: pass --preprocess with one of the presets ({_preset_help()})"
-        )
-    preset = PRESETS.get(preprocess.lower())
-    if preset is None:
-        raise DataError(f"unknown --preprocess {preprocess!r}; use one of: {_preset_help()}")
-    if len(shape) != 4:
-        raise DataError(
-            f"{folder} is a folder of images but input '{vi.name}' has shape {list(shape)}, not a 4-D image "
-            "batch (NCHW or NHWC); give the data as an .npz instead"
-        )
-    layout = image_layout(shape)
-    c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-    if c not in (1, 3):
-        raise DataError(
-            f"input '{vi.name}' (shape {list(shape)}, {layout}) has {c} channels; images give 1 (L) or 3 (RGB), "
-            "so give the data as an .npz instead"
-        )
-    all_files = _image_files(folder)
-    if not all_files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    files = all_files[:limit] if limit is not None else all_files
-    check_data_memory(2 * len(files) * h * w * c * 4 + len(files) * h * w * c * input_dtype(vi).itemsize,
-                      f"{len(files)} images of {h}x{w}x{c}", "pass --limit to use fewer images")
-    batch = np.stack([load_image(f, h, w, c, preset) for f in files])  # (N, H, W, C)
-    if layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
-    arr = np.ascontiguousarray(batch.astype(input_dtype(vi)))
-    desc = f"{folder} ({len(files)} of {len(all_files)} images, --preprocess {preset.name}, {layout})"
-    return arr, [f.name for f in files], desc, len(all_files)
+    def ragged_settings(self) -> dict[str, object] | None:
+        """For the report's settings: how ragged data run, how many shapes the data loaded have, and which
+        sample latency is timed on (None when the samples share one shape)."""
+        if not self.ragged or self.timing is None:
+            return None
+        return {"run": RUN_NOTE, "shapes": self.timing.shapes, "latency_sample": self.timing.describe()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,6 +166,7 @@ def _read_arrays(
                 raise DataError(f"{path} is one array but the model has {len(vis)} inputs; use an .npz")
             keys, label_key, headers = {names[0]: names[0]}, None, {names[0]: npy_header(path)}
         for v in vis:
+            check_real(headers[v.name].dtype, f"array '{keys[v.name]}' in {path}")  # an object array: the hint first
             _check_header(v.name, headers[v.name], shapes[v.name], path)
         counts = {k: h.shape[0] for k, h in headers.items()}
         if len(set(counts.values())) != 1:
@@ -314,6 +239,66 @@ def random_eval_data(
     return EvalData(inputs, None, f"random inputs ({samples} samples, seed {seed})", RANDOM_DATA_WARNING)
 
 
+def _labels(labels: Path | str | np.ndarray | None, found: np.ndarray | None, files: list[str] | None,
+            n_total: int, n_used: int, targets: bool, path: Path) -> np.ndarray | None:
+    """The labels of the samples used: ``labels`` (a file or array) over ``found`` (the data's own); class
+    indices, or for a task metric (``targets``) any real rows (convopt.measure.targets)."""
+    if labels is not None:
+        return load_targets(labels, files, n_total, n_used) if targets else resolve_labels(labels, files, n_total,
+                                                                                           n_used)
+    if found is None:
+        return None
+    return check_targets(found, n_used, str(path)) if targets else as_labels(found, str(path))[:n_used]
+
+
+def _keyed(path: Path, names: Sequence[str]) -> bool:
+    """True for an .npz whose members are keyed per sample (NAME/0, NAME/1, ...) for a model input NAME."""
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return False
+    with NpzFile(path) as npz:
+        return bool(keyed_members(list(npz.headers), names))
+
+
+def _load_ragged(model: onnx.ModelProto, vis: list[onnx.ValueInfoProto], path: Path, rule: Resize | None,
+                 preprocess: str | None, labels: Path | str | np.ndarray | None,
+                 hints: Mapping[str, tuple[int, ...]] | None, limit: int | None, targets: bool) -> EvalData:
+    """Samples of different shapes: a folder of images resized by ``rule``, or an .npz keyed per sample. Each
+    sample is checked against the inputs' declared dims (dynamic dims are free); ``hints`` (--input-shape)
+    only choose the sample latency is timed on."""
+    resolve_inputs(model, hints)  # a hint naming no input, of the wrong rank, ...: the usual ShapeError
+    dims = {v.name: declared_dims(v) for v in vis}
+    for name, d in dims.items():
+        if d is not None and d and isinstance(d[0], int) and d[0] != 1:
+            raise DataError(f"samples of different shapes run one at a time, but input '{name}' takes a fixed "
+                            f"batch of {d[0]}; give samples of one shape in an .npz instead")
+    found: np.ndarray | None = None
+    files: list[str] | None = None
+    if rule is not None:
+        if len(vis) != 1:
+            raise DataError(f"{path} is a folder of images but the model has {len(vis)} inputs; give an .npz keyed "
+                            "per sample instead")
+        got = load_folder_ragged(path, vis[0], dims[vis[0].name] or (), preprocess, rule, limit)
+        inputs, files, source, n_total = {vis[0].name: got.array}, got.files, got.source, got.total
+    else:
+        if preprocess is not None:
+            raise DataError("--preprocess applies to a folder of images; arrays in an .npz are fed as they are")
+        with NpzFile(path) as npz:
+            inputs, n_total = read_keyed(npz, path, vis, dims, limit)
+            n_used = next(iter(inputs.values())).shape[0]
+            key = next((k for k in LABEL_KEYS if k in npz.headers), None)
+            if key is not None and labels is None:
+                if npz.headers[key].rows != n_total:
+                    raise DataError(f"{path} has {npz.headers[key].rows} labels for {n_total} samples; give one "
+                                    "per sample")
+                check_data_memory(n_used * max(npz.headers[key].row_bytes, 8), f"labels from {path}", "pass --limit")
+                found = npz.read(key, n_used)
+        source = f"{path} ({n_used} of {n_total} samples, one array each)"
+    n_used = next(iter(inputs.values())).shape[0]
+    data = EvalData(inputs, _labels(labels, found, files, n_total, n_used, targets, path), source, None)
+    timing = timing_sample(data.inputs, data.index, hints)
+    return replace(data, source=f"{source}: {timing.shapes} shapes", timing=timing)
+
+
 def load_eval_data(
     model: onnx.ModelProto,
     data: Path | str | None,
@@ -324,19 +309,35 @@ def load_eval_data(
     limit: int | None = None,
     seed: int = 0,
     random_samples: int = 8,
+    resize: str | Resize | None = None,
+    targets: bool = False,
 ) -> EvalData:
     """Load evaluation data for ``model``.
 
     ``data``: an ``.npz`` (arrays named after the inputs; for a single-input model also ``images``/``x``
-    or the only non-label array; ``labels``/``y`` give labels), an ``.npy`` (single-input models), a folder
-    of images (needs ``preprocess``, one of :data:`PRESETS`), or None for seeded random inputs with a
-    warning. ``labels`` (CSV with file,label; .npy; .npz; ndarray) overrides labels inside the npz.
+    or the only non-label array; ``labels``/``y`` give labels), an ``.npz`` keyed per sample (``NAME/0``,
+    ``NAME/1``, …: samples of different shapes, convopt.measure.keyed), an ``.npy`` (single-input models), a
+    folder of images (needs ``preprocess``, one of :data:`PRESETS`; with ``resize``, e.g. ``height=64``, each
+    image keeps its aspect ratio and the samples differ in shape), or None for seeded random inputs with a
+    warning. Samples of different shapes are ragged data (:class:`EvalData`), run one sample at a time.
+    ``labels`` (CSV with file,label; .npy; .npz; ndarray) overrides labels inside the npz: class indices, or
+    with ``targets`` (a task metric judges the samples) any real array with one row per sample.
     ``limit`` keeps the first samples (sorted file names for a folder). Arrays are cast to each input's dtype.
     """
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
-    shapes = resolve_input_shapes(model, input_shapes)
+    rule = Resize.parse(resize) if isinstance(resize, str) else resize
+    path = None if data is None else Path(data)
+    if rule is not None and (path is None or not path.is_dir()):
+        raise DataError(f"--resize applies to a folder of images (with --preprocess), not {path or 'random inputs'}; "
+                        "drop --resize")
     vis = graph_inputs(model)
+    if path is not None and vis and (rule is not None or _keyed(path, [v.name for v in vis])):
+        if any(declared_dims(v) == () for v in vis):
+            raise ShapeError("a model input is a scalar; convopt feeds samples along a leading batch axis, so every "
+                             "input needs rank ≥ 1")
+        return _load_ragged(model, vis, path, rule, preprocess, labels, input_shapes, limit, targets)
+    shapes = resolve_input_shapes(model, input_shapes)
     if not vis:
         raise InputError("the model has no inputs to feed")
     scalars = [name for name, shape in shapes.items() if not shape]
@@ -345,11 +346,10 @@ def load_eval_data(
             f"input(s) {scalars} are scalars; convopt feeds samples along a leading batch axis, so every input "
             "needs rank ≥ 1"
         )
-    if data is None:
+    if path is None:
         if labels is not None:
             raise DataError("labels were given without --data; pass the data the labels belong to")
         return random_eval_data(model, shapes, seed=seed, samples=random_samples)
-    path = Path(data)
     if not path.exists():
         raise DataError(f"data not found: {path}; pass an .npz file or a folder of images")
     files: list[str] | None = None
@@ -359,8 +359,8 @@ def load_eval_data(
                 f"{path} is a folder of images but the model has {len(vis)} inputs; give an .npz with one array "
                 "per input"
             )
-        arr, files, source, n_total = _load_image_folder(path, vis[0], shapes[vis[0].name], preprocess, limit)
-        inputs = {vis[0].name: arr}
+        got = load_folder(path, vis[0], shapes[vis[0].name], preprocess, limit)
+        inputs, files, source, n_total = {vis[0].name: got.array}, got.files, got.source, got.total
         found_labels = None
     else:
         if path.suffix.lower() not in (".npz", ".npy"):
@@ -372,9 +372,4 @@ def load_eval_data(
         inputs, found_labels, n_total = _read_arrays(path, vis, shapes, limit)
         source = f"{path} ({min(n_total, limit or n_total)} of {n_total} samples)"
     n_used = next(iter(inputs.values())).shape[0]
-    label_arr: np.ndarray | None = None
-    if labels is not None:
-        label_arr = resolve_labels(labels, files, n_total, n_used)
-    elif found_labels is not None:
-        label_arr = as_labels(found_labels, str(path))[:n_used]  # its count was checked on the header
-    return EvalData(inputs, label_arr, source, None)
+    return EvalData(inputs, _labels(labels, found_labels, files, n_total, n_used, targets, path), source, None)

@@ -22,9 +22,7 @@ from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparis
 from convopt.measure.metrics import hit_rate
 from convopt.measure.outcomes import outcomes, with_intervals
 from convopt.measure.plugin import TaskMetric
-from convopt.measure.ort import (
-    ORT_ERRORS, OrtSettings, Progress, batch_feeds, latency_batch, make_session, session_batch,
-)
+from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, latency_feeds, make_session, session_batch
 from convopt.measure.shards import Comparison
 
 
@@ -90,7 +88,7 @@ class Evaluator:
         self._evaluation = self.executor.evaluation(EvaluationSpec(
             original, data, settings, session_batch(session, settings), tuple(self.output_names),
             labelled=data.labels is not None and metric is None, metric=metric, role=role), session)
-        self._feeds = batch_feeds(session, data, 0, latency_batch(session, settings))
+        self._feeds = latency_feeds(session, data, settings)  # ragged data: its timing sample
         del session  # the evaluation drops it after the reference run
         self._original = self._compare(None, "original model")
         self.scored_index = self._original.scored

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from convopt.errors import DataError
+from convopt.measure.samples import is_ragged, items
 
 TOP_K = 5
 
@@ -55,10 +56,12 @@ def _cosine(dot: float, a_sq: float, b_sq: float) -> float:
 class OutputPartial:
     """One output of a candidate compared with the reference on one shard of the samples: the additive pieces
     behind :func:`compare_outputs`. ``diff_sq``, ``ref_sq``, ``cand_sq`` and ``dot`` are per sample, shape
-    (n,), when ``per_sample`` (the output's rows are the samples: axis 0, or n equal runs of rows), else shape
-    (1,): the shard's totals. ``agree`` (same top-1 class) and ``shared`` (how many of the top-k classes are
-    shared, k = min(5, classes)) are per row of the class scores, None when the output is not class scores
-    (see :func:`class_scores`)."""
+    (n,), when ``per_sample`` (the output's rows are the samples: axis 0, or n equal runs of rows, or ragged
+    per-sample outputs), else shape (1,): the shard's totals. ``agree`` (same top-1 class at every row of the
+    sample) and ``shared`` (how many of the top-k classes are shared, k = min(5, classes), averaged over the
+    sample's rows) are per sample, None when the output is not class scores (see :func:`class_scores`) or its
+    rows cannot be told apart by sample. ``shape``: the output's shape over the shard; for ragged outputs
+    the rows of every sample added up and the other dims their largest."""
 
     name: str
     shape: tuple[int, ...]
@@ -81,20 +84,37 @@ def sample_rows(arr: np.ndarray, n: int) -> np.ndarray | None:
     return a.reshape(n, -1)
 
 
-def _agreement(r: np.ndarray, c: np.ndarray) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
-    """(classes, same top-1 per row, top-k classes shared per row) of two class-score outputs, else Nones."""
-    rs, cs = class_scores(r), class_scores(c)
-    if rs is None or cs is None:
-        return None, None, None
+def _row_agreement(rs: np.ndarray, cs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(same top-1 per row, top-k classes shared per row) of two (rows, C) class-score arrays."""
     k = min(TOP_K, rs.shape[1])
     rk, ck = top_k(rs, k), top_k(cs, k)
     shared = (rk[:, :, None] == ck[:, None, :]).any(axis=2).sum(axis=1)
-    return int(rs.shape[1]), np.argmax(rs, axis=1) == np.argmax(cs, axis=1), shared
+    return np.argmax(rs, axis=1) == np.argmax(cs, axis=1), shared
+
+
+def _agreement(r: np.ndarray, c: np.ndarray, n: int
+               ) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
+    """(classes, same top-1 per sample, top-k classes shared per sample) of two class-score outputs over n
+    samples, else Nones. A sample with several rows (an OCR model's [T, 1, C] per sample: T positions) agrees
+    when every one of its rows does, and shares the mean over its rows."""
+    rs, cs = class_scores(r), class_scores(c)
+    if rs is None or cs is None:
+        return None, None, None
+    agree, shared = _row_agreement(rs, cs)
+    rows = rs.shape[0]
+    if rows == n:
+        return int(rs.shape[1]), agree, shared
+    if n == 0 or rows % n:
+        return int(rs.shape[1]), None, None  # rows that are not runs of the samples: no per-sample agreement
+    per = rows // n
+    return int(rs.shape[1]), agree.reshape(n, per).all(axis=1), shared.reshape(n, per).mean(axis=1)
 
 
 def output_partial(r: np.ndarray, c: np.ndarray, n: int | None, name: str, index: int = 0) -> OutputPartial:
     """The pieces of output ``index`` (called ``name``) compared on ``n`` samples (None: the rows of axis 0 are
     the samples). Sums are float64. Raises ValueError when the shapes differ."""
+    if is_ragged(r) or is_ragged(c):
+        return _ragged_partial(r, c, name, index)
     r, c = np.asarray(r), np.asarray(c)
     if r.shape != c.shape:
         raise ValueError(f"output {index}: reference shape {r.shape} but candidate shape {c.shape}")
@@ -107,7 +127,42 @@ def output_partial(r: np.ndarray, c: np.ndarray, n: int | None, name: str, index
     d = c64 - r64
     diff_sq, ref_sq, cand_sq, dot = (np.einsum("ij,ij->i", a, b) for a, b in ((d, d), (r64, r64), (c64, c64), (r64, c64)))
     mab = float(np.max(np.abs(d))) if d.size else 0.0
-    return OutputPartial(name, tuple(r.shape), per_sample, diff_sq, ref_sq, cand_sq, dot, mab, *_agreement(r, c))
+    return OutputPartial(name, tuple(r.shape), per_sample, diff_sq, ref_sq, cand_sq, dot, mab,
+                         *_agreement(r, c, rows))
+
+
+def _ragged_partial(r: np.ndarray, c: np.ndarray, name: str, index: int) -> OutputPartial:
+    """:func:`output_partial` of ragged outputs (one array per sample, as the model gave it for that sample)."""
+    if not (is_ragged(r) and is_ragged(c)) or len(r) != len(c):
+        raise ValueError(f"output {index}: {len(r)} reference samples but {len(c)} candidate samples")
+    sums = np.zeros((4, len(r)))
+    mab, agree, shared, classes = 0.0, [], [], set()
+    for i, (ri, ci) in enumerate(zip(items(r), items(c))):
+        if ri.shape != ci.shape:
+            raise ValueError(f"output {index}, sample {i}: reference shape {ri.shape} but candidate shape {ci.shape}")
+        r64, c64 = ri.astype(np.float64).ravel(), ci.astype(np.float64).ravel()
+        d = c64 - r64
+        sums[:, i] = (d @ d, r64 @ r64, c64 @ c64, r64 @ c64)
+        mab = max(mab, float(np.max(np.abs(d))) if d.size else 0.0)
+        rs, cs = class_scores(ri), class_scores(ci)
+        if rs is not None and cs is not None:
+            a, s = _row_agreement(rs, cs)
+            agree.append(bool(a.all()))
+            shared.append(float(s.mean()))
+            classes.add(int(rs.shape[1]))
+    scored = len(agree) == len(r) and len(classes) == 1
+    shape = _ragged_shape(r)
+    return OutputPartial(name, shape, True, sums[0], sums[1], sums[2], sums[3], mab,
+                         classes.pop() if scored else None, np.array(agree, bool) if scored else None,
+                         np.array(shared) if scored else None)
+
+
+def _ragged_shape(a: np.ndarray) -> tuple[int, ...]:
+    """Rows of every sample added up, the other dims their largest."""
+    dims = [np.shape(x) for x in a]
+    if not dims or not all(len(d) == len(dims[0]) and len(d) for d in dims):
+        return (len(dims),)
+    return (sum(d[0] for d in dims), *np.max([d[1:] for d in dims], axis=0).tolist())
 
 
 def output_partials(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray], names: Sequence[str] | None = None,
@@ -127,12 +182,21 @@ def _totals(parts: Sequence[OutputPartial]) -> tuple[float, ...]:
     return tuple(float(np.sum(np.concatenate([getattr(p, f) for p in parts]))) for f in SUMS)
 
 
+def _merged_shape(shapes: Sequence[tuple[int, ...]]) -> list[int]:
+    """Rows of every shard added up, the other dims their largest (equal unless the outputs are ragged)."""
+    if not shapes[0]:
+        return []
+    if any(len(s) != len(shapes[0]) for s in shapes):
+        return [int(sum(s[0] if s else 0 for s in shapes))]
+    return [int(sum(s[0] for s in shapes)), *(int(max(d)) for d in zip(*(s[1:] for s in shapes)))]
+
+
 def _merge_output(parts: Sequence[OutputPartial], totals: tuple[float, ...]) -> dict[str, Any]:
     first = parts[0]
     diff_sq, ref_sq, cand_sq, dot = totals
     entry: dict[str, Any] = {
         "name": first.name,
-        "shape": [sum(p.shape[0] for p in parts), *first.shape[1:]] if first.shape else [],
+        "shape": _merged_shape([p.shape for p in parts]),
         "rel_l2_error": _rel_l2(diff_sq, ref_sq),
         "cosine": _cosine(dot, ref_sq, cand_sq),
         "max_abs_error": float(np.max([p.max_abs for p in parts])),
@@ -190,8 +254,9 @@ def compare_outputs(
 
 def check_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) class scores of ``scores`` and the integer labels (N,) they are judged against; DataError when
-    the output is not class scores or the labels do not fit it."""
-    s = class_scores(scores)
+    the output is not class scores or the labels do not fit it. Ragged outputs count when every sample has
+    one row of class scores."""
+    s = _single_rows(scores) if is_ragged(scores) else class_scores(scores)
     if s is None:
         raise DataError(
             f"labels were given but the model output has shape {tuple(np.shape(scores))}, which is not class "
@@ -206,6 +271,14 @@ def check_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
             f"(0..{s.shape[1] - 1}); check that the labels belong to this model"
         )
     return s, lab
+
+
+def _single_rows(scores: np.ndarray) -> np.ndarray | None:
+    """Ragged per-sample outputs as (n, C) class scores when each sample has exactly one row of them."""
+    per = [class_scores(x) for x in items(scores)]
+    if not per or any(p is None or p.shape[0] != 1 for p in per) or len({p.shape[1] for p in per}) != 1:  # type: ignore[union-attr]
+        return None
+    return np.concatenate(per)  # type: ignore[arg-type]
 
 
 def label_hits(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,8 +50,9 @@ class ArrayHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def read_header(fh: IO[bytes], where: str) -> ArrayHeader:
-    """Parse an .npy header from ``fh`` (positioned at its start); DataError when it is not one."""
+def read_header(fh: IO[bytes], where: str, real: bool = True) -> ArrayHeader:
+    """Parse an .npy header from ``fh`` (positioned at its start); DataError when it is not one, or (``real``)
+    when its dtype is not real numbers."""
     try:
         version = npformat.read_magic(fh)
         if version == (1, 0):
@@ -66,7 +67,8 @@ def read_header(fh: IO[bytes], where: str) -> ArrayHeader:
     if any(int(d) < 0 for d in shape):
         raise DataError(f"{where} declares a negative dimension {tuple(shape)}; write it again")
     header = ArrayHeader(tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran), fh.tell())
-    check_real(header.dtype, where)
+    if real:
+        check_real(header.dtype, where)
     return header
 
 
@@ -75,6 +77,10 @@ def check_real(dtype: np.dtype, where: str) -> None:
     if dtype.kind not in REAL_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         what = {"c": "complex numbers", "V": "structured records", "U": "strings", "S": "bytes",
                 "O": "Python objects", "M": "dates", "m": "time spans"}.get(dtype.kind, f"dtype {dtype}")
+        if dtype.kind == "O":  # an object array is read by unpickling, which runs whatever code the file holds
+            raise DataError(f"{where} holds Python objects ({dtype}), which only pickle reads, and convopt never "
+                            "unpickles a file; store real numbers, and samples of different shapes as one array "
+                            "each under the keys NAME/0, NAME/1, ... of an .npz")
         raise DataError(f"{where} holds {what} ({dtype}); store real numbers (bool, integer or float)")
 
 
@@ -115,7 +121,9 @@ def _regular(path: Path, what: str) -> int:
 
 
 class NpzFile:
-    """An open .npz: the headers of its members, and bounded reads of them."""
+    """An open .npz: the headers of its members (every header is read at once, whatever its dtype), and
+    bounded reads of them (only a member of real numbers is read: the others are refused when read, so a
+    labels file may also hold, say, the strings the labels came from)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,7 +136,7 @@ class NpzFile:
         self.headers: dict[str, ArrayHeader] = {}
         for key, info in self._infos.items():
             with self._open(info) as fh:
-                self.headers[key] = read_header(fh, f"array '{safe(key)}' in {safe(path)}")
+                self.headers[key] = read_header(fh, f"array '{safe(key)}' in {safe(path)}", real=False)
 
     @contextmanager
     def _open(self, info: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
@@ -141,10 +149,11 @@ class NpzFile:
     def read(self, key: str, rows: int | None = None) -> np.ndarray:
         """Member ``key``, its first ``rows`` rows only."""
         info, header = self._infos[key], self.headers[key]
+        where = f"array '{safe(key)}' in {safe(self.path)}"
+        check_real(header.dtype, where)
         with self._open(info) as fh:
-            read_header(fh, key)
-            return read_rows(fh, header, info.file_size - header.header_bytes, rows,
-                             f"array '{safe(key)}' in {safe(self.path)}")
+            read_header(fh, where)
+            return read_rows(fh, header, info.file_size - header.header_bytes, rows, where)
 
     def close(self) -> None:
         self._zip.close()

@@ -1,6 +1,7 @@
 """ONNX Runtime sessions with explicit, recorded settings, and batched evaluation of EvalData.
 
-A session's batch is the model's fixed leading dim (e.g. 1) when it has one, else ``settings.batch_size``.
+A session's batch is the model's fixed leading dim (e.g. 1) when it has one, else ``settings.batch_size``;
+ragged data (samples of different shapes) run one sample at a time.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from convopt.errors import DataError, InputError
 from convopt.measure.data import EvalData
+from convopt.measure.samples import ragged, rows as sample_rows
 
 OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -142,9 +144,16 @@ def latency_batch(session: ort.InferenceSession, settings: OrtSettings) -> int:
     return fixed.pop() if len(fixed) == 1 else settings.latency_batch
 
 
+def data_batch(session: ort.InferenceSession, data: EvalData, settings: OrtSettings) -> int:
+    """Samples per run over ``data``: one for ragged data (samples differ in shape: each runs alone, as the
+    model takes it), else :func:`session_batch`."""
+    return 1 if data.ragged else session_batch(session, settings)
+
+
 def batch_feeds(session: ort.InferenceSession, data: EvalData, start: int, batch: int) -> dict[str, np.ndarray]:
     """Feeds for samples [start, start + batch); a short last batch of a fixed-batch model is padded by
-    repeating its last sample (callers drop the padded outputs)."""
+    repeating its last sample (callers drop the padded outputs). Ragged samples are concatenated, so they
+    must share a shape (``batch`` 1: always)."""
     feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
         if inp.name not in data.inputs:
@@ -152,18 +161,29 @@ def batch_feeds(session: ort.InferenceSession, data: EvalData, start: int, batch
                 f"the evaluation data ({data.source}) has no array for model input '{inp.name}'; "
                 f"it has {sorted(data.inputs)}"
             )
-        arr = data.inputs[inp.name][start:start + batch]
+        arr = sample_rows(data.inputs[inp.name], start, start + batch)
         if _fixed_batch(inp) is not None and arr.shape[0] < batch:
             arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
         feeds[inp.name] = np.ascontiguousarray(arr)
     return feeds
 
 
+def latency_feeds(session: ort.InferenceSession, data: EvalData, settings: OrtSettings) -> dict[str, np.ndarray]:
+    """What latency is timed on: the first :func:`latency_batch` samples, or for ragged data its timing
+    sample (one sample of a representative shape, the same in every data role: EvalData.timing)."""
+    if data.ragged and data.timing is not None:
+        return {k: np.ascontiguousarray(v) for k, v in data.timing.feeds.items()}
+    return batch_feeds(session, data, 0, latency_batch(session, settings))
+
+
 def run_model(
     session: ort.InferenceSession, data: EvalData, settings: OrtSettings, progress: Progress | None = None
 ) -> list[np.ndarray]:
     """Run every sample through ``session`` (one batch at a time) and return each output concatenated on
-    axis 0, so output k has ``data.n`` rows."""
+    axis 0, so output k has ``data.n`` rows. Ragged data run one sample at a time and each output is a ragged
+    array of the n per-sample outputs, each as the model returned it for that sample alone."""
+    if data.ragged:
+        return _run_ragged(session, data, progress)
     batch = session_batch(session, settings)
     chunks: list[list[np.ndarray]] = []
     n = data.n
@@ -174,3 +194,12 @@ def run_model(
         if progress is not None:
             progress(start + take, n)
     return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]
+
+
+def _run_ragged(session: ort.InferenceSession, data: EvalData, progress: Progress | None) -> list[np.ndarray]:
+    per: list[list[np.ndarray]] = []
+    for i in range(data.n):
+        per.append([np.atleast_1d(o) for o in session.run(None, batch_feeds(session, data, i, 1))])
+        if progress is not None:
+            progress(i + 1, data.n)
+    return [ragged([p[k] for p in per]) for k in range(len(per[0]))]

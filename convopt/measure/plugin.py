@@ -2,8 +2,14 @@
 
 A metric is called as ``fn(outputs, labels, inputs)``: ``outputs`` maps each model output name to its array
 (samples on axis 0, as ``convopt.measure.ort.run_model`` returns them), ``labels`` is whatever the user gave as
-labels (or None), ``inputs`` maps each model input name to its array. It returns one float per sample, higher
-is better, so the accuracy statistics can put a confidence bound on the per-sample scores.
+labels (or None; rows in sample order), ``inputs`` maps each model input name to its array. It returns one float
+per sample, higher is better, so the accuracy statistics can put a confidence bound on the per-sample scores.
+
+Samples of different shapes (ragged data, run one sample at a time): ``inputs[name]`` and ``outputs[name]`` are
+then Python lists of n arrays, one per sample, each exactly as fed to the model (1, *shape_i) or as the model
+returned it for that sample alone (an OCR model's [T_i, 1, C]); ``labels`` keep their rows. Which form a metric
+gets depends on the data only (an .npz keyed per sample, or a folder with --resize, is ragged), never on how
+the samples are sharded. Arrays are read-only in both forms.
 
 Loaded from ``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` (``load_metric``), or wrapped from a plain
 callable (``TaskMetric.from_callable``). Every way a metric can fail (it cannot be loaded, raises, returns
@@ -25,8 +31,10 @@ from types import ModuleType
 import numpy as np
 
 from convopt.errors import DataError, InputError
+from convopt.measure.samples import is_ragged, items
 
-MetricFn = Callable[[dict[str, np.ndarray], object, dict[str, np.ndarray]], object]
+Arrays = dict[str, "np.ndarray | list[np.ndarray]"]  # name → (n, ...) array, or n per-sample arrays (ragged)
+MetricFn = Callable[[Arrays, object, Arrays], object]
 SPEC_HELP = "write --metric FILE.py:FUNCTION or --metric package.module:FUNCTION"
 
 
@@ -51,21 +59,23 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {_one_line(repr(value), 60)}"
 
 
-def _readonly(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Read-only views, so a metric cannot change the arrays convopt goes on using."""
-    out = {}
-    for name, arr in arrays.items():
-        view = np.asarray(arr).view()
-        view.flags.writeable = False
-        out[name] = view
-    return out
+def _view(arr: np.ndarray) -> np.ndarray:
+    view = np.asarray(arr).view()
+    view.flags.writeable = False
+    return view
+
+
+def _readonly(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Read-only views, so a metric cannot change the arrays convopt goes on using; a ragged array (one per
+    sample) as a list of read-only views."""
+    return {name: [_view(x) for x in items(arr)] if is_ragged(arr) else _view(arr) for name, arr in arrays.items()}
 
 
 def _sample_count(outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> int:
     for arrays in (inputs, outputs):
         for arr in arrays.values():
             if np.ndim(arr) >= 1:
-                return int(np.shape(arr)[0])
+                return len(arr) if is_ragged(arr) else int(np.shape(arr)[0])
     raise DataError("a task metric needs the samples on axis 0 of the inputs or outputs; got no arrays")
 
 

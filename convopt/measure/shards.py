@@ -18,8 +18,8 @@ import onnxruntime as ort
 
 from convopt.errors import DataError, RewriteError
 from convopt.measure.data import EvalData
-from convopt.measure.metrics import OutputPartial, class_scores, label_hits, merge_outputs, output_partials
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, batch_feeds, run_model, session_batch
+from convopt.measure.metrics import OutputPartial, label_hits, merge_outputs, output_partials
+from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, batch_feeds, data_batch, run_model
 from convopt.measure.plugin import TaskMetric
 
 DEFAULT_SHARD_SIZE = 256
@@ -58,10 +58,9 @@ def plan_shards(n: int, batch: int, shard_size: int = DEFAULT_SHARD_SIZE) -> Sha
 
 
 def shard_data(data: EvalData, start: int, stop: int) -> EvalData:
-    """Samples [start, stop) of ``data`` as views (inputs, labels and sample ids), same source."""
-    return EvalData({k: a[start:stop] for k, a in data.inputs.items()},
-                    None if data.labels is None else data.labels[start:stop], data.source, data.warning,
-                    data.index[start:stop])
+    """Samples [start, stop) of ``data`` as views (inputs, labels and sample ids), same source (a shard holds
+    whole samples: ragged ones too, one array each)."""
+    return data.rows(start, stop)
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def compare_shard(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray], shard: 
         outputs = output_partials(ref, cand, names, shard.n)
     except ValueError as e:
         raise RewriteError(f"{what or 'the model'} changed its outputs: {e}") from None
-    scored = next((k for k, r in enumerate(ref) if class_scores(r) is not None), None)
+    scored = next((k for k, o in enumerate(outputs) if o.agree is not None), None)  # class scores per sample
     correct = top5 = None
     if labelled and scored is not None and shard.labels is not None:
         correct, top5 = label_hits(cand[scored], shard.labels)
@@ -171,8 +170,8 @@ def merge(parts: Sequence[ShardPartial]) -> Comparison:
 
 
 Reducer = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
-"""Maps one batch's tensors (name → array, samples on axis 0, padding rows dropped) to arrays that are summed
-over the batches of a shard, then over the shards."""
+"""Maps one batch's tensors (name → array, samples on axis 0, padding rows dropped; ragged data: one sample per
+batch) to arrays that are summed over the batches of a shard, then over the shards."""
 
 
 def add_in_order(sums: Iterable[Sequence[np.ndarray]]) -> tuple[np.ndarray, ...]:
@@ -201,7 +200,7 @@ def reduce_shard(session: ort.InferenceSession, names: Sequence[str], shard: Eva
 
 def _batches(session: ort.InferenceSession, names: Sequence[str], shard: EvalData,
              settings: OrtSettings) -> Iterator[dict[str, np.ndarray]]:
-    batch = session_batch(session, settings)
+    batch = data_batch(session, shard, settings)  # ragged samples: one at a time
     for start in range(0, shard.n, batch):
         take = min(batch, shard.n - start)
         try:

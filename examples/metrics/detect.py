@@ -8,8 +8,10 @@ objectness, class score) on three grids of strides 8, 16 and 32 (52², 26², 13�
 centre = (offset + grid cell) × stride, size = exp(log size) × stride, score = objectness × class score, kept
 above SCORE_THRESHOLD, then non-maximum suppression at NMS_IOU.
 
-Labels: a float array [M, 5] of rows (image index, x1, y1, x2, y2) in input pixels (what
-``examples/make_det_labels.py`` writes from the original model), or a dict/npz holding it under ``labels``.
+Labels, in input pixels (what ``examples/make_det_labels.py`` writes from the original model): boxes per image,
+a float array [n, K, 4] (x1, y1, x2, y2) padded with NaN rows (one row of labels per sample, as convopt's
+``--labels`` wants them for a ``--metric``: it hands each shard its rows); or rows [M, 5] (image index, x1,
+y1, x2, y2) of all images; or a dict/npz holding either under ``labels``.
 """
 from __future__ import annotations
 
@@ -92,10 +94,14 @@ def f1(found: np.ndarray, wanted: np.ndarray, threshold: float = MATCH_IOU) -> f
 
 
 def label_boxes(labels: object, n: int) -> list[np.ndarray]:
-    """Label rows (image, x1, y1, x2, y2) grouped per image: n arrays [L_i, 4]."""
+    """Label boxes per image: n arrays [L_i, 4], from boxes per image [n, K, 4] (NaN rows: no box) or rows
+    (image, x1, y1, x2, y2) [M, 5]."""
     table = np.asarray(labels["labels"] if isinstance(labels, Mapping) else labels, dtype=np.float64)
+    if table.ndim == 3 and table.shape[0] == n and table.shape[2] == 4:
+        return [b[~np.isnan(b).any(axis=1)] for b in table]
     if table.ndim != 2 or table.shape[1] != 5:
-        raise ValueError(f"detection labels must be rows (image, x1, y1, x2, y2), got shape {table.shape}")
+        raise ValueError(f"detection labels must be boxes per image [n, K, 4] or rows (image, x1, y1, x2, y2), "
+                         f"got shape {table.shape}")
     image = table[:, 0].astype(np.int64)
     if table.size and (image.min() < 0 or image.max() >= n):
         raise ValueError(f"detection labels name images {image.min()}..{image.max()} but there are {n}")
@@ -104,7 +110,7 @@ def label_boxes(labels: object, n: int) -> list[np.ndarray]:
 
 def box_agreement(outputs, labels, inputs):
     """Per image: F1 of the decoded boxes against the label boxes at IoU ≥ 0.5."""
-    n = int(np.shape(inputs[INPUT])[0])
+    n = len(inputs[INPUT])  # an array's rows, or a list of per-sample arrays
     if labels is None:
         raise ValueError("box_agreement needs labels: the original model's boxes (examples/make_det_labels.py)")
     found = detections(outputs)

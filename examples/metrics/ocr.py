@@ -6,7 +6,9 @@ drop the blank (index 0). The charset that maps indices to characters is not nee
 sequences, so labels are the sequences the original model reads (``examples/make_ocr_data.py``).
 
 Layouts of the output accepted (n samples): the per-sample runs concatenated on axis 0, [n·T, 1, C] (what
-convopt gives for a batch-1 model); the runs stacked, [n, T, 1, C]; or one batched run, [T, n, C].
+convopt gives for a batch-1 model); the runs stacked, [n, T, 1, C]; one batched run, [T, n, C]; or, for samples
+of different widths (convopt's ragged data: an image folder with ``--resize height=64``, or an .npz keyed
+``input1/0``, ``input1/1``, ...), a list of n per-sample outputs [T_i, 1, C], inputs a list of n arrays too.
 Labels: an int array [n, L] padded with -1, a dict/npz with such an array under ``labels``, or a list of n
 index sequences.
 """
@@ -41,9 +43,12 @@ def ctc_greedy(logits: np.ndarray) -> list[int]:
     return [int(k) for k in best[keep] if k != 0]
 
 
-def decode_all(outputs: Mapping[str, np.ndarray], n: int) -> list[list[int]]:
+def decode_all(outputs: Mapping[str, np.ndarray | list[np.ndarray]], n: int) -> list[list[int]]:
     """The decoded index sequence of every sample."""
-    return [ctc_greedy(t) for t in per_sample_logits(outputs[OUTPUT], n)]
+    logits = outputs[OUTPUT]
+    if isinstance(logits, list):  # one [T_i, 1, C] per sample
+        return [ctc_greedy(np.asarray(t)[:, 0, :]) for t in logits]
+    return [ctc_greedy(t) for t in per_sample_logits(logits, n)]
 
 
 def label_sequences(labels: object, n: int) -> list[list[int]]:
@@ -63,7 +68,7 @@ def label_sequences(labels: object, n: int) -> list[list[int]]:
 
 def string_match(outputs, labels, inputs):
     """Per sample: 1.0 if the decoded sequence equals the label sequence, else 0.0."""
-    n = int(np.shape(inputs[INPUT])[0])
+    n = len(inputs[INPUT])  # an array's rows, or a list of per-sample arrays
     if labels is None:
         raise ValueError("string_match needs labels: the index sequences the original model reads")
     read = decode_all(outputs, n)
