@@ -22,6 +22,7 @@ from convopt.errors import InputError, ModelLoadError, OutputError, UnsupportedM
 from convopt.graph import fill_output_types, find_cycle, inferred_dims, model_problem, shape_skeleton
 from convopt.limits import DEFAULT_MAX_MODEL_BYTES, fmt_bytes
 from convopt.outputs import same_file as _same_file
+from convopt.serialize import chunks
 from convopt.text import native_stdout_captured, one_line, safe
 from convopt.writes import Staged, atomic_write_bytes, commit, discard, stage
 
@@ -327,13 +328,13 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[St
     with convopt.writes.commit (the order is the order to rename in)."""
     out = Path(path)
     if fits_in_one_protobuf(model):
-        return [stage(out, [model.SerializeToString(deterministic=True)])]
+        return [stage(out, chunks(model))]  # one initializer at a time: no second copy of the weights
     m = onnx.ModelProto()
     m.CopyFrom(model)
     data_name = out.name + ".data"
     data = stage(out.with_name(data_name), _external_chunks(m, data_name))
     try:
-        return [data, stage(out, [m.SerializeToString(deterministic=True)])]
+        return [data, stage(out, chunks(m))]
     except BaseException:
         discard([data])
         raise
