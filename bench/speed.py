@@ -280,7 +280,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("cases", nargs="*")
     ap.add_argument("--previous", default=None, help="a git revision of convopt to compare with (a worktree)")
+    ap.add_argument("--render", action="store_true", help="only rewrite speed.md from speed.json")
     a = ap.parse_args()
+    if a.render:
+        saved = json.loads((RESULTS / "speed.json").read_text())
+        (RESULTS / "speed.md").write_text(markdown([_int_keys(r) for r in saved["rows"]],
+                                                   "`, `".join(saved["commands"])))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -305,13 +311,21 @@ def main() -> None:
     print(markdown(rows, command))
 
 
+def _int_keys(row: dict) -> dict:
+    """A row read back from JSON: its thread counts are int keys again."""
+    for key in ("latency", "int8"):
+        if key in row:
+            row[key] = {int(k) if k.isdigit() else k: v for k, v in row[key].items()}
+    return row
+
+
 def _merged(rows: list[dict], command: str) -> tuple[list[dict], list[str]]:
     """This run's rows replace the same cases of the results file; the other cases (and their commands) stay,
     so that the cases can be run one invocation at a time."""
     path = RESULTS / "speed.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     new = {r["case"] for r in rows}
-    kept = [r for r in old.get("rows", []) if r["case"] not in new]
+    kept = [_int_keys(r) for r in old.get("rows", []) if r["case"] not in new]
     return kept + rows, [*old.get("commands", []), command]
 
 
