@@ -9,8 +9,13 @@ report split, never used to decide) with its 95 % interval, and every model meas
 
     python bench/speed.py                                # every case (an hour or more on 2 cores)
     python bench/speed.py squeezenet vgg-digits --previous c5f8f3d
+    python bench/speed.py squeezenet-int8                # factorization + INT8 against INT8 alone
+    python bench/speed.py --render                       # rewrite speed.md from speed.json
 
-Writes bench/results/speed.json and bench/results/speed.md (with the command).
+The ``-int8`` cases run `convopt optimize --quantize int8` at 1 and 2 threads and keep convopt's own
+four-model table (original / optimized × FP32 / INT8, timed interleaved in one run). Each invocation merges
+its cases into bench/results/speed.json (other cases stay) and rewrites bench/results/speed.md with every
+command that made it.
 """
 from __future__ import annotations
 
