@@ -198,6 +198,7 @@ def set_up(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy, wa
             if message:
                 warn(message)
         deploy = deployment(opts, roles, warn)
+        deploy = int8_within_budget(model, deploy, select, budget, opts.force_quantize, warn)
     except BaseException:
         executor.close()
         raise
@@ -216,6 +217,21 @@ def deployment(opts: OptimizeOptions, roles: DataRoles, warn: Say) -> Deployment
         return FP32
     assert roles.fit is not None
     return Deployment("int8", roles.fit)
+
+
+def int8_within_budget(model: onnx.ModelProto, deploy: Deployment, select: Evaluator, budget: Budget | None,
+                       force: bool, warn: Say) -> Deployment:
+    """INT8 only if the quantized original itself is certified within the budget on the select data: every
+    step is judged quantized, so a rollback writes the quantized original, which no step decision checks.
+    Otherwise FP32 is written (--force-quantize: INT8 anyway)."""
+    if not deploy.quantized or budget is None or force:
+        return deploy
+    cert = budget.certify(select.measure(deploy.model(model), "original INT8", timed=False).outcomes)
+    if cert.ok:
+        return deploy
+    warn(f"INT8 alone breaks the budget on the select data ({cert.reason}): writing FP32; --force-quantize "
+         "writes INT8 anyway")
+    return FP32
 
 
 def budget_report(setup: Setup, result: OptimizeResult) -> BudgetReport:

@@ -45,3 +45,24 @@ def test_int8_option_errors_are_exit_2(tmp_path: Path, flags: list[str]) -> None
         flags = ["--quantize", "int8", "--no-eval"]
     r = runner.invoke(app, args + flags)
     assert r.exit_code == 2 and "--quantize" in r.output
+
+
+def test_int8_that_breaks_the_budget_alone_writes_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback writes the quantized original, which no step decision checks: INT8 is deployed only when the
+    quantized original is itself certified within the budget on the select data (else FP32, with a warning;
+    --force-quantize writes INT8 anyway). INT8's own error is far above a 1e-4 relative-error budget."""
+    import convopt.quantize
+
+    monkeypatch.setattr(convopt.quantize, "int8_supported", lambda *_a, **_k: None)  # INT8 faster here
+    args = ["optimize", str(example_model_path()), "--data", str(example_data_path()), "--strategy", "uniform",
+            "--passes", "factorize", "--quantize", "int8", "--max-rel-error", "0.0001", "--repeats", "3"]
+    out = tmp_path / "o.onnx"
+    r = runner.invoke(app, [*args, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "INT8 alone breaks the budget" in r.output and "writing FP32" in r.output
+    assert _qdq(onnx.load(str(out))) == 0
+    forced = tmp_path / "f.onnx"
+    r = runner.invoke(app, [*args, "-o", str(forced), "--force-quantize"])
+    assert r.exit_code == 0, r.output
+    assert "INT8 alone breaks the budget" not in r.output
+    assert _qdq(onnx.load(str(forced))) > 0
