@@ -318,3 +318,32 @@ def test_lowrank_rewrites_a_gemm_exactly_at_full_rank(trans_b: bool, bias: bool)
 def test_other_passes_refuse_a_gemm_with_the_reason() -> None:
     for name in ("factorize", "bottleneck", "depthwise", "split5x5"):
         _assert_unchanged(_gemm_model(), name, "Gemm layer")
+
+
+def test_output_energy_cache_is_not_fooled_by_a_reused_id() -> None:
+    """The per-layer output energy is cached by the moments' id; an entry whose moments are gone (their id now
+    another object's) is recomputed, not returned."""
+    import weakref
+
+    import numpy as np
+
+    import convopt.passes.base as base
+    from convopt.core.driver import conv_shapes
+    from convopt.core.plan import conv_table
+    from convopt.datafit import Moments
+    from tests.helpers import conv_model
+
+    model = conv_model(4, 8)
+    conv = next(iter(conv_table(model, conv_shapes(model, None)).values()))
+    F = conv.W[0].size
+    m = Moments(10, np.zeros(F), np.eye(F))
+    W, b = conv.W.reshape(conv.W.shape[0], -1).astype(np.float64), conv.B.astype(np.float64)
+    truth = float(np.sum(W * W) + b @ b)  # E‖Wx + b‖² with E[x] = 0, E[xxᵀ] = I
+
+    class Gone:
+        pass
+
+    stale = Gone()
+    base._ENERGY[(id(m), conv.name)] = (weakref.ref(stale), -1.0)  # as if another moments had had this id
+    assert base._output_energy(conv, m) == pytest.approx(truth)
+    assert base._output_energy(conv, m) == pytest.approx(truth)  # now cached for m

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,19 +120,23 @@ class Factors:
                        self.output_error)
 
 
-_ENERGY: dict[tuple[int, str], float] = {}
+_ENERGY: dict[tuple[int, str], tuple[weakref.ref, float]] = {}
 
 
 def _output_energy(conv: ConvSpec, moments: Moments) -> float:
-    """E‖y‖² of the dense layer's output (per pixel) on the fit data, once per layer and moments."""
+    """E‖y‖² of the dense layer's output (per pixel) on the fit data, once per layer and moments. Keyed by the
+    moments' id, with a weak reference to check that the id is still theirs (an id is reused once freed)."""
     key = (id(moments), conv.name)
-    if key not in _ENERGY:
-        if len(_ENERGY) > 1024:
-            _ENERGY.clear()
-        W = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64)
-        b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
-        _ENERGY[key] = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
-    return _ENERGY[key]
+    hit = _ENERGY.get(key)
+    if hit is not None and hit[0]() is moments:
+        return hit[1]
+    if len(_ENERGY) > 1024:
+        _ENERGY.clear()
+    W = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64)
+    b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
+    energy = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    _ENERGY[key] = (weakref.ref(moments), energy)
+    return energy
 
 
 def make_factors(conv: ConvSpec, ranks: Ranks, arrays: dict[str, np.ndarray], W_hat: np.ndarray,
