@@ -1,7 +1,10 @@
 """Small models built in code, and ORT comparison helpers, for the unit tests."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnx
@@ -11,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_MODELS = SHARED / "models"
 NO_SHARED = f"../shared not found beside the repo (looked for {SHARED})"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 # fp32 full-rank rewrites must match to round-off: relative L2 error over the whole output
 FULL_RANK_RTOL = 1e-4
@@ -107,3 +111,21 @@ def rewrite_node(model: onnx.ModelProto, pass_name: str, ranks: dict[str, int], 
     from convopt.core.plan import Choice, Plan, apply_plan, conv_table
 
     return apply_plan(model, Plan({node: Choice(pass_name, ranks)}), conv_table(model, conv_shapes(model, None)))
+
+
+def example_script(name: str) -> ModuleType:
+    """examples/NAME.py loaded as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def strip_keys(d: Any, keys: set[str]) -> Any:
+    """``d`` (JSON-like) without the dict entries named in ``keys``, at any depth."""
+    if isinstance(d, dict):
+        return {k: strip_keys(v, keys) for k, v in d.items() if k not in keys}
+    if isinstance(d, list):
+        return [strip_keys(v, keys) for v in d]
+    return d

@@ -32,7 +32,7 @@ from convopt.measure.ort import OrtSettings  # noqa: E402
 from convopt.measure.plugin import TaskMetric  # noqa: E402
 from convopt.measure.ray_executor import RayExecutor  # noqa: E402
 from convopt.options import DataOptions, OptimizeOptions  # noqa: E402
-from tests.helpers import NO_SHARED, SHARED, SHARED_MODELS  # noqa: E402
+from tests.helpers import NO_SHARED, SHARED, SHARED_MODELS, strip_keys  # noqa: E402
 from tests.test_executor import conv_relu, images, shifted  # noqa: E402
 from tests.test_measure_helpers import classifier_weights, numpy_classifier, tiny_classifier  # noqa: E402
 
@@ -62,11 +62,7 @@ def executor() -> Iterator[RayExecutor]:
 
 
 def _strip(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _strip(v) for k, v in d.items() if k not in VOLATILE}
-    if isinstance(d, list):
-        return [_strip(v) for v in d]
-    return d
+    return strip_keys(d, VOLATILE)
 
 
 def _same_outcomes(a: Any, b: Any) -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from convopt.cli import app
 
-from tests.helpers import NO_SHARED, SHARED_MODELS, conv_model
+from tests.helpers import NO_SHARED, SHARED_MODELS, conv_model, strip_keys
 
 runner = CliRunner()
 
@@ -20,11 +20,7 @@ VOLATILE = {"latency", "seconds", "environment", "speedup", "model", "output"}
 
 
 def _strip(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _strip(v) for k, v in d.items() if k not in VOLATILE}
-    if isinstance(d, list):
-        return [_strip(v) for v in d]
-    return d
+    return strip_keys(d, VOLATILE)
 
 
 def _accuracy(d: Any) -> list[Any]:

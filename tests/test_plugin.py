@@ -2,10 +2,8 @@
 worked examples on the ddddocr models."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import onnx
@@ -15,20 +13,11 @@ from convopt.errors import ConvOptError, DataError, InputError
 from convopt.measure.data import load_eval_data
 from convopt.measure.ort import OrtSettings, make_session, run_model
 from convopt.measure.plugin import TaskMetric, load_metric
-from tests.helpers import NO_SHARED, SHARED_MODELS
+from tests.helpers import EXAMPLES, NO_SHARED, SHARED_MODELS, example_script
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 N = 4
 OUTPUTS = {"y": np.arange(N * 3, dtype=np.float32).reshape(N, 3)}
 INPUTS = {"x": np.zeros((N, 2), np.float32)}
-
-
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fails(metric: TaskMetric, *, labels: object = None) -> str:
@@ -205,7 +194,7 @@ def _run(model_path: Path, npz: Path, shapes: dict[str, tuple[int, ...]] | None 
 @pytest.fixture(scope="module")
 def ocr(tmp_path_factory):
     out = tmp_path_factory.mktemp("ocr")
-    assert _script("make_ocr_data").main(["--n", "6", "--out", str(out)]) == 0
+    assert example_script("make_ocr_data").main(["--n", "6", "--out", str(out)]) == 0
     labels = dict(np.load(out / "ocr_labels.npz"))
     outputs, inputs = _run(SHARED_MODELS / "ddddocr-ocr.onnx", out / "ocr_inputs.npz", {"input1": (1, 1, 64, 256)})
     return outputs, labels, inputs
@@ -235,7 +224,7 @@ def test_ocr_string_match_drops_for_a_changed_reading(ocr):
 @pytest.fixture(scope="module")
 def det(tmp_path_factory):
     out = tmp_path_factory.mktemp("det")
-    assert _script("make_det_labels").main(["--n", "3", "--out", str(out)]) == 0
+    assert example_script("make_det_labels").main(["--n", "3", "--out", str(out)]) == 0
     labels = np.load(out / "det_labels.npz")["rows"]
     outputs, inputs = _run(SHARED_MODELS / "ddddocr-det.onnx", out / "det_inputs.npz")
     return outputs, labels, inputs

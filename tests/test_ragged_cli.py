@@ -3,7 +3,6 @@ of PNGs with --preprocess/--resize and the same samples as a keyed .npz, judged 
 The progress, the JSON report and the Markdown report say that the samples ran one at a time."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,11 +14,10 @@ from typer.testing import CliRunner
 from convopt.cli import app
 from convopt.measure.ort import OrtSettings, make_session
 from convopt.measure.samples import RUN_NOTE
-from tests.helpers import NO_SHARED, SHARED_MODELS
+from tests.helpers import EXAMPLES, NO_SHARED, SHARED_MODELS, example_script
 
 pytestmark = pytest.mark.skipif(not SHARED_MODELS.is_dir(), reason=NO_SHARED)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OCR = SHARED_MODELS / "ddddocr-ocr.onnx"
 N = 8
 
@@ -27,10 +25,7 @@ N = 8
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory) -> Path:
     """N generated text lines, 64 px high and as wide as their text, with the original's readings as labels."""
-    spec = importlib.util.spec_from_file_location("example_make_ocr_data", EXAMPLES / "make_ocr_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = example_script("make_ocr_data")
     out = tmp_path_factory.mktemp("ocr_cli")
     assert module.main(["--ragged", "--n", str(N), "--seed", "3", "--out", str(out)]) == 0
     return out

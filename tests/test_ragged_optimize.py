@@ -3,10 +3,8 @@ here (keyed .npz), and ddddocr-ocr.onnx on generated text lines of different wid
 keyed .npz, the OCR string-match metric)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import onnx
@@ -18,10 +16,9 @@ from convopt.cli import app
 from convopt.measure.data import load_eval_data
 from convopt.measure.ort import OrtSettings, make_session
 from convopt.options import DataOptions, OptimizeOptions
-from tests.helpers import NO_SHARED, SHARED_MODELS
+from tests.helpers import EXAMPLES, NO_SHARED, SHARED_MODELS, example_script
 from tests.ragged_helpers import ctc_like_model, ragged_samples, save_keyed
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OCR = SHARED_MODELS / "ddddocr-ocr.onnx"
 FAST = OrtSettings(warmup=1, repeats=5, threads=1)
 
@@ -63,18 +60,10 @@ def test_auto_on_ragged_data_with_a_metric_end_to_end(tmp_path: Path) -> None:
         assert sess.run(None, {"x": x})[0].shape == (x.shape[3], 1, 40)
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def ocr_lines(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ocr")
-    assert _script("make_ocr_data").main(["--ragged", "--n", "8", "--out", str(out)]) == 0
+    assert example_script("make_ocr_data").main(["--ragged", "--n", "8", "--out", str(out)]) == 0
     return out
 
 
