@@ -289,8 +289,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.render:
         saved = json.loads((RESULTS / "speed.json").read_text())
-        (RESULTS / "speed.md").write_text(markdown([_int_keys(r) for r in saved["rows"]],
-                                                   "`, `".join(saved["commands"])))
+        _write_md([_int_keys(r) for r in saved["rows"]], saved["commands"])
         return
     rows = []
     with tempfile.TemporaryDirectory() as t:
@@ -312,8 +311,12 @@ def main() -> None:
     rows, commands = _merged(rows, command)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "speed.json").write_text(json.dumps({"commands": commands, "rows": rows}, indent=1, default=str))
-    (RESULTS / "speed.md").write_text(markdown(rows, "`, `".join(commands)))
+    _write_md(rows, commands)
     print(markdown(rows, command))
+
+
+def _write_md(rows: list[dict], commands: list[str]) -> None:
+    (RESULTS / "speed.md").write_text(markdown(rows, "`, `".join(commands)))
 
 
 def _int_keys(row: dict) -> dict:
