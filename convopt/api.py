@@ -12,7 +12,7 @@ import onnx
 
 from convopt.core.budget import Budget
 from convopt.core.deploy import FP32, Deployment
-from convopt.core.driver import OptimizeResult
+from convopt.core.driver import Handoff, OptimizeResult
 from convopt.errors import InputError
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
@@ -246,9 +246,11 @@ def budget_report(setup: Setup, result: OptimizeResult) -> BudgetReport:
                         message=setup.message, data=setup.roles.to_dict())
 
 
-def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lambda _m: None,
+def optimize_model(model: onnx.ModelProto | Handoff, opts: OptimizeOptions, say: Say = lambda _m: None,
                    warn: Say = lambda _m: None, progress: bool = False) -> OptimizeResult:
-    """Run the chosen strategy on a loaded model (``warn`` hears about data it could not use as asked)."""
+    """Run the chosen strategy on a loaded model (``warn`` hears about data it could not use as asked). A
+    Handoff of the model (the caller keeps no reference) lets a run without evaluation release the original
+    once BN is folded: its peak is then two models, not three."""
     strategy = strategy_of(opts)
     cache = None
     if strategy == "auto" and opts.latency_cache is not None:  # checked before any work; --overwrite replaces
@@ -264,6 +266,8 @@ def optimize_model(model: onnx.ModelProto, opts: OptimizeOptions, say: Say = lam
 
         return optimize_uniform(model, passes, policy, fold_bn=opts.fold_bn, input_shapes=opts.data.input_shapes,
                                 settings=report_settings(opts, strategy, None), on_event=say, **names)
+    if isinstance(model, Handoff):
+        model = model.take()
     setup = set_up(model, opts, strategy, warn, progress, say)
     opts = with_timing_shapes(opts, setup.roles)
     try:
@@ -324,7 +328,9 @@ def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m
     loaded = load_model_report(opts.model, max_bytes=opts.max_model_bytes)
     for w in loaded.warnings:  # e.g. a graph output typed by inference: one line each
         warn(w)
-    check_outputs(opts, loaded.data_files)
+    data_files, model = loaded.data_files, Handoff(loaded.model)
+    del loaded  # the handoff holds the only reference
+    check_outputs(opts, data_files)
     note = sweep_note(t.path.parent for t in output_files(opts)[1])
     if note:
         say(note)
@@ -332,11 +338,11 @@ def run(opts: OptimizeOptions, say: Say = lambda _m: None, warn: Say = lambda _m
     if note:
         warn(note)
         opts = replace(opts, ort=replace(opts.ort, threads=threads))
-    result = optimize_model(loaded.model, opts, say, warn, progress)
+    result = optimize_model(model, opts, say, warn, progress)
     verdict = gate(result.final, opts.fail_under_speedup)
     report = result.report if verdict is None else replace(result.report, gate=verdict)
     out = opts.output_path
-    check_outputs(opts, loaded.data_files)  # again: files may have changed during the run
+    check_outputs(opts, data_files)  # again: files may have changed during the run
     # the JSON holds no raw control or bidi character either (escaped as \uXXXX: the same values)
     extra = [] if opts.report is None else [(opts.report, (json_safe(report.to_json()) + "\n").encode())]
     save_outputs(result.model, out, extra)  # model and report renamed together

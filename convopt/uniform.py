@@ -12,7 +12,7 @@ import onnx
 from convopt import decompose
 from convopt.core.budget import Budget, Certificate
 from convopt.core.deploy import FP32, Deployment
-from convopt.core.driver import Driver, OptimizeResult, Say
+from convopt.core.driver import Driver, Handoff, OptimizeResult, PlannedPass, Say
 from convopt.core.instruments import BudgetGuard, Instrument, SpeedGuard, Step, Verdict
 from convopt.core.plan import Choice, Plan
 from convopt.graph import ConvSpec
@@ -73,10 +73,29 @@ def instruments_for(select: Evaluator | None, budget: Budget | None, require_fas
     return out
 
 
+def run_unjudged(driver: Driver, passes: Sequence[str], policy: RankPolicy) -> None:
+    """No instrument can roll a pass back: each pass plans on the Convs the earlier ones left, and the driver
+    applies all their plans once (the same model as pass after pass, without a model per pass)."""
+    planned, taken = [], driver.kept
+    for i, name in enumerate(passes, 1):
+        t0 = time.perf_counter()
+        driver.say(f"[{i}/{len(passes)}] {name}: rewriting")
+        plan, skipped = pass_plan(get_pass(name), driver.convs, policy, taken)
+        taken = taken.extended(plan)
+        planned.append(PlannedPass(name, plan, skipped + driver.unrewritable, time.perf_counter() - t0))
+    for i, (p, records) in enumerate(zip(planned, driver.apply_together(planned)), 1):
+        driver.say(f"[{i}/{len(passes)}] {p.name}: {'kept' if records else 'no_change'}, {len(records)} "
+                   f"rewritten, {len(p.skipped)} skipped")
+
+
 def run_passes(driver: Driver, passes: Sequence[str], policy: RankPolicy, instruments: Sequence[Instrument],
                select: Evaluator | None) -> Certificate | None:
     """Each pass as one driver step: plan, apply, judge, keep or roll back, record. Returns the certificate
-    of the last kept step (None when nothing was kept or nothing certified)."""
+    of the last kept step (None when nothing was kept or nothing certified). Without instruments, the
+    passes are applied together (``run_unjudged``)."""
+    if not instruments:
+        run_unjudged(driver, passes, policy)
+        return None
     cert = None
     for i, name in enumerate(passes, 1):
         t0 = time.perf_counter()
@@ -103,16 +122,17 @@ def run_passes(driver: Driver, passes: Sequence[str], policy: RankPolicy, instru
     return cert
 
 
-def optimize_uniform(model: onnx.ModelProto, passes: Sequence[str], policy: RankPolicy = RankPolicy(), *,
+def optimize_uniform(model: onnx.ModelProto | Handoff, passes: Sequence[str], policy: RankPolicy = RankPolicy(), *,
                      fold_bn: bool = True, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                      select: Evaluator | None = None, report: Evaluator | None = None,
                      budget: Budget | None = None, require_faster: bool = False, model_name: str = "",
                      output_name: str | None = None, settings: dict[str, Any] | None = None,
                      on_event: Say | None = None, deploy: Deployment = FP32) -> OptimizeResult:
-    """Run ``passes`` in order on a copy of ``model``. With a ``select`` evaluator every pass is measured on
-    its data and rolled back unless ``budget`` (None: unchecked) is certified there, or (``require_faster``)
-    when it does not measure faster than the model before it. The ``report`` evaluator measures the final
-    model once, after every decision, and times every pass in one run."""
+    """Run ``passes`` in order on a copy of ``model`` (or a Handoff of it: released once folded, see Driver).
+    With a ``select`` evaluator every pass is measured on its data and rolled back unless ``budget`` (None:
+    unchecked) is certified there, or (``require_faster``) when it does not measure faster than the model
+    before it. The ``report`` evaluator measures the final model once, after every decision, and times every
+    pass in one run."""
     for name in passes:
         get_pass(name)  # fail early on an unknown name
     driver = Driver(model, input_shapes, fold_bn=fold_bn, fit=policy.fit, say=on_event, deploy=deploy)

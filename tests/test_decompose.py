@@ -490,7 +490,16 @@ def test_svd_reuse_gives_the_same_factors_and_factorizes_each_unfolding_once(mon
         calls.append(M.shape)
         return real(M, *a, **k)
 
+    import convopt.decompose.base as dcb
+
+    lean = dcb._lean_svd
+
+    def counting_lean(M):  # type: ignore[no-untyped-def]  # the spatial unfolding's SVD (scipy, in place)
+        calls.append(M.shape)
+        return lean(M)
+
     monkeypatch.setattr(np.linalg, "svd", counting)
+    monkeypatch.setattr(dcb, "_lean_svd", counting_lean)
     with dc.svd_reuse():
         reused = [dc.spatial_svd(W, r) for r in (4, 8, 16)] + [dc.tucker2(W, 8, 12)] + [dc.depthwise_svd(W, 2)]
         s = dc.spatial_svd_spectrum(W)

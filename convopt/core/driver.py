@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -70,6 +71,33 @@ def environment() -> dict[str, Any]:
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count()}
 
 
+class Handoff:
+    """A model handed to the driver by a caller that keeps no other reference to it: the driver may let the
+    original go once BN is folded into its own copy, when no evaluation compares against it (`--no-eval`:
+    the peak is then the folded model and the result, not three models)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model: onnx.ModelProto | None = model
+
+    def take(self) -> onnx.ModelProto:
+        """The model, once: the handoff holds it no longer."""
+        model, self._model = self._model, None
+        if model is None:
+            raise RuntimeError("the handed-off model was already taken")
+        return model
+
+
+@dataclass(frozen=True)
+class PlannedPass:
+    """A pass planned but not yet applied: its plan, the Convs it left alone (with reasons), and the seconds
+    its planning (the decompositions) took."""
+
+    name: str
+    plan: Plan
+    skipped: list[NodeSkip]
+    seconds: float
+
+
 @dataclass(frozen=True)
 class Decision:
     """A step and what the instruments said of it."""
@@ -87,10 +115,16 @@ class Decision:
 
 
 class Driver:
-    def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None, *,
-                 fold_bn: bool = True, fit: FitContext = FitContext(), say: Say | None = None,
+    def __init__(self, model: onnx.ModelProto | Handoff, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                 *, fold_bn: bool = True, fit: FitContext = FitContext(), say: Say | None = None,
                  deploy: Deployment = FP32) -> None:
-        self.original = model
+        """``model``: the original (kept, unchanged), or a Handoff of it (released once folded; nothing will be
+        measured against it)."""
+        if isinstance(model, Handoff):
+            model = model.take()
+            self.original: onnx.ModelProto | None = None
+        else:
+            self.original = model
         self.fit, self.deploy = fit, deploy
         self.say: Say = say or (lambda _m: None)
         self.macs0, self.params0 = totals(model, conv_shapes(model, input_shapes))
@@ -128,6 +162,29 @@ class Driver:
         if not self.deploy.quantized:
             return Step(name, applied.plan, applied.model, new)
         return Step(name, applied.plan, self.deploy.model(applied.model), new, applied.model)
+
+    def apply_together(self, planned: Sequence[PlannedPass]) -> list[list[NodeRewrite]]:
+        """Passes no instrument judges: their plans applied once, together, after what is kept (no model per
+        pass is built), and a report row recorded per pass, in order (the emission time shared out by the
+        rows' nodes). Returns each pass's records."""
+        t0 = time.perf_counter()
+        plan = self.kept
+        for p in planned:
+            plan = plan.extended(p.plan)
+        step = self.apply("plan", plan) if len(plan) > len(self.kept) else None
+        if step is not None:
+            self.kept, self.model, self.fp32_model = step.plan, step.model, step.fp32 or step.model
+        records = [] if step is None else step.records
+        per_node = (time.perf_counter() - t0) / max(1, len(records))
+        out = []
+        for p in planned:
+            mine = [r for r in records if r.node in p.plan]
+            macs, params = self.macs, self.params
+            self.kept_records = self.kept_records + mine
+            self.record(p.name, "kept" if mine else "no_change", mine, p.skipped, macs, params,
+                        p.seconds + per_node * len(mine))
+            out.append(mine)
+        return out
 
     def judge(self, step: Step, instruments: Sequence[Instrument]) -> Decision:
         """Every instrument's verdict on ``step`` (each decides from its own measurement)."""
@@ -175,7 +232,10 @@ class Driver:
         Returns (baseline, final, precision rows) on the report data."""
         self.say(f"report: measuring the final model on {report.data.n} report samples (never used to decide)")
         models = [self.apply(self.reports[i].name, plan).model for i, plan in self.timed] + [self.model]
-        extra = [self.deploy.model(self.original), self.fp32_model] if self.deploy.quantized else []
+        extra = []
+        if self.deploy.quantized:
+            assert self.original is not None, "a measured run keeps the original"
+            extra = [self.deploy.model(self.original), self.fp32_model]
         base_latency, latencies = report.time_models(models + extra)
         for (i, _), lat in zip(self.timed, latencies):
             self.reports[i] = replace(self.reports[i], latency=lat)

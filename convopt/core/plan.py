@@ -81,17 +81,25 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec]
     """A copy of ``model`` with every planned Conv replaced by its pass's chain. ``convs``: the model's
     ConvSpecs by node name (``read_convs``). Choices without factors are decomposed here with ``fit``."""
     names = NameScope(model.graph)
+    computed = _decompose(plan, convs, fit)
     replacements, records, filled = [], [], {}
     for node, choice in plan.items():
         conv = convs[node]
         p = get_pass(choice.pass_name)
-        factors = choice.factors if choice.factors is not None else p.decompose(conv, choice.ranks, fit)
+        factors = choice.factors if choice.factors is not None else computed[node]
         b = Builder(names, p.name, conv)
         p.emit(conv, factors, b)
         replacements.append(b.replacement())
         records.append(record(conv, choice, factors, tuple(n.name for n in b.nodes)))
         filled[node] = choice.with_factors(factors)
     return Applied(apply_replacements(model, replacements), records, Plan(filled))
+
+
+def _decompose(plan: Plan, convs: Mapping[str, ConvSpec], fit: FitContext) -> dict[str, Factors]:
+    """The factors of the choices that have none, largest weight first: the biggest decomposition's
+    workspace (LAPACK's, several times the layer) is then not stacked on the factors of all the others."""
+    todo = sorted((n for n, c in plan.items() if c.factors is None), key=lambda n: -convs[n].params)
+    return {n: get_pass(plan.choices[n].pass_name).decompose(convs[n], plan.choices[n].ranks, fit) for n in todo}
 
 
 def conv_table(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, ConvSpec]:

@@ -42,21 +42,40 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """np.linalg.svd(M, full_matrices=False), memoized by content inside ``svd_reuse``."""
-    if _SVD_MEMO is None:
-        return np.linalg.svd(M, full_matrices=False)
-    M = np.ascontiguousarray(M)
-    key = (M.shape, M.dtype.str, hashlib.blake2b(M.view(np.uint8).reshape(-1), digest_size=16).digest())
-    hit = _SVD_MEMO.get(key)
-    if hit is None:
-        hit = np.linalg.svd(M, full_matrices=False)
-        _SVD_MEMO[key] = hit
-    return hit
+def _svd(M: np.ndarray, *, disposable: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD (U, S, Vᵀ) of M, memoized by content inside ``svd_reuse``.
+
+    ``disposable``: M is a 2-D float64 matrix in Fortran order that the caller never reads again. LAPACK's
+    gesdd (through scipy) then works inside M instead of on a copy, with its minimal workspace: for the
+    1536×1536 unfolding of ResNet-50's last 3×3 convs, 90 MiB at the peak instead of numpy's 145."""
+    key = None if _SVD_MEMO is None else _memo_key(M)
+    hit = None if key is None else _SVD_MEMO.get(key)  # type: ignore[union-attr]
+    if hit is not None:
+        return hit
+    out = _lean_svd(M) if disposable else np.linalg.svd(M, full_matrices=False)
+    if key is not None:
+        _SVD_MEMO[key] = out  # type: ignore[index]
+    return out
 
 
-def _singular_values(M: np.ndarray) -> np.ndarray:
-    return np.linalg.svd(M, compute_uv=False) if _SVD_MEMO is None else _svd(M)[1]
+def _lean_svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import scipy.linalg
+
+    return scipy.linalg.svd(M, full_matrices=False, overwrite_a=M.flags.f_contiguous, check_finite=False,
+                            lapack_driver="gesdd")
+
+
+def _memo_key(M: np.ndarray) -> tuple:
+    """Shape, dtype, memory order and a digest of the bytes (a Fortran-ordered M is hashed as its C-ordered
+    transpose: no copy)."""
+    order = "F" if M.flags.f_contiguous and not M.flags.c_contiguous else "C"
+    buf = M.T if order == "F" else np.ascontiguousarray(M)
+    return (M.shape, M.dtype.str, order, hashlib.blake2b(buf.view(np.uint8).reshape(-1), digest_size=16).digest())
+
+
+def _singular_values(M: np.ndarray, *, disposable: bool = False) -> np.ndarray:
+    """Singular values of M, descending (the memo's, inside ``svd_reuse``; ``disposable`` as for ``_svd``)."""
+    return np.linalg.svd(M, compute_uv=False) if _SVD_MEMO is None else _svd(M, disposable=disposable)[1]
 
 # ----------------------------------------------------------------------------- helpers
 

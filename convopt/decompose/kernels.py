@@ -10,8 +10,9 @@ from convopt.decompose.base import _check_rank, _f64, _out, _singular_values, _s
 
 
 def _spatial_matrix(W: np.ndarray) -> np.ndarray:
+    """M[(i,a),(o,b)] = W[o,i,a,b], (I·kh, O·kw), a new array in Fortran order (for ``_svd(disposable=True)``)."""
     O, I, kh, kw = W.shape
-    return W.transpose(1, 2, 0, 3).reshape(I * kh, O * kw)  # M[(i,a),(o,b)] = W[o,i,a,b]
+    return np.array(W.transpose(0, 3, 1, 2), order="C").reshape(O * kw, I * kh).T  # a copy: LAPACK may write in it
 
 
 def spatial_svd(W: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,10 +22,11 @@ def spatial_svd(W: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     Truncated SVD of M[(i,a),(o,b)] (shape (I·kh, O·kw)), √S split between the factors.
     R = min(rank, I·kh, O·kw); exact at R = min(I·kh, O·kw).
     """
-    Wd = _f64(W, 4)
-    O, I, kh, kw = Wd.shape
+    M = _spatial_matrix(_f64(W, 4))  # the float64 copy of W is freed before the SVD runs
+    O, I, kh, kw = W.shape
     R = min(_check_rank(rank), I * kh, O * kw)
-    U, S, Vt = _svd(_spatial_matrix(Wd))
+    U, S, Vt = _svd(M, disposable=True)
+    del M  # LAPACK's scratch now
     sq = np.sqrt(S[:R])
     V = (U[:, :R] * sq).T.reshape(R, I, kh, 1)
     H = (sq[:, None] * Vt[:R]).reshape(R, O, kw).transpose(1, 0, 2).reshape(O, R, 1, kw)
@@ -36,8 +38,7 @@ def spatial_svd_spectrum(W: np.ndarray) -> np.ndarray:
 
     W: (O, I, kh, kw).
     """
-    Wd = _f64(W, 4)
-    return _singular_values(_spatial_matrix(Wd))
+    return _singular_values(_spatial_matrix(_f64(W, 4)), disposable=True)
 
 
 def compose_spatial(V: np.ndarray, H: np.ndarray) -> np.ndarray:

@@ -98,12 +98,35 @@ def tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
 
 
 @dataclass(frozen=True)
+class NewTensor:
+    """A float32 initializer still to be written: its array is turned into bytes only inside the model that
+    receives it (``add_tensor``), so a replacement never holds a second, serialized copy of its weights."""
+
+    name: str
+    value: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.value.shape)
+
+
+def add_tensor(graph: onnx.GraphProto, t: NewTensor) -> None:
+    """Append ``t`` to ``graph``'s initializers, written in place (the bytes of ``tensor(t.name, t.value)``)."""
+    a = np.ascontiguousarray(t.value, dtype=np.dtype("<f4"))
+    p = graph.initializer.add()
+    p.dims.extend(a.shape)
+    p.name = t.name
+    p.data_type = onnx.TensorProto.FLOAT
+    p.raw_data = a.tobytes()
+
+
+@dataclass(frozen=True)
 class Replacement:
     """Nodes and initializers that replace one Conv node (same input and output tensor names)."""
 
     conv: ConvSpec
     nodes: list[onnx.NodeProto]
-    initializers: list[onnx.TensorProto]
+    initializers: list[NewTensor]
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -121,7 +144,7 @@ class Builder:
     def __init__(self, names: NameScope, pass_name: str, conv: ConvSpec) -> None:
         self.names, self.pass_name, self.conv = names, pass_name, conv
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.initializers: list[NewTensor] = []
 
     def _node_name(self, role: str) -> str:
         return self.names.fresh(f"{self.pass_name}/{self.conv.name}/{role}")
@@ -134,11 +157,11 @@ class Builder:
         (``y``, or a fresh ``…/out``)."""
         n = self._node_name(role)
         w = self.names.fresh(n + "/W")
-        self.initializers.append(tensor(w, weight))
+        self.initializers.append(NewTensor(w, weight))
         b = None
         if bias is not None:
             b = self.names.fresh(n + "/B")
-            self.initializers.append(tensor(b, bias))
+            self.initializers.append(NewTensor(b, bias))
         out = y if y is not None else self.names.fresh(n + "/out")
         self.nodes.append(make_conv(n, x, w, b, out, kernel=(int(weight.shape[2]), int(weight.shape[3])),
                                     strides=strides, pads=pads, dilations=dilations, group=group,
@@ -150,11 +173,11 @@ class Builder:
         """A Gemm y = x · weightᵀ (+ bias), weight (O, I); returns its output tensor."""
         n = self._node_name(role)
         w = self.names.fresh(n + "/W")
-        self.initializers.append(tensor(w, weight))
+        self.initializers.append(NewTensor(w, weight))
         inputs = [x, w]
         if bias is not None:
             inputs.append(self.names.fresh(n + "/B"))
-            self.initializers.append(tensor(inputs[-1], bias))
+            self.initializers.append(NewTensor(inputs[-1], bias))
         out = y if y is not None else self.names.fresh(n + "/out")
         node = helper.make_node("Gemm", inputs, [out], name=n, transB=1)
         node.doc_string = f"convopt:{self.pass_name}"
@@ -177,7 +200,8 @@ class Builder:
 def apply_replacements(model: onnx.ModelProto, replacements: list[Replacement]) -> onnx.ModelProto:
     """A copy of ``model`` with each replaced Conv swapped for its chain (in place, so order stays
     topological), new initializers added, and the constants only the old nodes used left out. The copy is built
-    field by field, so the weights being replaced are never copied (peak: the model plus its new version)."""
+    field by field, so the weights being replaced are never copied, and new weights are written straight into
+    it (peak: the model plus its new version)."""
     by_index = {r.conv.index: r for r in replacements}
     nodes: list[onnx.NodeProto] = []
     for idx, node in enumerate(model.graph.node):
@@ -197,10 +221,11 @@ def apply_replacements(model: onnx.ModelProto, replacements: list[Replacement]) 
     g.node.extend(n for n in nodes if not (n.op_type == "Constant" and n.output and n.output[0] in dead))
     g.initializer.extend(t for t in model.graph.initializer if t.name not in dead)
     new_inits = [t for r in replacements for t in r.initializers]
-    g.initializer.extend(new_inits)
+    for t in new_inits:
+        add_tensor(g, t)
     g.input.extend(i for i in model.graph.input if i.name not in dead)
     if m.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
-        g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits)
+        g.input.extend(helper.make_tensor_value_info(t.name, onnx.TensorProto.FLOAT, list(t.shape)) for t in new_inits)
     return m
 
 

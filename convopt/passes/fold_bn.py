@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from convopt.graph import ConstantTable, NameScope, attrs, node_display_name, tensor
-from convopt.graph.edit import used_names_in_subgraphs
+from convopt.graph import ConstantTable, NameScope, attrs, node_display_name
+from convopt.graph.edit import NewTensor, add_tensor, used_names_in_subgraphs
 from convopt.graph.infer import copy_fields
 from convopt.report import NodeRewrite, NodeSkip
 
@@ -37,10 +37,10 @@ class _Fold:
     b_name: str
     record: NodeRewrite
 
-    def tensors(self, consts: ConstantTable) -> list[onnx.TensorProto]:
+    def tensors(self, consts: ConstantTable) -> list[NewTensor]:
         """The folded weight and bias, computed now (one pair in memory at a time)."""
         W, b = _folded(self.bn, self.conv, consts)
-        return [tensor(self.w_name, W), tensor(self.b_name, b)]
+        return [NewTensor(self.w_name, W), NewTensor(self.b_name, b)]
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> Folded:
@@ -71,7 +71,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> Folded:
     g.initializer.extend(t for t in g0.initializer if t.name not in dead)
     consts = ConstantTable(g0)
     for f in folds:
-        g.initializer.extend(f.tensors(consts))
+        for t in f.tensors(consts):
+            add_tensor(g, t)
     g.input.extend(i for i in g0.input if i.name not in dead)
     if m.ir_version < 4:
         g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
