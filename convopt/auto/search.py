@@ -157,6 +157,7 @@ class AutoSearch:
         self.refit_cache: RefitCache = {}
         self.fit_data = fit
         plain = fit if select.metric is None else replace(fit, labels=None)  # a metric's labels are not classes
+        assert driver.original is not None, "auto measures against the original"
         self.cost_ev = Evaluator(driver.original, plain, settings, measure_latency=False, role="fit",
                            executor=select.executor)
         self.targets: Targets | None = None
@@ -191,64 +192,71 @@ class AutoSearch:
                 out.append(c)
         return out
 
-    def fit_candidates(self, eligible: list[ConvSpec]) -> dict[str, list[Candidate]]:
-        """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit
-        data (collected a memory-bounded group of layers at a time, dropped once the group's factors exist)."""
-        built: dict[str, list[Candidate]] = {}
+    def fit_and_time(self, eligible: list[ConvSpec], batch: int) -> None:
+        """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit data
+        (collected a memory-bounded group of layers at a time, dropped once the group's factors exist), each
+        layer's timed as soon as they exist: only the factors of the fast, non-dominated ones stay, so memory
+        holds one layer's candidates, not every layer's."""
+        lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
+        pricer = self.context_pricer(lat, batch)
         # a group of layers' moments takes at most the model's size (one wide layer may take more, alone)
         budget = max(MOMENT_BYTES, approx_model_bytes(self.driver.base))
         groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed, budget)
         by_name = {c.name: c for c in eligible}
+        done: list[str] = []
+        timed = 0.0
         for moments in groups:
-            if self.out_of_time([c.name for c in eligible if c.name not in built]):
-                break
             fit = replace(self.driver.fit, moments=moments)
             for name in moments:
+                if self.out_of_time([c.name for c in eligible if c.name not in done]):
+                    break
+                done.append(name)
                 cands, refused = build_candidates(by_name[name], self.passes, self.options.align, fit)
-                if cands:
-                    built[name] = cands
-                else:
+                if not cands:
                     self.skipped[name] = "no candidate lowers MACs: " + "; ".join(refused[:3])
-        self.say(f"auto: {sum(len(v) for v in built.values())} candidate(s) fitted on the layer inputs of "
-                 f"{self.fit_data.n} fit samples")
-        return built
-
-    def time_candidates(self, built: dict[str, list[Candidate]], batch: int) -> None:
-        o = self.options
-        lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
-        pricer = self.context_pricer(lat, batch)
-        for i, (name, cands) in enumerate(built.items(), 1):
-            if self.out_of_time([n for n in built if n not in self.cands and n != name] + [name]):
+                    continue
+                t = time.perf_counter()
+                self.time_layer(name, cands, pricer, lat, batch, f"[{len(done)}/{len(eligible)}]")
+                timed += time.perf_counter() - t
+            if self.out_of_time():
                 break
-            c = self.driver.convs[name]
-            if pricer is not None and c.op == "Conv":
-                lp = pricer.price(name, [k.choice for k in cands])
-                fast = read_window_prices(lp, pricer.layer_share(name), cands, o.min_layer_speedup)
-                where = f"in a window of {lp.nodes} nodes ({lp.scope})"
-            else:
-                models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
-                dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
-                for k in cands:
-                    k.dense_ms, k.ms = dense, ms[k.key]
-                fast = [k for k in cands if k.speedup >= o.min_layer_speedup]
-                where = "alone"
-            for k in cands:
-                if k not in fast:
-                    k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {o.min_layer_speedup}, {where})"
-            self.all_cands += cands
-            keep = pareto_spread(fast, o.max_candidates_per_layer)
-            for k in cands:
-                if k not in keep:
-                    k.drop_factors()  # memory: only the kept candidates' factors stay
-                    if k in fast:
-                        k.status = "not used (dominated or thinned: another candidate is faster and as accurate)"
-            if keep:
-                self.cands[name] = keep
-            else:
-                self.skipped[name] = f"no candidate measured >= {o.min_layer_speedup}x faster than the dense layer"
-            self.say(f"auto: [{i}/{len(built)}] {name}: dense {cands[0].dense_ms:.3f} ms, {len(cands)} candidates "
-                     f"timed {where}, {len(fast)} faster, best {max((k.speedup for k in cands), default=float('nan')):.2f}x")
+        self.timings["latency"] = timed
+        self.say(f"auto: {len(self.all_cands)} candidate(s) fitted on the layer inputs of {self.fit_data.n} fit "
+                 f"samples and timed; {sum(len(v) for v in self.cands.values())} kept")
         self.cache.save()
+
+    def time_layer(self, name: str, cands: list[Candidate], pricer: ContextPricer | None, lat: OrtSettings,
+                   batch: int, progress: str) -> None:
+        """Time one layer's candidates (in its window, or alone); keep the fast, non-dominated ones (at most
+        ``max_candidates_per_layer``) and drop the others' factors."""
+        o, c = self.options, self.driver.convs[name]
+        if pricer is not None and c.op == "Conv":
+            lp = pricer.price(name, [k.choice for k in cands])
+            fast = read_window_prices(lp, pricer.layer_share(name), cands, o.min_layer_speedup)
+            where = f"in a window of {lp.nodes} nodes ({lp.scope})"
+        else:
+            models = [(k.key, candidate_model(c, k.choice, batch)) for k in cands]
+            dense, ms = measure_candidates(c, models, batch, lat, self.cache, self.driver.deploy)
+            for k in cands:
+                k.dense_ms, k.ms = dense, ms[k.key]
+            fast = [k for k in cands if k.speedup >= o.min_layer_speedup]
+            where = "alone"
+        for k in cands:
+            if k not in fast:
+                k.status = f"slower in ORT (layer speedup {k.speedup:.2f}x < {o.min_layer_speedup}, {where})"
+        self.all_cands += cands
+        keep = pareto_spread(fast, o.max_candidates_per_layer)
+        for k in cands:
+            if k not in keep:
+                k.drop_factors()  # memory: only the kept candidates' factors stay
+                if k in fast:
+                    k.status = "not used (dominated or thinned: another candidate is faster and as accurate)"
+        if keep:
+            self.cands[name] = keep
+        else:
+            self.skipped[name] = f"no candidate measured >= {o.min_layer_speedup}x faster than the dense layer"
+        self.say(f"auto: {progress} {name}: dense {cands[0].dense_ms:.3f} ms, {len(cands)} candidates timed "
+                 f"{where}, {len(fast)} faster, best {max((k.speedup for k in cands), default=float('nan')):.2f}x")
 
     def context_pricer(self, settings: OrtSettings, batch: int) -> ContextPricer | None:
         """The window pricer at the deployment settings and latency batch (None: ``pricing="layer"``, or an
@@ -376,15 +384,14 @@ class AutoSearch:
         self.batch = latency_batch(make_session(self.driver.base, self.settings), self.settings)
         self.say(f"auto: {len(eligible)} dense conv(s) to consider, latency batch {self.batch}, "
                  f"threads {self.settings.threads or 'ORT default'}")
-        built = self.fit_candidates(eligible)
-        t1 = time.perf_counter()
-        self.time_candidates(built, self.batch)
+        self.fit_and_time(eligible, self.batch)
         t2 = time.perf_counter()
         self.collect()
         picks, cost = self.price() if self.cands else ([], None)
         t3 = time.perf_counter()
         result = self.select(picks, cost)
-        self.timings = {"fit": t1 - t0, "latency": t2 - t1, "costs": t3 - t2, "select": time.perf_counter() - t3}
+        timed = self.timings["latency"]
+        self.timings = {"fit": t2 - t0 - timed, "latency": timed, "costs": t3 - t2, "select": time.perf_counter() - t3}
         return result
 
 
