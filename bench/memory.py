@@ -79,9 +79,10 @@ def measure(model: Path, extra: list[str]) -> dict[str, int]:
         args = ["optimize", str(model), "-o", str(Path(d) / "out.onnx"), "-q", *extra]
         r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, cwd=d,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    if r.returncode != 0:
-        raise SystemExit(f"measurement failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+    if r.returncode != 0 or out.get("code"):
+        raise SystemExit(f"measurement failed ({r.returncode or out.get('code')}): {r.stderr.strip()[-2000:]}")
+    return out
 
 
 def largest_model() -> Path:
@@ -95,7 +96,7 @@ def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--json"]
     only = argv[argv.index("--only") + 1] if "--only" in argv else ""
     argv = [a for i, a in enumerate(argv) if a != "--only" and (i == 0 or argv[i - 1] != "--only")]
-    model = Path(argv[0]) if argv else largest_model()
+    model = Path(argv[0]).resolve() if argv else largest_model()  # the runs start in a temporary folder
     size = model.stat().st_size
     rows = []
     for name, extra in CONFIGS.items():
