@@ -207,12 +207,13 @@ def validate_model(model: onnx.ModelProto, source: str = "model") -> tuple[str, 
     return warnings
 
 
-def run_checker(model: onnx.ModelProto) -> None:
+def run_checker(model: onnx.ModelProto, skeleton: bool = False) -> None:
     """onnx.checker within bounded memory: on the whole model below FULL_CHECK_LIMIT; above it (and always
-    above 2 GB, where the checker cannot take the model) on a weight-free skeleton, plus the per-tensor checks
-    for the weights left out. Raises what the checker raises, or ModelLoadError for a malformed weight."""
+    above 2 GB, where the checker cannot take the model), or with ``skeleton``, on a weight-free skeleton, plus
+    the per-tensor checks for the weights left out. Raises what the checker raises, or ModelLoadError for a
+    malformed weight. (The whole-model checker serializes and re-parses the model: two transient copies.)"""
     with native_stdout_captured() as printed:
-        if approx_model_bytes(model) < min(FULL_CHECK_LIMIT, PROTOBUF_LIMIT):
+        if not skeleton and approx_model_bytes(model) < min(FULL_CHECK_LIMIT, PROTOBUF_LIMIT):
             onnx.checker.check_model(model)
         else:
             _check_tensor_sizes(model)

@@ -55,7 +55,7 @@ def verify(model: onnx.ModelProto, where: str) -> None:
     from convopt.io import run_checker
 
     try:
-        run_checker(model)  # bounded memory; works above the 2 GB protobuf limit
+        run_checker(model, skeleton=True)  # no serialized copies; works above the 2 GB protobuf limit
     except Exception as exc:  # the checker raises several C++-bound types
         raise RewriteError(f"{where} produced an invalid model (a convopt bug, please report): {exc}") from exc
 
@@ -152,10 +152,11 @@ class Driver:
 
     # -- steps --------------------------------------------------------------------------------------------
 
-    def apply(self, name: str, plan: Plan) -> Step:
-        """``plan`` applied to the base model and checked; its factors are filled in (computed once)."""
+    def apply(self, name: str, plan: Plan, keep_factors: bool = True) -> Step:
+        """``plan`` applied to the base model and checked; its factors are filled in (computed once), unless
+        ``keep_factors`` is False (nothing will reuse them)."""
         with one_blas_thread():
-            applied = apply_plan(self.base, plan, self.convs, self.fit)
+            applied = apply_plan(self.base, plan, self.convs, self.fit, keep_factors)
         if applied.records:
             verify(applied.model, f"{name}")
         new = [r for r in applied.records if r.node not in self.kept]
@@ -171,7 +172,7 @@ class Driver:
         plan = self.kept
         for p in planned:
             plan = plan.extended(p.plan)
-        step = self.apply("plan", plan) if len(plan) > len(self.kept) else None
+        step = self.apply("plan", plan, keep_factors=False) if len(plan) > len(self.kept) else None
         if step is not None:
             self.kept, self.model, self.fp32_model = step.plan, step.model, step.fp32 or step.model
         records = [] if step is None else step.records

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from convopt.graph import Builder, ConvSpec, NameScope, apply_replacements, read_convs
+from convopt.graph import Builder, ConvSpec, NameScope, Replacement, apply_replacements, read_convs
 from convopt.passes import Factors, FitContext, Ranks, get_pass
 from convopt.passes.base import Geometry, ranks_key
 from convopt.report import NodeRewrite
@@ -77,27 +77,36 @@ def record(conv: ConvSpec, choice: Choice, factors: Factors, new_nodes: tuple[st
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], fit: FitContext = FitContext(),
-               ) -> Applied:
+               keep_factors: bool = True) -> Applied:
     """A copy of ``model`` with every planned Conv replaced by its pass's chain. ``convs``: the model's
-    ConvSpecs by node name (``read_convs``). Choices without factors are decomposed here with ``fit``."""
+    ConvSpecs by node name (``read_convs``). Choices without factors are decomposed here with ``fit``, the
+    largest layers first, before the copy is built (the decompositions' LAPACK workspace is then not stacked on
+    the copy); each layer's new weights are written into the copy as it is built. With ``keep_factors`` False
+    the returned plan holds no factors and each layer's are dropped once written (memory: nothing will refit or
+    reuse them)."""
     names = NameScope(model.graph)
+    records: list[NodeRewrite] = []
+    filled: dict[str, Choice] = {}
     computed = _decompose(plan, convs, fit)
-    replacements, records, filled = [], [], {}
-    for node, choice in plan.items():
-        conv = convs[node]
-        p = get_pass(choice.pass_name)
-        factors = choice.factors if choice.factors is not None else computed[node]
-        b = Builder(names, p.name, conv)
-        p.emit(conv, factors, b)
-        replacements.append(b.replacement())
-        records.append(record(conv, choice, factors, tuple(n.name for n in b.nodes)))
-        filled[node] = choice.with_factors(factors)
-    return Applied(apply_replacements(model, replacements), records, Plan(filled))
+
+    def replacements() -> Iterator[Replacement]:
+        for node, choice in plan.items():
+            conv = convs[node]
+            p = get_pass(choice.pass_name)
+            factors = choice.factors if choice.factors is not None else computed.pop(node)
+            b = Builder(names, p.name, conv)
+            p.emit(conv, factors, b)
+            records.append(record(conv, choice, factors, tuple(n.name for n in b.nodes)))
+            filled[node] = choice.with_factors(factors) if keep_factors else Choice(p.name, dict(factors.ranks))
+            yield b.replacement()
+
+    new = apply_replacements(model, replacements(), [convs[n] for n in plan])
+    return Applied(new, records, Plan(filled))
 
 
 def _decompose(plan: Plan, convs: Mapping[str, ConvSpec], fit: FitContext) -> dict[str, Factors]:
-    """The factors of the choices that have none, largest weight first: the biggest decomposition's
-    workspace (LAPACK's, several times the layer) is then not stacked on the factors of all the others."""
+    """The factors of the choices that have none, largest weight first (the largest workspace comes first,
+    when the fewest factors are held)."""
     todo = sorted((n for n, c in plan.items() if c.factors is None), key=lambda n: -convs[n].params)
     return {n: get_pass(plan.choices[n].pass_name).decompose(convs[n], plan.choices[n].ranks, fit) for n in todo}
 

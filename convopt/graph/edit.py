@@ -6,7 +6,7 @@ included, because a subgraph sees the outer scope and ONNX requires one static a
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,35 +197,44 @@ class Builder:
         return Replacement(self.conv, self.nodes, self.initializers)
 
 
-def apply_replacements(model: onnx.ModelProto, replacements: list[Replacement]) -> onnx.ModelProto:
-    """A copy of ``model`` with each replaced Conv swapped for its chain (in place, so order stays
-    topological), new initializers added, and the constants only the old nodes used left out. The copy is built
-    field by field, so the weights being replaced are never copied, and new weights are written straight into
-    it (peak: the model plus its new version)."""
-    by_index = {r.conv.index: r for r in replacements}
-    nodes: list[onnx.NodeProto] = []
-    for idx, node in enumerate(model.graph.node):
-        r = by_index.get(idx)
-        if r is None:
-            nodes.append(node)
-        else:
-            if node.output[0] != r.conv.y:
-                raise RuntimeError(f"graph changed under a replacement for {r.conv.name}")
-            nodes.extend(r.nodes)
-    candidates = {r.conv.w_name for r in replacements} | {r.conv.b_name for r in replacements if r.conv.b_name}
-    dead = candidates - _names_read(nodes, model.graph)
+def apply_replacements(model: onnx.ModelProto, replacements: Iterable[Replacement],
+                       replaced: Sequence[ConvSpec]) -> onnx.ModelProto:
+    """A copy of ``model`` with each Conv of ``replaced`` swapped for its replacement's chain (in place, so the
+    order stays topological), new initializers added, and the constants only the old nodes used left out.
+
+    ``replacements`` (one per Conv of ``replaced``, in that order) may be a generator: each is consumed as it
+    comes, its weights written straight into the copy, so the caller need not hold every layer's new weights at
+    once. The copy is built field by field, so the weights being replaced are never copied (peak: the model plus
+    its new version)."""
+    at = {c.index: c for c in replaced}
+    others = [n for i, n in enumerate(model.graph.node) if i not in at]
+    dead = ({c.w_name for c in replaced} | {c.b_name for c in replaced if c.b_name}) - _names_read(others, model.graph)
     m = onnx.ModelProto()
     copy_fields(model, m, skip=("graph",))
     g = m.graph
     copy_fields(model.graph, g, skip=("node", "initializer", "input"))
-    g.node.extend(n for n in nodes if not (n.op_type == "Constant" and n.output and n.output[0] in dead))
     g.initializer.extend(t for t in model.graph.initializer if t.name not in dead)
-    new_inits = [t for r in replacements for t in r.initializers]
-    for t in new_inits:
-        add_tensor(g, t)
+    chains: dict[int, list[onnx.NodeProto]] = {}
+    new: list[tuple[str, tuple[int, ...]]] = []  # the names and shapes written, not the data
+    for r in replacements:
+        chains[r.conv.index] = r.nodes
+        for t in r.initializers:
+            add_tensor(g, t)
+            new.append((t.name, t.shape))
+    if chains.keys() != at.keys():
+        raise RuntimeError("a replacement per replaced Conv is expected")
+    nodes: list[onnx.NodeProto] = []
+    for idx, node in enumerate(model.graph.node):
+        if idx not in chains:
+            nodes.append(node)
+            continue
+        if node.output[0] != at[idx].y:
+            raise RuntimeError(f"graph changed under a replacement for {at[idx].name}")
+        nodes.extend(chains[idx])
+    g.node.extend(n for n in nodes if not (n.op_type == "Constant" and n.output and n.output[0] in dead))
     g.input.extend(i for i in model.graph.input if i.name not in dead)
     if m.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
-        g.input.extend(helper.make_tensor_value_info(t.name, onnx.TensorProto.FLOAT, list(t.shape)) for t in new_inits)
+        g.input.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape)) for name, shape in new)
     return m
 
 
