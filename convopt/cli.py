@@ -50,6 +50,9 @@ def main_options(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Rewrite the Conv layers of an ONNX model into cheaper factorized forms, measured with ONNX Runtime."""
+    from convopt.limits import return_freed_memory
+
+    return_freed_memory()
 
 
 InputShape = Annotated[Optional[list[str]], typer.Option(

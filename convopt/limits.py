@@ -8,6 +8,8 @@
   (:func:`data_memory_limit`: physical memory, or the cgroup's limit when lower), estimated before anything
   is allocated.
 - ``--threads``: at most the cores this process may run on (:func:`cap_threads`).
+- Freed memory goes back to the system: the CLI serves every allocation of 1 MiB or more by mmap
+  (:func:`return_freed_memory`).
 """
 from __future__ import annotations
 
@@ -72,3 +74,27 @@ def check_data_memory(need: int, what: str, hint: str) -> None:
     if need > limit:
         raise DataError(f"{what} needs {fmt_bytes(need)} of memory, more than the {fmt_bytes(limit)} convopt "
                         f"allows for evaluation data here (a quarter of {fmt_bytes(machine_memory_bytes())}); {hint}")
+
+
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_freed_memory() -> bool:
+    """glibc only: serve every allocation of ``MMAP_THRESHOLD`` (1 MiB) or more by mmap, so that freeing it gives
+    the memory back at once. By default glibc raises that threshold to the largest block freed (up to 32 MiB)
+    and keeps later blocks of up to that size in its heap, which it rarely returns; convopt allocates and frees
+    weights, activations and LAPACK workspaces of many MiB in turn, and that heap grew by 35-70 MiB on
+    ResNet-50 --no-eval and ddddocr-det auto (bench/results/memory.md). Called by the CLI (the process is
+    convopt's), not by the library. No-op (False) elsewhere, or when MALLOC_MMAP_THRESHOLD_ is set."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
