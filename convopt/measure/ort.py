@@ -105,10 +105,32 @@ def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings, *, arena
     so.log_severity_level = 4  # fatal only: convopt reports ORT's errors itself, in one line
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     so.enable_cpu_mem_arena = arena
+    if arena and settings.provider == "CPUExecutionProvider" and shared_cpu_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     blob = model if isinstance(model, bytes) else model.SerializeToString()
     session = ort.InferenceSession(blob, sess_options=so, providers=[settings.provider])
     _drop_model_bytes(session)
     return session
+
+
+_SHARED_ARENA: list[bool] = []  # registered yet, and whether ORT accepted it
+
+
+def shared_cpu_arena() -> bool:
+    """One CPU memory arena for every session convopt times, registered once per process (ORT's environment
+    allocator, used by sessions with ``session.use_env_allocators``). Sessions timed side by side — a layer's
+    candidates in their windows, the original model — then take their activations from one arena sized by the
+    largest run, instead of each keeping its own grown to its largest run (ddddocr-det at 416×416: a window's
+    arena is tens of MiB, and a layer's candidates are timed together). It is the same arena allocator a
+    deployed session uses. False when ORT refuses it (then each session keeps its own, as before)."""
+    if not _SHARED_ARENA:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+            _SHARED_ARENA.append(True)
+        except (*ORT_ERRORS, AttributeError, TypeError):
+            _SHARED_ARENA.append(False)
+    return _SHARED_ARENA[0]
 
 
 def _drop_model_bytes(session: ort.InferenceSession) -> None:
