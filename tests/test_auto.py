@@ -385,8 +385,13 @@ def test_fit_plan_reuses_the_refits_of_a_shared_prefix() -> None:
     cache: dict = {}
     first, infos = fit_plan(model, Plan({"conv1": c1, "conv2": c2a}), specs, targets, calib, FAST, cache=cache)
     assert len(cache) == 2 and [i.layer for i in infos] == ["conv1", "conv2"]
+    conv1_key = (("conv1", c1.key),)
+    conv1_refit = cache[conv1_key]
     again, _ = fit_plan(model, Plan({"conv1": c1, "conv2": c2b}), specs, targets, calib, FAST, cache=cache)
-    assert len(cache) == 3  # conv1's refit came from the cache, conv2 (a new choice) was refit
+    # conv1's refit came from the cache (the same object), conv2 (a new choice) was refit; the first plan's
+    # conv2 refit, a prefix of no later plan, was dropped
+    assert len(cache) == 2 and cache[conv1_key] is conv1_refit
+    assert (("conv1", c1.key), ("conv2", c2b.key)) in cache
     fresh, _ = fit_plan(model, Plan({"conv1": c1, "conv2": c2b}), specs, targets, calib, FAST)
     for n in ("conv1", "conv2"):
         for key, arr in fresh.choices[n].factors.arrays.items():

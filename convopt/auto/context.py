@@ -198,21 +198,22 @@ class ContextPricer:
         self.cache = cache if cache is not None else LayerLatencyCache()
         self.index = GraphIndex(model)
         self.shapes = infer_tensor_shapes(model, dict(input_shapes) if input_shapes else None)
-        self._windows: dict[str, tuple[Window, onnx.ModelProto, str]] = {}
+        self._window: tuple[str, tuple[Window, onnx.ModelProto, str]] | None = None
 
     def window(self, layer: str) -> tuple[Window, onnx.ModelProto, str]:
-        """(window, its dense sub-model, scope timed) for ``layer``; built once."""
-        if layer not in self._windows:
+        """(window, its dense sub-model, scope timed) for ``layer``; the last layer's is kept (auto prices one
+        layer after another: keeping every window would hold each weight several times over)."""
+        if self._window is None or self._window[0] != layer:
             conv = self.convs[layer]
             try:
                 w, sub = (whole if self.scope == "model" else _window_of)(self.index, conv, self.shapes)
-                self._windows[layer] = (w, sub, self.scope)
+                self._window = (layer, (w, sub, self.scope))
             except KeyError:  # a boundary tensor of unknown shape, or a cut ORT refuses: time the Conv alone
                 assert conv.in_shape is not None
                 sub = single_conv_model(conv, conv.in_shape[0])
                 w = Window(layer, (conv.index,), ("x",), ("y",), {"x": conv.in_shape}, conv_key(conv, conv.in_shape[0]))
-                self._windows[layer] = (w, sub, "layer")
-        return self._windows[layer]
+                self._window = (layer, (w, sub, "layer"))
+        return self._window[1]
 
     def layer_share(self, layer: str) -> float:
         """The layer's share of its window's Conv MACs (1.0 when it is timed alone): how auto mode reads a

@@ -8,7 +8,7 @@ targets) and the normal equations are accumulated batch by batch (convopt.auto.l
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,10 +38,17 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
     return out
 
 
+ACTIVATION_BYTES = 32 << 20  # what one batch of the requested activations may take (at least one sample)
+
+
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
-                 max_batch: int = 16):
-    """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch."""
+                 max_batch: int = 16, sample_bytes: int = 0):
+    """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch. ``sample_bytes``:
+    what ``names`` take per sample; batches then hold at most ACTIVATION_BYTES of them (a model of fixed batch
+    runs at its own)."""
     sess = make_session(with_outputs(model, names), settings, arena=False)  # outputs only: no memory arena
+    if sample_bytes > 0:
+        max_batch = max(1, min(max_batch, ACTIVATION_BYTES // sample_bytes))
     batch = min(session_batch(sess, settings), max_batch) if not _fixed(sess) else session_batch(sess, settings)
     batch = 1 if data.ragged else batch  # samples of different shapes run one at a time
     n = data.n
@@ -81,22 +88,36 @@ def feeds_only_relu(model: onnx.ModelProto, tensor: str) -> bool:
     return bool(readers) and all(n.op_type == "Relu" for n in readers)
 
 
+def layer_rngs(seed: int, names: Sequence[str]) -> dict[str, np.random.Generator]:
+    """One generator per layer (seeded by ``seed`` and the layer's place): the pixels drawn for a layer do not
+    depend on how the samples are batched, nor on the other layers run with it."""
+    return {n: np.random.default_rng([seed, i]) for i, n in enumerate(names)}
+
+
+def activation_bytes(shape: Sequence[int] | None) -> int:
+    """float32 bytes of one sample of a tensor of ``shape`` (batch first; 0 when unknown)."""
+    if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+        return 0
+    return 4 * int(np.prod(shape[1:]))
+
+
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
                     rows: int = 16000, seed: int = 0, specs: Mapping[str, ConvSpec] | None = None) -> Targets:
     """One run of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor.
     Keeps about ``rows`` pixels per layer (spread evenly over the samples); ``specs`` (by layer) let a Gemm's
     rows be seen as pixels (convopt.graph.linear.nchw)."""
-    rng = np.random.default_rng(seed)
     names = list(layers)
+    rngs = layer_rngs(seed, names)
     tensors = [layers[k] for k in names]
     pos: dict[str, list[np.ndarray]] = {k: [] for k in names}
     ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
     per = max(1, rows // max(data.n, 1))
-    for start, outs in iter_batches(model, tensors, data, settings):
+    size = 0 if specs is None else sum(activation_bytes(specs[k].out_shape) for k in names if k in specs)
+    for start, outs in iter_batches(model, tensors, data, settings, sample_bytes=size):
         for k, y in zip(names, outs):
             if specs is not None and k in specs:
                 y = nchw(y, specs[k], 1 if data.ragged else None)
-            p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rng)
+            p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rngs[k])
             ys[k].append(pixels_at(y, p).astype(np.float32))
             p[:, 0] += start
             pos[k].append(p)
@@ -234,7 +255,8 @@ def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], 
     """``plan`` with the last factor of every planned layer refit in graph order on the activations of
     ``model`` with the plan (and the earlier refits) applied: the factors carry the refits, so applying the
     returned plan gives the refit model. A layer's refit depends only on the plan up to it: with ``cache``,
-    the refits of the longest already-seen prefix are reused, not recomputed."""
+    the refits of the longest already-seen prefix are reused, not recomputed (the cache then holds this plan's
+    refits only: auto's steps grow one plan, so an older plan's other prefixes never come back)."""
     order = [n for n in convs if n in plan]
     keys = [tuple((n, plan.choices[n].key) for n in order[:i + 1]) for i in range(len(order))]
     cache = {} if cache is None else cache
@@ -247,6 +269,8 @@ def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], 
     rows = {n: c.in_shape[2] for n, c in convs.items() if c.op == "Gemm" and c.in_shape is not None}
     _, fresh = refit_sequential(applied.model, [(n, convs[n].y) for n in order[done:]], targets, data, settings, say,
                                 rows)
+    for key in set(cache) - set(keys[:done]):  # memory: only this plan's prefixes can serve a later, longer plan
+        del cache[key]
     for key, info in zip(keys[done:], fresh):
         cache[key] = info
     return _with_refits(applied.plan, fresh), infos + fresh

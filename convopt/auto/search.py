@@ -38,7 +38,7 @@ from convopt.measure.metrics import class_scores
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
 from convopt.core.driver import Decision, Driver
-from convopt.core.instruments import BudgetGuard, SpeedGuard
+from convopt.core.instruments import BudgetGuard, SpeedGuard, Verdict
 from convopt.core.plan import Plan
 from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
@@ -161,7 +161,9 @@ class AutoSearch:
         self.cost_ev = Evaluator(driver.original, plain, settings, measure_latency=False, role="fit",
                            executor=select.executor)
         self.targets: Targets | None = None
-        self.decisions: dict[int, Decision] = {}
+        self.latest: dict[int, Decision] = {}  # the latest certified step's decision, with its model
+        self.verdicts: dict[int, tuple[Verdict, ...]] = {}
+        self.measured: dict[int, Measurement] = {}
         self.sensitivity: dict[str, Sensitivity] = {}
         tb = options.time_budget
         self.deadline = None if tb is None else time.perf_counter() + tb
@@ -346,8 +348,19 @@ class AutoSearch:
         self.say(f"auto: step {k}/{n_steps} ({len(config)} layers) on {meas.samples} select samples: top-1 drop "
                  f"{fmt(acc.top1_drop, '.2f')}, rel err {fmt(acc.rel_l2_error, '.4f')}, speedup "
                  f"{fmt(meas.speedup)}x -> {'certified' if decision.kept else 'not certified: ' + str(decision.reason)}")
-        self.decisions[k] = decision
+        self.verdicts[k], self.measured[k] = decision.verdicts, meas
+        if decision.kept:
+            self.latest = {k: decision}  # memory: one step's model is held, the others are rebuilt if needed
         return decision
+
+    def decision(self, k: int) -> Decision:
+        """Step ``k``'s decision; its model rebuilt from its plan (factors and refits included: the same model)
+        unless it is the latest certified step, whose model is kept."""
+        if k in self.latest:
+            return self.latest[k]
+        step = self.driver.apply(f"auto step {k}", self.plans[k])
+        step.remember(self.select_ev, self.measured[k])
+        return Decision(step, self.verdicts[k])
 
     def select(self, picks: list[Pick], cost: CostModel | None
                ) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
@@ -371,9 +384,10 @@ class AutoSearch:
                     break
         guard = SpeedGuard(self.select_ev, what="the original end to end")
         for k in reversed(certified):
-            speed = guard.after_step(self.decisions[k].step)
+            decision = self.decision(k)
+            speed = guard.after_step(decision.step)
             if speed.ok:
-                return configs, k, self.decisions[k], rejected
+                return configs, k, decision, rejected
             rejected = speed.reason
         return configs, 0, None, rejected
 

@@ -34,6 +34,10 @@ class Step:
             self._measured[key] = evaluator.measure(self.model, self.name)
         return self._measured[key]
 
+    def remember(self, evaluator: Evaluator, measurement: Measurement) -> None:
+        """Take ``measurement`` as this step's by ``evaluator`` (a step rebuilt from its plan: the same model)."""
+        self._measured[id(evaluator)] = measurement
+
     def measurement(self, evaluator: Evaluator) -> Measurement | None:
         """The measurement ``evaluator`` took of this step, if any instrument asked for one."""
         return self._measured.get(id(evaluator))
