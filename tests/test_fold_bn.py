@@ -67,3 +67,24 @@ def test_fold_bn_input_not_conv_no_rewrite() -> None:
     out = fold_batchnorm(model)
     assert out.rewritten == []
     assert out.skipped[0].reason == "input is not produced by a Conv"
+
+
+def test_driver_releases_a_handed_off_original_once_folded() -> None:
+    """A Handoff gives the driver the only reference: it keeps the folded copy, not the original, and the
+    handoff cannot hand the model out twice; the rewritten result is that of a driver given the model itself."""
+    import pytest
+
+    from convopt.core.driver import Driver, Handoff
+    from convopt.passes import RankPolicy
+    from convopt.uniform import optimize_uniform
+
+    m = _conv_bn(bias=True)
+    h = Handoff(m)
+    d = Driver(h)
+    assert d.original is None and len(d.base.graph.node) < len(m.graph.node)  # BN folded into a copy
+    with pytest.raises(RuntimeError, match="already taken"):
+        h.take()
+    kept = optimize_uniform(m, ["factorize"], RankPolicy(mode="full")).model
+    handed = optimize_uniform(Handoff(m), ["factorize"], RankPolicy(mode="full")).model
+    assert "Conv" in op_types(handed) and len(handed.graph.node) == len(kept.graph.node) == 3  # 3x1, 1x3, Relu
+    assert kept.SerializeToString(deterministic=True) == handed.SerializeToString(deterministic=True)

@@ -119,3 +119,21 @@ def test_session_without_arena_computes_the_same_and_keeps_no_model_copy() -> No
     np.testing.assert_array_equal(plain.run(None, x)[0], timed.run(None, x)[0])
     # the Python session does not hold a second serialized copy of the weights (nor the provider fallback)
     assert all(getattr(s, "_model_bytes", None) is None and not s._enable_fallback for s in (timed, plain))
+
+
+def test_timed_sessions_share_one_arena_and_output_sessions_have_none() -> None:
+    """Sessions timed side by side take their activations from one CPU arena registered once per process
+    (ORT's environment allocator); sessions that only compute outputs use no arena at all."""
+    from convopt.measure.ort import shared_cpu_arena
+
+    model, settings = tiny_classifier("N"), OrtSettings(threads=1)
+    assert shared_cpu_arena() and shared_cpu_arena()  # registered once, then reused
+    a, b = make_session(model, settings), make_session(model, settings)
+    plain = make_session(model, settings, arena=False)
+    for s in (a, b):
+        assert s.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # never set on an output session
+        plain.get_session_options().get_session_config_entry("session.use_env_allocators")
+    x = {"X": data(5).inputs["X"]}
+    np.testing.assert_array_equal(a.run(None, x)[0], plain.run(None, x)[0])
+    np.testing.assert_array_equal(b.run(None, x)[0], plain.run(None, x)[0])
