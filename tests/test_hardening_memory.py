@@ -47,19 +47,26 @@ def _big_model(path: Path, mib: int) -> int:
     return path.stat().st_size
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
-@pytest.mark.parametrize("mib", [32, 96], ids=["32MiB-full-checker", "96MiB-skeleton-checker"])
-def test_load_peak_memory_is_a_small_multiple_of_the_model(tmp_path: Path, mib: int) -> None:
-    size = _big_model(tmp_path / "big.onnx", mib)
-    r = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "big.onnx")], capture_output=True, text=True,
-                       cwd=REPO, timeout=300)
+def _peak_ratio(driver: str, args: list[str], size: int, what: str, timeout: int) -> float:
+    """Run ``driver`` (a script printing its RSS high-water mark before and after the work, as JSON) in a fresh
+    process; the work's peak over ``size`` (skips where the high-water mark cannot be reset)."""
+    r = subprocess.run([sys.executable, "-c", driver, *args], capture_output=True, text=True, cwd=REPO,
+                       timeout=timeout)
     if r.returncode != 0 and "clear_refs" in r.stderr:
         pytest.skip(f"cannot reset the RSS high-water mark here: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     ratio = (m["peak"] - m["base"]) / size
-    print(f"load + shapes of a {size / 2**20:.0f} MiB model: peak +{(m['peak'] - m['base']) / 2**20:.0f} MiB "
+    print(f"{what} of a {size / 2**20:.0f} MiB model: peak +{(m['peak'] - m['base']) / 2**20:.0f} MiB "
           f"({ratio:.2f}x the model)")
+    return ratio
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize("mib", [32, 96], ids=["32MiB-full-checker", "96MiB-skeleton-checker"])
+def test_load_peak_memory_is_a_small_multiple_of_the_model(tmp_path: Path, mib: int) -> None:
+    size = _big_model(tmp_path / "big.onnx", mib)
+    ratio = _peak_ratio(DRIVER, [str(tmp_path / "big.onnx")], size, "load + shapes", timeout=300)
     # the file's bytes and the parsed model (2x), plus slack; the full checker adds its own copies (<= 4x)
     assert ratio < (4.5 if mib < 64 else 2.8), ratio
 
@@ -118,14 +125,6 @@ def test_no_eval_peak_memory_is_within_three_times_the_model(tmp_path: Path) -> 
     size = _conv_bn_stack(tmp_path / "stack.onnx", layers=24, channels=288)
     _conv_bn_stack(tmp_path / "tiny.onnx", layers=2, channels=8)
     args = [str(tmp_path / n) for n in ("stack.onnx", "o.onnx", "tiny.onnx")]
-    r = subprocess.run([sys.executable, "-c", NO_EVAL_DRIVER, *args], capture_output=True, text=True, cwd=REPO,
-                       timeout=600)
-    if r.returncode != 0 and "clear_refs" in r.stderr:
-        pytest.skip(f"cannot reset the RSS high-water mark here: {r.stderr.strip().splitlines()[-1]}")
-    assert r.returncode == 0, r.stderr
-    m = json.loads(r.stdout.strip().splitlines()[-1])
-    ratio = (m["peak"] - m["base"]) / size
-    print(f"optimize --no-eval of a {size / 2**20:.0f} MiB model: peak +{(m['peak'] - m['base']) / 2**20:.0f} MiB "
-          f"({ratio:.2f}x the model)")
+    ratio = _peak_ratio(NO_EVAL_DRIVER, args, size, "optimize --no-eval", timeout=600)
     assert (tmp_path / "o.onnx").is_file()
     assert ratio <= 3.0, ratio

@@ -194,11 +194,11 @@ class AutoSearch:
                 out.append(c)
         return out
 
-    def fit_and_time(self, eligible: list[ConvSpec], batch: int) -> None:
+    def fit_and_time(self, eligible: list[ConvSpec], batch: int) -> float:
         """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit data
         (collected a memory-bounded group of layers at a time, dropped once the group's factors exist), each
         layer's timed as soon as they exist: only the factors of the fast, non-dominated ones stay, so memory
-        holds one layer's candidates, not every layer's."""
+        holds one layer's candidates, not every layer's. Returns the seconds spent timing."""
         lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
         pricer = self.context_pricer(lat, batch)
         # a group of layers' moments takes at most the model's size (one wide layer may take more, alone)
@@ -222,10 +222,10 @@ class AutoSearch:
                 timed += time.perf_counter() - t
             if self.out_of_time():
                 break
-        self.timings["latency"] = timed
         self.say(f"auto: {len(self.all_cands)} candidate(s) fitted on the layer inputs of {self.fit_data.n} fit "
                  f"samples and timed; {sum(len(v) for v in self.cands.values())} kept")
         self.cache.save()
+        return timed
 
     def time_layer(self, name: str, cands: list[Candidate], pricer: ContextPricer | None, lat: OrtSettings,
                    batch: int, progress: str) -> None:
@@ -398,13 +398,12 @@ class AutoSearch:
         self.batch = latency_batch(make_session(self.driver.base, self.settings), self.settings)
         self.say(f"auto: {len(eligible)} dense conv(s) to consider, latency batch {self.batch}, "
                  f"threads {self.settings.threads or 'ORT default'}")
-        self.fit_and_time(eligible, self.batch)
+        timed = self.fit_and_time(eligible, self.batch)
         t2 = time.perf_counter()
         self.collect()
         picks, cost = self.price() if self.cands else ([], None)
         t3 = time.perf_counter()
         result = self.select(picks, cost)
-        timed = self.timings["latency"]
         self.timings = {"fit": t2 - t0 - timed, "latency": timed, "costs": t3 - t2, "select": time.perf_counter() - t3}
         return result
 

@@ -5,6 +5,7 @@ ragged data (samples of different shapes) run one sample at a time.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -113,9 +114,7 @@ def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings, *, arena
     return session
 
 
-_SHARED_ARENA: list[bool] = []  # registered yet, and whether ORT accepted it
-
-
+@functools.cache  # once per process
 def shared_cpu_arena() -> bool:
     """One CPU memory arena for every session convopt times, registered once per process (ORT's environment
     allocator, used by sessions with ``session.use_env_allocators``). Sessions timed side by side — a layer's
@@ -123,14 +122,12 @@ def shared_cpu_arena() -> bool:
     largest run, instead of each keeping its own grown to its largest run (ddddocr-det at 416×416: a window's
     arena is tens of MiB, and a layer's candidates are timed together). It is the same arena allocator a
     deployed session uses. False when ORT refuses it (then each session keeps its own, as before)."""
-    if not _SHARED_ARENA:
-        try:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
-            _SHARED_ARENA.append(True)
-        except (*ORT_ERRORS, AttributeError, TypeError):
-            _SHARED_ARENA.append(False)
-    return _SHARED_ARENA[0]
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+    except (*ORT_ERRORS, AttributeError, TypeError):
+        return False
+    return True
 
 
 def _drop_model_bytes(session: ort.InferenceSession) -> None:
