@@ -185,6 +185,22 @@ def test_alone_refit_on_the_layer_input_matches_the_in_model_refit() -> None:
         onnx.checker.check_model(alone)
 
 
+def test_iter_batches_bounds_each_batch_by_the_per_sample_bytes() -> None:
+    """The first sample runs alone and tells what the asked arrays take; batches then hold at most
+    ACTIVATION_BYTES per the larger of that and the stated per-sample size (the run's largest activation),
+    and together give the same arrays as one run of every sample."""
+    from convopt.auto.refit import ACTIVATION_BYTES, iter_batches, with_outputs
+
+    model, calib = two_conv_model(), data(16, seed=1)
+    whole = make_session(with_outputs(model, ["r1"]), FAST).run(["r1"], calib.inputs)[0]
+    assert FAST.batch_size == 8  # the session's batch caps what the bytes allow
+    for stated, sizes in ((0, [1, 8, 7]), (ACTIVATION_BYTES // 4, [1, 4, 4, 4, 3])):
+        got = list(iter_batches(model, ["r1"], calib, FAST, sample_bytes=stated))
+        assert [b.shape[0] for _, (b,) in got] == sizes
+        assert [s for s, _ in got] == list(np.cumsum([0] + sizes[:-1]))
+        np.testing.assert_allclose(np.concatenate([b for _, (b,) in got]), whole, rtol=1e-5, atol=1e-6)
+
+
 # -- latency cache ----------------------------------------------------------------------------------------
 
 

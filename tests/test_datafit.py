@@ -155,6 +155,45 @@ def test_whiten_zero_is_identity_and_stacks_match() -> None:
         df.whiten(stack[0], ridge=0.0)
 
 
+def test_whiten_runs_in_place_on_one_copy_and_matches_the_expression() -> None:
+    """One (F, F) matrix is whitened by LAPACK's Cholesky in place on a single copy (S itself untouched): the
+    factor of (S + Sᵀ)/2 + λI, as the expression gives it, with at most ~1 (F, F) array of numpy workspace
+    (the expression and numpy's cholesky took four)."""
+    import tracemalloc
+
+    F = 600
+    A = np.random.default_rng(7).standard_normal((F + 50, F))
+    S = A.T @ A / F
+    S[3, 5] += 1e-9  # not exactly symmetric: whitening symmetrizes first
+    before = S.copy()
+    tracemalloc.start()
+    w = df.whiten(S)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(S, before)
+    assert peak <= 1.5 * F * F * 8, f"whitening took {peak / (F * F * 8):.2f} (F, F) arrays of workspace"
+    lam = 1e-5 * np.trace(S) / F
+    L = np.linalg.cholesky((S + S.T) / 2.0 + lam * np.eye(F))
+    assert w.method == "cholesky" and w.L.flags.c_contiguous
+    np.testing.assert_array_equal(np.triu(w.L, 1), 0.0)
+    np.testing.assert_allclose(w.L, L, rtol=1e-10, atol=1e-12 * np.abs(L).max())
+
+
+def test_symmetrize_and_covariance_in_place_equal_their_expressions() -> None:
+    """The in-place forms give the very numbers of (A + Aᵀ)/2 and S − μμᵀ − μμᵀ + μμᵀ, for sizes that are not a
+    multiple of the block."""
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((131, 131))
+    from convopt.datafit.moments import symmetrize
+
+    np.testing.assert_array_equal(symmetrize(A.copy(), block=32), (A + A.T) / 2.0)
+    X = rng.standard_normal((400, 131)) + 0.5
+    m = moments(X)
+    mu = m.mean
+    out = m.second - np.outer(mu, mu) - np.outer(mu, mu) + np.outer(mu, mu)
+    np.testing.assert_array_equal(m.covariance, (out + out.T) / 2.0)
+
+
 # ----------------------------------------------------------------------------- low rank (1×1, Gemm)
 
 

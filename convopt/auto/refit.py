@@ -8,7 +8,7 @@ targets) and the normal equations are accumulated batch by batch (convopt.auto.l
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,26 +43,38 @@ ACTIVATION_BYTES = 32 << 20  # what one batch of the requested activations may t
 
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
                  max_batch: int = 16, sample_bytes: int = 0):
-    """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch. ``sample_bytes``:
-    what ``names`` take per sample; batches then hold at most ACTIVATION_BYTES of them (a model of fixed batch
-    runs at its own)."""
+    """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch, each batch
+    holding at most ACTIVATION_BYTES per its largest per-sample size: ``sample_bytes`` (e.g. the model's largest
+    activation, which the run itself holds) or the requested arrays', learnt from the first sample, run alone.
+    A model of fixed batch runs at its own; ragged data one sample at a time."""
     sess = make_session(with_outputs(model, names), settings, arena=False)  # outputs only: no memory arena
-    if sample_bytes > 0:
-        max_batch = max(1, min(max_batch, ACTIVATION_BYTES // sample_bytes))
-    batch = min(session_batch(sess, settings), max_batch) if not _fixed(sess) else session_batch(sess, settings)
-    batch = 1 if data.ragged else batch  # samples of different shapes run one at a time
-    n = data.n
-    for start in range(0, n, batch):
-        take = min(batch, n - start)
-        feeds = {}
-        for inp in sess.get_inputs():
-            arr = sample_rows(data.inputs[inp.name], start, start + batch)
-            if arr.shape[0] < batch and _fixed(sess):
-                arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
-            feeds[inp.name] = np.ascontiguousarray(arr)
-        outs = sess.run(names, feeds)
-        # a tensor whose rows are the samples' rows (a Gemm's (b·rows, C)) keeps the real samples' rows
-        yield start, [o[: take * (o.shape[0] // batch)] if o.shape[0] % batch == 0 else o for o in outs]
+    if _fixed(sess):
+        batch = session_batch(sess, settings)
+    else:
+        batch = 1 if data.ragged else min(session_batch(sess, settings), max_batch)
+    start = 0
+    if batch > 1 and not _fixed(sess):
+        first = _run(sess, names, data, 0, 1)
+        yield 0, first
+        start, sample_bytes = 1, max(1, sample_bytes, sum(o.nbytes for o in first))
+        del first
+        batch = max(1, min(batch, ACTIVATION_BYTES // sample_bytes))
+    for lo in range(start, data.n, batch):
+        yield lo, _run(sess, names, data, lo, batch)
+
+
+def _run(sess, names: list[str], data: EvalData, start: int, batch: int) -> list[np.ndarray]:
+    """``names`` for samples start … start + batch − 1 (a fixed-batch model gets the last sample repeated)."""
+    take = min(batch, data.n - start)
+    feeds = {}
+    for inp in sess.get_inputs():
+        arr = sample_rows(data.inputs[inp.name], start, start + batch)
+        if arr.shape[0] < batch and _fixed(sess):
+            arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
+        feeds[inp.name] = np.ascontiguousarray(arr)
+    outs = sess.run(names, feeds)
+    # a tensor whose rows are the samples' rows (a Gemm's (b·rows, C)) keeps the real samples' rows
+    return [o[: take * (o.shape[0] // batch)] if o.shape[0] % batch == 0 else o for o in outs]
 
 
 def _fixed(sess) -> bool:
@@ -77,6 +89,7 @@ class Targets:
     pos: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
     relu: dict[str, bool] = field(default_factory=dict)
+    sample_bytes: int = 0  # the original's largest layer activation per sample: it bounds the refit batches
 
 
 def feeds_only_relu(model: onnx.ModelProto, tensor: str) -> bool:
@@ -101,6 +114,12 @@ def activation_bytes(shape: Sequence[int] | None) -> int:
     return 4 * int(np.prod(shape[1:]))
 
 
+def largest_activation(specs: Iterable[ConvSpec]) -> int:
+    """float32 bytes per sample of the largest input or output among ``specs`` (0 when none is known): what a
+    run through the model holds at least, besides what it is asked for."""
+    return max((activation_bytes(s) for c in specs for s in (c.in_shape, c.out_shape)), default=0)
+
+
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
                     rows: int = 16000, seed: int = 0, specs: Mapping[str, ConvSpec] | None = None) -> Targets:
     """One run of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor.
@@ -113,7 +132,8 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
     ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
     per = max(1, rows // max(data.n, 1))
     size = 0 if specs is None else sum(activation_bytes(specs[k].out_shape) for k in names if k in specs)
-    for start, outs in iter_batches(model, tensors, data, settings, sample_bytes=size):
+    largest = 0 if specs is None else largest_activation(specs.values())
+    for start, outs in iter_batches(model, tensors, data, settings, sample_bytes=max(size, largest)):
         for k, y in zip(names, outs):
             if specs is not None and k in specs:
                 y = nchw(y, specs[k], 1 if data.ragged else None)
@@ -122,7 +142,7 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
             p[:, 0] += start
             pos[k].append(p)
     return Targets({k: np.concatenate(v) for k, v in pos.items()}, {k: np.concatenate(v) for k, v in ys.items()},
-                   {k: feeds_only_relu(model, layers[k]) for k in names})
+                   {k: feeds_only_relu(model, layers[k]) for k in names}, largest)
 
 
 @dataclass
@@ -184,7 +204,7 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
     relu = targets.relu.get(layer, False) and len(pos) * (F + O) * 4 <= RELU_ROWS_BYTES
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    for start, (z,) in iter_batches(model, [node.input[0]], data, settings):
+    for start, (z,) in iter_batches(model, [node.input[0]], data, settings, sample_bytes=targets.sample_bytes):
         if node.op_type == "Gemm":  # ragged data: one sample per batch, whatever its rows
             z = z.reshape(-1, z.shape[0] if data.ragged else rows, z.shape[-1]).transpose(0, 2, 1)[..., None]
         lo, hi = bounds[start], bounds[min(start + z.shape[0], data.n)]

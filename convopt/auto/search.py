@@ -196,7 +196,7 @@ class AutoSearch:
 
     def fit_and_time(self, eligible: list[ConvSpec], batch: int) -> float:
         """Every layer's candidates, their factors fitted under the layer's input-patch moments on the fit data
-        (collected a memory-bounded group of layers at a time, dropped once the group's factors exist), each
+        (collected a memory-bounded group of layers at a time, each layer's dropped once its factors exist), each
         layer's timed as soon as they exist: only the factors of the fast, non-dominated ones stay, so memory
         holds one layer's candidates, not every layer's. Returns the seconds spent timing."""
         lat = replace(self.settings, repeats=max(self.settings.repeats, 30), warmup=max(self.settings.warmup, 3))
@@ -209,11 +209,12 @@ class AutoSearch:
         timed = 0.0
         for moments in groups:
             fit = replace(self.driver.fit, moments=moments)
-            for name in moments:
+            for name in list(moments):
                 if self.out_of_time([c.name for c in eligible if c.name not in done]):
                     break
                 done.append(name)
                 cands, refused = build_candidates(by_name[name], self.passes, self.options.align, fit)
+                del moments[name]  # the layer's moments (and their cached covariance) are no longer needed
                 if not cands:
                     self.skipped[name] = "no candidate lowers MACs: " + "; ".join(refused[:3])
                     continue

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
-from convopt.auto.refit import activation_bytes, iter_batches, layer_rngs
+from convopt.auto.refit import activation_bytes, iter_batches, largest_activation, layer_rngs
 from convopt.datafit import MomentAccumulator, Moments
 from convopt.graph import ConvSpec
 from convopt.graph.linear import nchw
@@ -56,17 +56,18 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
     all, spread over the samples), yielded a group of layers at a time (one pass over ``data`` per group; a
     group's moments take at most ``max_bytes``), so a caller can use and drop them before the next group."""
     rngs = layer_rngs(seed, [c.name for c in convs])
+    largest = largest_activation(convs)  # the run holds the largest layer's activations too
     for group in _groups(convs, max_bytes):
         acc = {c.name: MomentAccumulator(int(np.prod(c.w_shape[1:]))) for c in group}
         per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}
-        size = sum(activation_bytes(c.in_shape) for c in group)
+        size = max(sum(activation_bytes(c.in_shape) for c in group), largest)
         for _, xs in iter_batches(model, [c.x for c in group], data, settings, sample_bytes=size):
             for c, x in zip(group, xs):
                 x = nchw(x, c, 1 if data.ragged else None)
                 oh, ow = geometry(c).out_hw(x.shape[2], x.shape[3])  # this batch's own size (ragged: per sample)
                 pos = sample_positions(x.shape[0], oh, ow, per[c.name], rngs[c.name])
                 acc[c.name].add(im2col_at(x, geometry(c), pos))
-        yield {name: a.moments() for name, a in acc.items()}
+        yield {name: acc.pop(name).moments() for name in list(acc)}  # each accumulator freed as its moments exist
 
 
 @dataclass(frozen=True)

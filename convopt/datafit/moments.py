@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from scipy.linalg import lapack
 
 __all__ = [
     "DEFAULT_RIDGE",
@@ -20,6 +21,7 @@ __all__ = [
     "MomentAccumulator",
     "Whitening",
     "whiten",
+    "symmetrize",
     "weighted_error",
     "bias_correction",
     "vertical_moment",
@@ -57,8 +59,10 @@ class Moments:
         c = np.asarray(center, dtype=np.float64)
         if c.shape != self.mean.shape:
             raise ValueError(f"center must have shape {self.mean.shape}, got {c.shape}")
-        out = self.second - np.outer(self.mean, c) - np.outer(c, self.mean) + np.outer(c, c)
-        return (out + out.T) / 2.0
+        out = self.second - np.outer(self.mean, c)  # in place from here: one (F, F) array, one temporary
+        out -= np.outer(c, self.mean)
+        out += np.outer(c, c)
+        return symmetrize(out)
 
     def of_linear(self, W: np.ndarray) -> "Moments":
         """The moments of W x (W (O, F)): mean W μ, second W S Wᵀ."""
@@ -93,8 +97,7 @@ class MomentAccumulator:
         """The moments of every row added so far."""
         if self.count == 0:
             raise ValueError("no rows were added: feed calibration rows with add() first")
-        sec = self._outer / self.count
-        return Moments(self.count, self._sum / self.count, (sec + sec.T) / 2.0)
+        return Moments(self.count, self._sum / self.count, symmetrize(self._outer / self.count))
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,18 @@ class Whitening:
     L: np.ndarray
     ridge: np.ndarray
     method: str
+
+
+def symmetrize(A: np.ndarray, block: int = 256) -> np.ndarray:
+    """A (F, F) float64 ← (A + Aᵀ)/2 in place, block by block (the same numbers as the expression, without
+    its two (F, F) temporaries: at F = 1728, 24 MiB each). Returns A."""
+    F = A.shape[0]
+    for i in range(0, F, block):
+        for j in range(i, F, block):
+            avg = (A[i:i + block, j:j + block] + A[j:j + block, i:i + block].T) / 2.0
+            A[i:i + block, j:j + block] = avg
+            A[j:j + block, i:i + block] = avg.T
+    return A
 
 
 def _ridge(S: np.ndarray, rel: float) -> np.ndarray:
@@ -129,6 +144,8 @@ def whiten(S: np.ndarray, ridge: float = DEFAULT_RIDGE) -> Whitening:
         raise ValueError("S contains NaN or Inf")
     if float(ridge) <= 0:
         raise ValueError(f"ridge must be > 0, got {ridge}")
+    if Sd.ndim == 2:
+        return _whiten_one(Sd, float(ridge))
     Sd = (Sd + np.swapaxes(Sd, -1, -2)) / 2.0
     lam = _ridge(Sd, float(ridge))
     zero = np.trace(Sd, axis1=-2, axis2=-1) <= 0
@@ -140,6 +157,28 @@ def whiten(S: np.ndarray, ridge: float = DEFAULT_RIDGE) -> Whitening:
         vals, Q = np.linalg.eigh(Sd)
         vals = np.maximum(vals, lam[..., None])
         return Whitening(Q * np.sqrt(vals)[..., None, :], lam, "eigen")
+
+
+def _regularized(S: np.ndarray, lam: float) -> np.ndarray:
+    """(S + Sᵀ)/2 + λ I as one new (F, F) array (an all-zero-trace S counts as zero)."""
+    A = symmetrize(S.copy()) if np.trace(S) > 0 else np.zeros_like(S)
+    A.flat[:: A.shape[0] + 1] += lam
+    return A
+
+
+def _whiten_one(S: np.ndarray, rel: float) -> Whitening:
+    """``whiten`` of one (F, F) matrix with one (F, F) array of workspace: LAPACK's Cholesky (potrf) runs in
+    place on S + λI (its transpose, Fortran-ordered: the upper factor U of Sᵀ = S is Lᵀ), where numpy's
+    cholesky holds two more (F, F) arrays and the expression S + λI two temporaries."""
+    lam = _ridge(S, rel)
+    A = _regularized(S, float(lam))
+    U, info = lapack.dpotrf(A.T, lower=0, clean=1, overwrite_a=1)
+    if info == 0:
+        return Whitening(U.T, lam, "cholesky")
+    del A, U
+    vals, Q = np.linalg.eigh(_regularized(S, 0.0))
+    vals = np.maximum(vals, lam)
+    return Whitening(Q * np.sqrt(vals)[None, :], lam, "eigen")
 
 
 def _flat(W: np.ndarray, name: str) -> np.ndarray:
