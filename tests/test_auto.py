@@ -159,6 +159,18 @@ def test_sequential_refit_lowers_layer_and_output_error_vs_data_free() -> None:
     onnx.checker.check_model(refit)
 
 
+def test_sequential_refit_in_place_gives_the_copy_s_weights_and_leaves_the_input_alone() -> None:
+    model = two_conv_model()
+    calib = data(16, seed=1)
+    df, layers = _factorized(model, rank=6)
+    targets = collect_targets(model, dict(layers), calib, FAST, rows=2000)
+    before = df.SerializeToString()
+    copied, _ = refit_sequential(df, layers, targets, calib, FAST)
+    assert df.SerializeToString() == before and copied is not df  # the default copies
+    own, _ = refit_sequential(df, layers, targets, calib, FAST, copy=False)
+    assert own is df and own.SerializeToString() == copied.SerializeToString()
+
+
 def test_alone_refit_on_the_layer_input_matches_the_in_model_refit() -> None:
     from convopt.auto.refit import iter_batches
 

@@ -250,12 +250,15 @@ def _write_last_factor(model: onnx.ModelProto, node: onnx.NodeProto, idx: dict[s
 
 def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targets: Targets, data: EvalData,
                      settings: OrtSettings, say: Say | None = None,
-                     rows: Mapping[str, int] | None = None) -> tuple[onnx.ModelProto, list[RefitInfo]]:
-    """A copy of ``model`` with each (layer, output tensor) in ``layers`` refit in the given (topological)
-    order, each on the activations of the model with all earlier refits applied (``rows``: a Gemm layer's rows
-    per sample)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+                     rows: Mapping[str, int] | None = None, copy: bool = True
+                     ) -> tuple[onnx.ModelProto, list[RefitInfo]]:
+    """A copy of ``model`` (``copy`` False: ``model`` itself, a caller's private one, refit in place) with each
+    (layer, output tensor) in ``layers`` refit in the given (topological) order, each on the activations of the
+    model with all earlier refits applied (``rows``: a Gemm layer's rows per sample)."""
+    m = model
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     infos = []
     for i, (layer, y) in enumerate(layers, 1):
         info = refit_layer(m, layer, y, targets, data, settings, rows=(rows or {}).get(layer))
@@ -288,7 +291,7 @@ def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], 
     applied = apply_plan(model, prefix, convs)
     rows = {n: c.in_shape[2] for n, c in convs.items() if c.op == "Gemm" and c.in_shape is not None}
     _, fresh = refit_sequential(applied.model, [(n, convs[n].y) for n in order[done:]], targets, data, settings, say,
-                                rows)
+                                rows, copy=False)  # the applied model is ours alone: no second copy
     for key in set(cache) - set(keys[:done]):  # memory: only this plan's prefixes can serve a later, longer plan
         del cache[key]
     for key, info in zip(keys[done:], fresh):
