@@ -303,9 +303,14 @@ def test_auto_optimize_keeps_budget_and_reports_per_layer_choices(tmp_path: Path
 def test_auto_selects_by_fixed_sequence_on_the_select_data() -> None:
     model = two_conv_model(c=32, hw=16)
     seen: list[tuple[int, float]] = []
+    checked: dict[int, bytes] = {}
+
+    def on_step(k: int, m: onnx.ModelProto, meas) -> None:
+        seen.append((k, meas.accuracy.rel_l2_error))
+        checked[k] = m.SerializeToString()
+
     res, *_ = run_auto(model, data(64, seed=3, hw=16), Budget(max_rel_error=0.2),
-                       AutoOptions(min_layer_speedup=0.0, every_step=True),
-                       on_step=lambda k, m, meas: seen.append((k, meas.accuracy.rel_l2_error)))
+                       AutoOptions(min_layer_speedup=0.0, every_step=True), on_step=on_step)
     auto = res.report.extra["auto"]
     n = len(auto["sequence"]) - 1
     assert n >= 2 and [k for k, _ in seen] == list(range(1, n + 1))  # every step measured, in order
@@ -317,6 +322,8 @@ def test_auto_selects_by_fixed_sequence_on_the_select_data() -> None:
     chosen_step = max((c["step"] for c in checks if c["ok"] and c["step"] < first_fail and c["speedup"] > 1),
                       default=0)
     assert (chosen_step > 0) == kept
+    if kept:  # the step taken is rebuilt from its plan (no model is held): the very model that was checked
+        assert res.model.SerializeToString() == checked[chosen_step]
     assert all(c["bound"]["max_rel_error"] <= 0.2 for c in checks if c["step"] in certified)
 
 

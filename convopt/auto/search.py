@@ -161,7 +161,6 @@ class AutoSearch:
         self.cost_ev = Evaluator(driver.original, plain, settings, measure_latency=False, role="fit",
                            executor=select.executor)
         self.targets: Targets | None = None
-        self.latest: dict[int, Decision] = {}  # the latest certified step's decision, with its model
         self.verdicts: dict[int, tuple[Verdict, ...]] = {}
         self.measured: dict[int, Measurement] = {}
         self.sensitivity: dict[str, Sensitivity] = {}
@@ -350,15 +349,11 @@ class AutoSearch:
                  f"{fmt(acc.top1_drop, '.2f')}, rel err {fmt(acc.rel_l2_error, '.4f')}, speedup "
                  f"{fmt(meas.speedup)}x -> {'certified' if decision.kept else 'not certified: ' + str(decision.reason)}")
         self.verdicts[k], self.measured[k] = decision.verdicts, meas
-        if decision.kept:
-            self.latest = {k: decision}  # memory: one step's model is held, the others are rebuilt if needed
-        return decision
+        return decision  # memory: no step's model is held; the one taken is rebuilt from its plan
 
     def decision(self, k: int) -> Decision:
-        """Step ``k``'s decision; its model rebuilt from its plan (factors and refits included: the same model)
-        unless it is the latest certified step, whose model is kept."""
-        if k in self.latest:
-            return self.latest[k]
+        """Step ``k``'s decision, its model rebuilt from its plan (factors and refits included: the same model,
+        byte for byte), with the select measurement it had."""
         step = self.driver.apply(f"auto step {k}", self.plans[k])
         step.remember(self.select_ev, self.measured[k])
         return Decision(step, self.verdicts[k])
