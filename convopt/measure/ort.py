@@ -118,8 +118,8 @@ ARENA_FIRST_REGION = 128 << 20
 """The shared arena's first region (ORT's default: 1 MiB, then regions doubling in size). Its pages become
 resident only as runs touch them, and best-fit allocation within one region reuses the same pages: timing
 ddddocr-det's 416×416 windows grew the arena by 45 MiB of resident memory, against 107 MiB in the doubling
-regions of the default (whose chunks end up spread over every region). Latency is unaffected: timed runs
-follow warm-up runs, which leave the arena grown."""
+regions of the default (whose chunks end up spread over every region). Latency should not change (timed runs
+follow warm-up runs, which leave the arena grown); it was not measured apart from the speed benchmark."""
 
 
 @functools.cache  # once per process
