@@ -48,28 +48,29 @@ def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, setti
     activation, which the run itself holds) or the requested arrays', learnt from the first sample, run alone.
     A model of fixed batch runs at its own; ragged data one sample at a time."""
     sess = make_session(with_outputs(model, names), settings, arena=False)  # outputs only: no memory arena
-    if _fixed(sess):
+    fixed = _fixed(sess)
+    if fixed:
         batch = session_batch(sess, settings)
     else:
         batch = 1 if data.ragged else min(session_batch(sess, settings), max_batch)
     start = 0
-    if batch > 1 and not _fixed(sess):
-        first = _run(sess, names, data, 0, 1)
+    if batch > 1 and not fixed:
+        first = _run(sess, names, data, 0, 1, fixed)
         yield 0, first
         start, sample_bytes = 1, max(1, sample_bytes, sum(o.nbytes for o in first))
         del first
         batch = max(1, min(batch, ACTIVATION_BYTES // sample_bytes))
     for lo in range(start, data.n, batch):
-        yield lo, _run(sess, names, data, lo, batch)
+        yield lo, _run(sess, names, data, lo, batch, fixed)
 
 
-def _run(sess, names: list[str], data: EvalData, start: int, batch: int) -> list[np.ndarray]:
+def _run(sess, names: list[str], data: EvalData, start: int, batch: int, fixed: bool) -> list[np.ndarray]:
     """``names`` for samples start … start + batch − 1 (a fixed-batch model gets the last sample repeated)."""
     take = min(batch, data.n - start)
     feeds = {}
     for inp in sess.get_inputs():
         arr = sample_rows(data.inputs[inp.name], start, start + batch)
-        if arr.shape[0] < batch and _fixed(sess):
+        if arr.shape[0] < batch and fixed:
             arr = np.concatenate([arr, np.repeat(arr[-1:], batch - arr.shape[0], axis=0)])
         feeds[inp.name] = np.ascontiguousarray(arr)
     outs = sess.run(names, feeds)
@@ -131,9 +132,8 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
     pos: dict[str, list[np.ndarray]] = {k: [] for k in names}
     ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
     per = max(1, rows // max(data.n, 1))
-    size = 0 if specs is None else sum(activation_bytes(specs[k].out_shape) for k in names if k in specs)
     largest = 0 if specs is None else largest_activation(specs.values())
-    for start, outs in iter_batches(model, tensors, data, settings, sample_bytes=max(size, largest)):
+    for start, outs in iter_batches(model, tensors, data, settings, sample_bytes=largest):
         for k, y in zip(names, outs):
             if specs is not None and k in specs:
                 y = nchw(y, specs[k], 1 if data.ragged else None)

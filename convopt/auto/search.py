@@ -380,10 +380,9 @@ class AutoSearch:
                     break
         guard = SpeedGuard(self.select_ev, what="the original end to end")
         for k in reversed(certified):
-            decision = self.decision(k)
-            speed = guard.after_step(decision.step)
+            speed = guard.verdict(self.measured[k])  # judged on its select measurement: no model rebuilt
             if speed.ok:
-                return configs, k, decision, rejected
+                return configs, k, self.decision(k), rejected
             rejected = speed.reason
         return configs, 0, None, rejected
 

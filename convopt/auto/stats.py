@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
-from convopt.auto.refit import activation_bytes, iter_batches, largest_activation, layer_rngs
+from convopt.auto.refit import iter_batches, largest_activation, layer_rngs
 from convopt.datafit import MomentAccumulator, Moments
 from convopt.graph import ConvSpec
 from convopt.graph.linear import nchw
@@ -60,8 +60,7 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
     for group in _groups(convs, max_bytes):
         acc = {c.name: MomentAccumulator(int(np.prod(c.w_shape[1:]))) for c in group}
         per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}
-        size = max(sum(activation_bytes(c.in_shape) for c in group), largest)
-        for _, xs in iter_batches(model, [c.x for c in group], data, settings, sample_bytes=size):
+        for _, xs in iter_batches(model, [c.x for c in group], data, settings, sample_bytes=largest):
             for c, x in zip(group, xs):
                 x = nchw(x, c, 1 if data.ragged else None)
                 oh, ow = geometry(c).out_hw(x.shape[2], x.shape[3])  # this batch's own size (ragged: per sample)

@@ -90,7 +90,11 @@ class SpeedGuard:
     what: str = "before the pass"
 
     def after_step(self, step: Step) -> Verdict:
-        sp = step.measure(self.evaluator).speedup
+        return self.verdict(step.measure(self.evaluator))
+
+    def verdict(self, measurement: Measurement) -> Verdict:
+        """The verdict on a step that ``measurement`` (by this guard's evaluator) measured."""
+        sp = measurement.speedup
         if sp is None or sp > self.reference:
             return Verdict(self.name, True)
         return Verdict(self.name, False, f"measured no faster than {self.what} (speedup {sp:.3f}x vs "
