@@ -2,7 +2,7 @@
 (the factors are reused by timing, pricing, refits and the final plan)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from convopt import decompose
 from convopt.core.plan import Choice
@@ -26,7 +26,6 @@ class Candidate:
     ms: float = float("nan")
     cost: float | None = None
     status: str = "built"
-    refit: Choice | None = field(default=None, repr=False)  # the choice with its last factor refit alone
 
     @property
     def key(self) -> str:

@@ -366,8 +366,13 @@ class AutoSearch:
         seq = greedy_sequence(picks, cost) if cost is not None else [{}]
         configs = [{n: by_key[(p.layer, p.key)] for n, p in cfg.items()} for cfg in seq]
         n_steps = len(configs) - 1
+        grid = grid_steps(n_steps, n_steps if self.options.every_step else self.options.max_checks)
+        used = {id(c) for k in grid for c in configs[k].values()}
+        for c in by_key.values():
+            if id(c) not in used:
+                c.drop_factors()  # memory: in no step that will be built (its figures stay, for the report)
         certified, rejected = [], None
-        for k in grid_steps(n_steps, n_steps if self.options.every_step else self.options.max_checks):
+        for k in grid:
             if self.out_of_time():
                 self.say("auto: --time-budget reached: the largest step certified so far is taken")
                 break
