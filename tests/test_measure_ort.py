@@ -137,3 +137,31 @@ def test_timed_sessions_share_one_arena_and_output_sessions_have_none() -> None:
     x = {"X": data(5).inputs["X"]}
     np.testing.assert_array_equal(a.run(None, x)[0], plain.run(None, x)[0])
     np.testing.assert_array_equal(b.run(None, x)[0], plain.run(None, x)[0])
+
+
+def test_a_large_model_is_read_from_a_temporary_file_that_is_removed(tmp_path, monkeypatch) -> None:
+    """From FILE_LOAD_BYTES on, ORT reads the model from a private temporary file (so the serialized bytes are
+    not alive while ORT parses them): the same outputs as from bytes, and the file is gone afterwards."""
+    import tempfile
+
+    import convopt.measure.ort as ort_mod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, settings = tiny_classifier("N"), OrtSettings(threads=1)
+    x = {"X": data(5).inputs["X"]}
+    from_bytes = make_session(model.SerializeToString(), settings).run(None, x)[0]
+    monkeypatch.setattr(ort_mod, "FILE_LOAD_BYTES", 1)
+    made: list[str] = []
+    real = ort.InferenceSession
+
+    def spy(source, *a, **k):  # type: ignore[no-untyped-def]
+        made.append(source)
+        return real(source, *a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    np.testing.assert_array_equal(make_session(model, settings).run(None, x)[0], from_bytes)
+    assert len(made) == 1 and isinstance(made[0], str) and made[0].startswith(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # removed once the session exists
+    monkeypatch.setattr(ort_mod, "FILE_LOAD_BYTES", 1 << 30)
+    make_session(model, settings)
+    assert isinstance(made[1], bytes)  # a small model stays in memory
