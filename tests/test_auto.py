@@ -100,6 +100,31 @@ def test_normal_equations_recover_a_linear_map_and_bias() -> None:
     assert ne.rel_error(W, b) < 1e-6 < ne.rel_error(np.zeros_like(W), np.zeros(3))
 
 
+def test_normal_equations_solve_by_cholesky_in_one_copy_and_fall_back_when_singular() -> None:
+    """The ridge solution equals a general solve of the gram; AᵀA is left as it was; numpy's workspace stays
+    near one (F+1)² array (a general solve and an inverse took three); a singular gram (no rows) still solves."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    F, O = 300, 4
+    ne = NormalEquations(F, O)
+    X = rng.standard_normal((900, F)).astype(np.float32)
+    ne.add(X, X[:, :O] * 2.0 + 1.0)
+    before = ne.AtA.copy()
+    tracemalloc.start()
+    W, b = ne.solve(1e-5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    w = np.linalg.solve(ne.gram(1e-5), ne.AtY)
+    np.testing.assert_allclose(W, w[:F].T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b, w[F], rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(ne.AtA, before)
+    assert peak <= 1.3 * (F + 1) ** 2 * 8
+    empty = NormalEquations(5, 2)  # AᵀA = 0: not positive definite, least squares instead
+    W0, b0 = empty.solve()
+    assert np.all(W0 == 0) and np.all(b0 == 0)
+
+
 def test_relu_refit_fits_the_response_after_the_relu_better_than_linear_least_squares() -> None:
     from convopt.auto.lstsq import relu_error, relu_refit
 
@@ -126,8 +151,19 @@ def test_targets_mark_layers_that_feed_only_a_relu() -> None:
     assert feeds_only_relu(m, "y1") and feeds_only_relu(m, "y2")
     assert not feeds_only_relu(m, "r1")  # read by a Conv
     assert not feeds_only_relu(m, "out")  # a graph output
-    t = collect_targets(m, {"conv1": "y1", "conv2": "y2"}, data(4), FAST, rows=200)
+    d = data(4)
+    t = collect_targets(m, {"conv1": "y1", "conv2": "y2"}, d, FAST, rows=200)
     assert t.relu == {"conv1": True, "conv2": True}
+    # the targets wait on disk and read back as the original layer's outputs at the sampled pixels
+    from convopt.auto.spill import Spill
+    from convopt.graph.edit import with_outputs
+    from convopt.measure.ort import make_session
+
+    assert isinstance(t.y, Spill)
+    y1 = make_session(with_outputs(m, ["y1"]), FAST).run(["y1"], dict(d.inputs))[0]
+    p = t.pos["conv1"]
+    assert len(p) == 200
+    np.testing.assert_array_equal(t.y["conv1"], y1[p[:, 0], :, p[:, 1], p[:, 2]])
 
 
 # -- refit ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
+from convopt.auto.spill import Spill
 from convopt.core.plan import Plan, apply_plan
 from convopt.graph import ConvSpec, attrs, used_names
 from convopt.graph.edit import with_outputs
@@ -88,7 +89,7 @@ class Targets:
     ``relu``: the layers whose output only feeds Relu nodes (their refit matches the response after it)."""
 
     pos: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
+    y: Mapping[str, np.ndarray]  # collect_targets: a Spill, read back one layer at a time
     relu: dict[str, bool] = field(default_factory=dict)
     sample_bytes: int = 0  # the original's largest layer activation per sample: it bounds the refit batches
 
@@ -141,7 +142,10 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
             ys[k].append(pixels_at(y, p).astype(np.float32))
             p[:, 0] += start
             pos[k].append(p)
-    return Targets({k: np.concatenate(v) for k, v in pos.items()}, {k: np.concatenate(v) for k, v in ys.items()},
+    y = Spill()  # memory: the targets wait on disk; each refit reads its layer's
+    for k in names:
+        y.put(k, np.concatenate(ys.pop(k)))
+    return Targets({k: np.concatenate(v) for k, v in pos.items()}, y,
                    {k: feeds_only_relu(model, layers[k]) for k in names}, largest)
 
 
