@@ -10,7 +10,7 @@ upb's ``ByteSize`` serializes the whole message to count it).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -68,3 +68,27 @@ def _alone(msg: Message, fd: FieldDescriptor, value: object) -> bytes:
     else:
         setattr(tmp, fd.name, value)
     return tmp.SerializeToString(deterministic=True)
+
+
+def model_chunks(model: Message, initializers: Sequence[Message] = ()) -> Iterator[bytes]:
+    """:func:`chunks` of a ModelProto whose graph also holds ``initializers`` (TensorProtos of another model,
+    serialized one at a time, never copied into this one), placed after the graph's own fields: a parser merges
+    a repeated field's elements wherever they stand, so ORT reads the model with them. Not the deterministic
+    bytes of any one message: for handing models to ORT, not for the user's files."""
+    if not initializers:
+        yield from chunks(model)
+        return
+    rest = type(model)()
+    rest.CopyFrom(model)  # a skeleton: its own weights, if any, are copied here once
+    rest.ClearField("graph")
+    yield rest.SerializeToString(deterministic=True)
+    head = model.graph.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+    tag = varint(_INITIALIZER << 3 | _LEN)
+    size = sum(len(tag) + len(varint(n)) + n for n in (t.ByteSize() for t in initializers))
+    yield varint(_GRAPH << 3 | _LEN) + varint(len(head) + size) + head
+    for t in initializers:
+        whole = t.SerializeToString(deterministic=True)
+        yield tag + varint(len(whole)) + whole
+
+
+_GRAPH, _INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer

@@ -237,7 +237,8 @@ def test_iter_batches_bounds_each_batch_by_the_per_sample_bytes() -> None:
     """The first sample runs alone and tells what the asked arrays take; batches then hold at most
     ACTIVATION_BYTES per the larger of that and the stated per-sample size (the run's largest activation),
     and together give the same arrays as one run of every sample."""
-    from convopt.auto.refit import ACTIVATION_BYTES, iter_batches, with_outputs
+    from convopt.auto.refit import ACTIVATION_BYTES, iter_batches
+    from convopt.graph.edit import with_outputs
 
     model, calib = two_conv_model(), data(16, seed=1)
     whole = make_session(with_outputs(model, ["r1"]), FAST).run(["r1"], calib.inputs)[0]
@@ -426,7 +427,7 @@ def test_default_budget_is_relative_error_without_class_scores() -> None:
 
 
 def test_with_outputs_keeps_only_the_nodes_the_requested_tensors_need() -> None:
-    from convopt.auto.refit import with_outputs
+    from convopt.graph.edit import with_outputs
 
     m = two_conv_model()
     first = with_outputs(m, ["y1"])

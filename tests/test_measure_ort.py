@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -139,19 +140,17 @@ def test_timed_sessions_share_one_arena_and_output_sessions_have_none() -> None:
     np.testing.assert_array_equal(b.run(None, x)[0], plain.run(None, x)[0])
 
 
-def test_a_large_model_is_read_from_a_temporary_file_that_is_removed(tmp_path, monkeypatch) -> None:
-    """From FILE_LOAD_BYTES on, ORT reads the model from a private temporary file (so the serialized bytes are
-    not alive while ORT parses them): the same outputs as from bytes, and the file is gone afterwards."""
+def test_a_model_reaches_ort_as_a_temporary_file_that_is_removed(tmp_path, monkeypatch) -> None:
+    """A ModelProto reaches ORT as a private temporary file written one tensor at a time (no serialized copy
+    of the weights alive while ORT parses): the same outputs as from bytes, and the file is gone afterwards;
+    bytes and paths given are read as they are."""
     import tempfile
 
-    import convopt.measure.ort as ort_mod
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     model, settings = tiny_classifier("N"), OrtSettings(threads=1)
     x = {"X": data(5).inputs["X"]}
-    from_bytes = make_session(model.SerializeToString(), settings).run(None, x)[0]
-    monkeypatch.setattr(ort_mod, "FILE_LOAD_BYTES", 1)
-    made: list[str] = []
+    made: list[object] = []
     real = ort.InferenceSession
 
     def spy(source, *a, **k):  # type: ignore[no-untyped-def]
@@ -159,9 +158,31 @@ def test_a_large_model_is_read_from_a_temporary_file_that_is_removed(tmp_path, m
         return real(source, *a, **k)
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
+    from_bytes = make_session(model.SerializeToString(), settings).run(None, x)[0]
     np.testing.assert_array_equal(make_session(model, settings).run(None, x)[0], from_bytes)
-    assert len(made) == 1 and isinstance(made[0], str) and made[0].startswith(str(tmp_path))
-    assert list(tmp_path.iterdir()) == []  # removed once the session exists
-    monkeypatch.setattr(ort_mod, "FILE_LOAD_BYTES", 1 << 30)
-    make_session(model, settings)
-    assert isinstance(made[1], bytes)  # a small model stays in memory
+    assert isinstance(made[0], bytes) and isinstance(made[1], str) and made[1].startswith(str(tmp_path / "tmp"))
+    assert list((tmp_path / "tmp").iterdir()) == []  # removed once the session exists
+    saved = tmp_path / "m.onnx"
+    saved.write_bytes(model.SerializeToString())
+    np.testing.assert_array_equal(make_session(saved, settings).run(None, x)[0], from_bytes)
+    assert made[2] == str(saved) and saved.exists()  # the caller's file is read, never removed
+
+
+def test_model_file_adds_another_model_s_initializers_without_copying_them() -> None:
+    """model_file(skeleton, initializers): ORT reads the skeleton with those initializers in its graph, the
+    same model as with_outputs builds by copying them."""
+    from convopt.graph.edit import pruned, with_outputs
+    from convopt.measure.ort import model_file
+
+    model, settings = tiny_classifier("N"), OrtSettings(threads=1)
+    names = [model.graph.node[0].output[0]]  # the Conv's output: an intermediate tensor
+    skeleton, inits = pruned(model, names)
+    assert len(skeleton.graph.initializer) == 0 and inits and all(
+        any(t is u for u in model.graph.initializer) for t in inits)  # the model's own protos
+    x = {"X": data(5).inputs["X"]}
+    with model_file(skeleton, inits) as path:
+        got = make_session(path, settings).run(None, x)[0]
+        back = onnx.load(str(path))
+    want = make_session(with_outputs(model, names), settings).run(None, x)[0]
+    np.testing.assert_array_equal(got, want)
+    assert sorted(t.name for t in back.graph.initializer) == sorted(t.name for t in inits)

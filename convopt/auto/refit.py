@@ -20,10 +20,11 @@ from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, 
 from convopt.auto.spill import Spill
 from convopt.core.plan import Plan, apply_plan
 from convopt.graph import ConvSpec, attrs, used_names
-from convopt.graph.edit import with_outputs
+from convopt.graph.edit import pruned
 from convopt.graph.linear import nchw
+from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
-from convopt.measure.ort import OrtSettings, make_session, session_batch
+from convopt.measure.ort import OrtSettings, make_session, model_file, session_batch
 from convopt.measure.samples import rows as sample_rows
 
 Say = Callable[[str], None]
@@ -48,7 +49,8 @@ def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, setti
     holding at most ACTIVATION_BYTES per its largest per-sample size: ``sample_bytes`` (e.g. the model's largest
     activation, which the run itself holds) or the requested arrays', learnt from the first sample, run alone.
     A model of fixed batch runs at its own; ragged data one sample at a time."""
-    sess = make_session(with_outputs(model, names), settings, arena=False)  # outputs only: no memory arena
+    with model_file(*pruned(model, names)) as path:  # the model's own weights, written: no pruned copy
+        sess = make_session(path, settings, arena=False)  # outputs only: no memory arena
     fixed = _fixed(sess)
     if fixed:
         batch = session_batch(sess, settings)
@@ -267,6 +269,7 @@ def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targ
     for i, (layer, y) in enumerate(layers, 1):
         info = refit_layer(m, layer, y, targets, data, settings, rows=(rows or {}).get(layer))
         infos.append(info)
+        trim_freed_memory()  # the layer's session, activations and normal equations are freed
         if say:
             say(f"  refit {i}/{len(layers)} {layer}: layer error {info.rel_error_before:.3f} -> "
                 f"{info.rel_error_after:.3f}")

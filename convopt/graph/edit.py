@@ -287,7 +287,17 @@ def remove_unused_constants(model: onnx.ModelProto, candidates: set[str]) -> Non
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A model whose graph outputs are exactly ``names`` (intermediate tensors), holding only the nodes,
     initializers and inputs those tensors depend on: ONNX Runtime does not drop dead nodes, so without this
-    pruning reading an early layer's activation would still run (and load) the whole network.
+    pruning reading an early layer's activation would still run (and load) the whole network. A copy: to hand
+    it to ORT without copying the weights, write :func:`pruned` (``convopt.measure.ort.model_file``).
+    """
+    skeleton, initializers = pruned(model, names)
+    skeleton.graph.initializer.extend(initializers)
+    return skeleton
+
+
+def pruned(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """:func:`with_outputs` in two parts: the pruned model without its initializers (a small skeleton), and the
+    initializers it needs, ``model``'s own protos (not copies).
 
     onnx-graphsurgeon finds what the tensors need (``cleanup``, which follows the outer-scope tensors a
     subgraph reads); the model is then assembled from the original protos (no export, so nothing it would
@@ -300,12 +310,11 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     m.functions.extend(model.functions)
     m.graph.name = g.name
     m.graph.node.extend(keep_nodes)
-    m.graph.initializer.extend(t for t in g.initializer if t.name in keep_tensors)
     m.graph.sparse_initializer.extend(t for t in g.sparse_initializer if t.values.name in keep_tensors)
     m.graph.input.extend(i for i in g.input if i.name in keep_tensors)
     m.graph.value_info.extend(v for v in g.value_info if v.name in keep_tensors)
     m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    return m
+    return m, [t for t in g.initializer if t.name in keep_tensors]
 
 
 def _needed(model: onnx.ModelProto, names: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:

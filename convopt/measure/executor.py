@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -20,7 +21,7 @@ import onnxruntime as ort
 
 from convopt.errors import InputError, ModelLoadError
 from convopt.measure.data import EvalData
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, make_session, session_batch
+from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, make_session, model_file, session_batch
 from convopt.measure.plugin import TaskMetric
 from convopt.measure.shards import (
     DEFAULT_SHARD_SIZE, Comparison, Reducer, ShardPlan, ShardRun, add_in_order, compare_shard, merge, plan_shards,
@@ -157,7 +158,7 @@ def offset_progress(progress: Progress | None, done: int, total: int) -> Progres
     return lambda d, _t: progress(done + d, total)
 
 
-def session_of(model: onnx.ModelProto, settings: OrtSettings) -> ort.InferenceSession:
+def session_of(model: onnx.ModelProto | Path, settings: OrtSettings) -> ort.InferenceSession:
     """An ORT session of a model convopt made itself (a sub-model), to compute outputs (never timed: no memory
     arena); ORT refusing it is a ModelLoadError."""
     try:
@@ -225,9 +226,10 @@ class LocalExecutor:
                    settings: OrtSettings) -> tuple[np.ndarray, ...]:
         """Σ over the data of ``reducer`` applied, batch by batch, to the tensors ``names`` of ``model`` (graph
         outputs or intermediate tensors), summed per shard, then over the shards in sample order."""
-        from convopt.graph.edit import with_outputs
+        from convopt.graph.edit import pruned
 
-        session = session_of(with_outputs(model, list(names)), settings)
+        with model_file(*pruned(model, list(names))) as path:  # the model's own weights, written: no pruned copy
+            session = session_of(path, settings)
         plan = plan_shards(data.n, session_batch(session, settings), self.shard_size)
         return add_in_order(reduce_shard(session, names, shard_data(data, a, b), reducer, settings)
                             for a, b in plan.ranges)

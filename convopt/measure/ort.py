@@ -9,8 +9,9 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from convopt.errors import DataError, InputError
+from convopt.serialize import model_chunks
 from convopt.measure.data import EvalData
 from convopt.measure.samples import ragged, rows as sample_rows
 
@@ -87,7 +89,7 @@ class OrtSettings:
         return d
 
 
-def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings, *, arena: bool = True
+def make_session(model: onnx.ModelProto | bytes | Path, settings: OrtSettings, *, arena: bool = True
                  ) -> ort.InferenceSession:
     """An InferenceSession with every setting explicit. Unknown provider → InputError listing the available
     ones. ORT's own load errors propagate (the caller knows whether the model was the user's or ours).
@@ -112,37 +114,30 @@ def make_session(model: onnx.ModelProto | bytes, settings: OrtSettings, *, arena
     if arena and settings.provider == "CPUExecutionProvider" and shared_cpu_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
     if isinstance(model, onnx.ModelProto):
-        with _serialized(model) as source:
-            session = ort.InferenceSession(source, sess_options=so, providers=[settings.provider])
+        with model_file(model) as path:
+            session = ort.InferenceSession(str(path), sess_options=so, providers=[settings.provider])
     else:
-        session = ort.InferenceSession(model, sess_options=so, providers=[settings.provider])
+        source = str(model) if isinstance(model, Path) else model
+        session = ort.InferenceSession(source, sess_options=so, providers=[settings.provider])
     _drop_model_bytes(session)
     return session
 
 
-FILE_LOAD_BYTES = 4 << 20
-"""A model that serializes to at least this many bytes is handed to ORT as a temporary file, not as bytes: ORT
-parses bytes it is given while they stay alive, so they would add one model's size to the peak of making the
-session, which is already ORT's parsed copy, its initializers and its re-laid-out weights (on ddddocr-det,
-20 MiB over a peak of about 48 MiB). The file is removed as soon as the session exists."""
-
-
 @contextlib.contextmanager
-def _serialized(model: onnx.ModelProto) -> Iterator[bytes | str]:
-    """``model`` as bytes, or, from FILE_LOAD_BYTES on, as the path of a private temporary file holding them
-    (the bytes released before ORT reads it; the file removed afterwards)."""
-    blob = model.SerializeToString()
-    if len(blob) < FILE_LOAD_BYTES:
-        yield blob
-        return
-    fd, path = tempfile.mkstemp(prefix="convopt-", suffix=".onnx")
+def model_file(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] = ()) -> Iterator[Path]:
+    """``model`` (with ``initializers`` added to its graph: another model's protos, not copied) written one
+    tensor at a time to a private temporary file, removed on exit: what ORT reads instead of the serialized
+    bytes, which it would parse while they stayed alive (one more copy of the weights at the peak of making a
+    session, on top of ORT's parsed copy, its initializers and its re-laid-out weights)."""
+    fd, name = tempfile.mkstemp(prefix="convopt-", suffix=".onnx")
+    path = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        del blob
+            for piece in model_chunks(model, initializers):
+                fh.write(piece)
         yield path
     finally:
-        os.unlink(path)
+        path.unlink()
 
 
 ARENA_FIRST_REGION = 128 << 20
@@ -175,8 +170,8 @@ def _drop_model_bytes(session: ort.InferenceSession) -> None:
     "TODO: This is bad as we're holding the memory indefinitely"): a second copy of every weight per session.
     Drop it, and the fallback with it: a failing provider is an error convopt reports, never a silent switch to
     another provider than the one the report names."""
+    session.disable_fallback()  # (a session read from convopt's temporary file could not be rebuilt anyway)
     if getattr(session, "_model_bytes", None) is not None:
-        session.disable_fallback()
         session._model_bytes = None
 
 
