@@ -179,3 +179,18 @@ def test_select_and_report_share_one_timing_session_and_drop_the_reference_sessi
     assert select._timing.session().get_session_options().enable_cpu_mem_arena  # timed as deployed
     with pytest.raises(ValueError, match="same model with the same settings"):
         Evaluator(model, data(), OrtSettings(threads=1), timing_from=select)
+
+
+def test_released_timing_session_is_made_again_at_the_next_timing() -> None:
+    """release_timing drops the original's timing session for every evaluator sharing it; the next timing
+    makes a new one, and the candidate is still timed against the original."""
+    model = tiny_classifier("N")
+    select = Evaluator(model, data(), FAST)
+    report = Evaluator(model, data(6), FAST, timing_from=select)
+    first = select._timing.session()
+    select.release_timing()
+    assert select._timing._session is None and report._timing._session is None
+    m = select.measure(tiny_classifier("N"))
+    assert m.latency is not None and m.latency.speedup > 0
+    again = report._timing._session
+    assert again is not None and again is not first and select._timing.session() is again

@@ -34,11 +34,12 @@ from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_can
 from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
 from convopt.auto.stats import MOMENT_BYTES, CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
 from convopt.io import approx_model_bytes
+from convopt.limits import trim_freed_memory
 from convopt.measure.metrics import class_scores
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
 from convopt.core.driver import Decision, Driver
-from convopt.core.instruments import BudgetGuard, SpeedGuard, Verdict
+from convopt.core.instruments import BudgetGuard, SpeedGuard, Verdict, rejection
 from convopt.core.plan import Plan
 from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
@@ -220,6 +221,7 @@ class AutoSearch:
                 t = time.perf_counter()
                 self.time_layer(name, cands, pricer, lat, batch, f"[{len(done)}/{len(eligible)}]")
                 timed += time.perf_counter() - t
+                trim_freed_memory()  # the layer's moments, dropped factors and window sessions are freed
             if self.out_of_time():
                 break
         self.say(f"auto: {len(self.all_cands)} candidate(s) fitted on the layer inputs of {self.fit_data.n} fit "
@@ -335,8 +337,9 @@ class AutoSearch:
             self.refits[k] = {i.layer: [i.rel_error_before, i.rel_error_after] for i in infos}
         return self.plans[k]
 
-    def check(self, k: int, config: dict[str, Candidate], n_steps: int) -> Decision:
-        """Step ``k`` tested on the select data: certified when every bound is within the budget."""
+    def check(self, k: int, config: dict[str, Candidate], n_steps: int) -> tuple[Verdict, ...]:
+        """Step ``k`` tested on the select data: certified when every bound is within the budget. Returns the
+        verdicts; the step's model is freed before the next one is built."""
         step = self.driver.apply(f"auto step {k}", self.step_plan(k, config))
         decision = self.driver.judge(step, [BudgetGuard(self.select_ev, self.budget)])
         meas = step.measure(self.select_ev)
@@ -349,7 +352,10 @@ class AutoSearch:
                  f"{fmt(acc.top1_drop, '.2f')}, rel err {fmt(acc.rel_l2_error, '.4f')}, speedup "
                  f"{fmt(meas.speedup)}x -> {'certified' if decision.kept else 'not certified: ' + str(decision.reason)}")
         self.verdicts[k], self.measured[k] = decision.verdicts, meas
-        return decision  # memory: no step's model is held; the one taken is rebuilt from its plan
+        del step, decision  # memory: no step's model is held; the one taken is rebuilt from its plan
+        self.select_ev.release_timing()  # nor the original's timing session through the next step's refits
+        trim_freed_memory()  # ... and the heap pages they took go back to the system
+        return self.verdicts[k]
 
     def decision(self, k: int) -> Decision:
         """Step ``k``'s decision, its model rebuilt from its plan (factors and refits included: the same model,
@@ -376,11 +382,11 @@ class AutoSearch:
             if self.out_of_time():
                 self.say("auto: --time-budget reached: the largest step certified so far is taken")
                 break
-            decision = self.check(k, configs[k], n_steps)
-            if decision.kept and rejected is None:
+            verdicts = self.check(k, configs[k], n_steps)
+            if all(v.ok for v in verdicts) and rejected is None:
                 certified.append(k)
             elif rejected is None:
-                rejected = decision.reason
+                rejected = rejection(list(verdicts))
                 if not self.options.every_step:
                     break
         guard = SpeedGuard(self.select_ev, what="the original end to end")

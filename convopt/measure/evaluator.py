@@ -189,6 +189,11 @@ class Evaluator:
         cmp = self._compare(Candidate(candidate, session, what), desc or "candidate")
         return self._measurement(desc, cmp, self._latency(session) if timed else None, t0)
 
+    def release_timing(self) -> None:
+        """Drop the session that times the original (shared with ``timing_from`` evaluators) until the next
+        timing makes it again: a caller between timings (auto mode's refits) holds one model's worth less."""
+        self._timing.release()
+
     def time_models(self, candidates: list[onnx.ModelProto]) -> tuple[LatencyComparison, list[LatencyComparison]]:
         """The original and every candidate timed in ONE interleaved run: (the original against itself, each
         candidate against the original), so every figure of a table shares one baseline."""
@@ -205,6 +210,9 @@ class _OriginalTiming:
     def __init__(self, model: onnx.ModelProto, settings: OrtSettings) -> None:
         self.model, self.settings = model, settings
         self._session: ort.InferenceSession | None = None
+
+    def release(self) -> None:
+        self._session = None
 
     def session(self) -> ort.InferenceSession:
         if self._session is None:
