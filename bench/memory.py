@@ -9,8 +9,14 @@ onnxruntime, the CLI), records its resident-set high-water mark (the fixed cost 
   work     peak - base: what optimizing this model cost
   ratios   work / model size and peak / model size
 
-Usage:  python bench/memory.py [MODEL.onnx] [--json] [--only CONFIG-PREFIX]
+Usage:  python bench/memory.py [MODEL.onnx] [--json] [--only CONFIG-PREFIX] [--latency-cache FILE]
         (default: the largest model in ../shared/models beside the repo)
+
+``--latency-cache FILE`` gives auto mode that latency cache (convopt's ``--latency-cache``). Auto's search
+follows its timings, so its peak moves by about ±10 MiB from run to run; with a cache a first run filled, every
+later run (of any commit that keys the cache alike) prices the candidates alike, takes the same path, and its
+peak is the code's alone: for comparing two commits. The windows are then not timed, so the fitting phase
+holds no window sessions: a cached figure is not the headline figure.
 """
 from __future__ import annotations
 
@@ -70,12 +76,13 @@ def _random_npz(model: Path, folder: Path, name: str, n: int, seed: int) -> Path
     return path
 
 
-def measure(model: Path, extra: list[str]) -> dict[str, int]:
+def measure(model: Path, extra: list[str], cache: Path | None = None) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as d:
         if any("{calib}" in a for a in extra):
             files = {"calib": _random_npz(model, Path(d), "calib", 16, 0),
                      "data": _random_npz(model, Path(d), "data", 8, 1)}
             extra = [a.format(**{k: str(v) for k, v in files.items()}) for a in extra]
+            extra += [] if cache is None else ["--latency-cache", str(cache)]
         args = ["optimize", str(model), "-o", str(Path(d) / "out.onnx"), "-q", *extra]
         r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, cwd=d,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -95,14 +102,16 @@ def largest_model() -> Path:
 def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--json"]
     only = argv[argv.index("--only") + 1] if "--only" in argv else ""
-    argv = [a for i, a in enumerate(argv) if a != "--only" and (i == 0 or argv[i - 1] != "--only")]
+    cache = Path(argv[argv.index("--latency-cache") + 1]).resolve() if "--latency-cache" in argv else None
+    for flag in ("--only", "--latency-cache"):
+        argv = [a for i, a in enumerate(argv) if a != flag and (i == 0 or argv[i - 1] != flag)]
     model = Path(argv[0]).resolve() if argv else largest_model()  # the runs start in a temporary folder
     size = model.stat().st_size
     rows = []
     for name, extra in CONFIGS.items():
         if not name.startswith(only):
             continue
-        m = measure(model, extra)
+        m = measure(model, extra, cache)
         work = m["peak"] - m["base"]
         rows.append({"config": name, "model_bytes": size, "base_bytes": m["base"], "peak_bytes": m["peak"],
                      "work_bytes": work, "work_ratio": round(work / size, 2), "peak_ratio": round(m["peak"] / size, 2),

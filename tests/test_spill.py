@@ -34,3 +34,15 @@ def test_spill_files_are_removed_with_the_store() -> None:
     del store
     gc.collect()
     assert not where.exists()
+
+
+def test_targets_close_removes_their_files() -> None:
+    from convopt.auto.refit import Targets
+
+    store = Spill()
+    store.put("conv", np.ones((4, 2), np.float32))
+    where = Path(store._dir.name)
+    t = Targets({"conv": np.zeros((4, 3), np.int64)}, store)
+    np.testing.assert_array_equal(t.y["conv"], np.ones((4, 2)))
+    t.close()
+    assert not where.exists() and len(t.y) == 0

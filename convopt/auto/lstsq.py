@@ -7,9 +7,11 @@ batches so memory stays bounded, then solved with a light ridge: w = (AᵀA + λ
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg import lapack
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,22 @@ class NormalEquations:
         G[np.arange(F), np.arange(F)] += lam if lam > 0 else 1e-12
         return G
 
+    def solver(self, ridge: float = 1e-5) -> Callable[[np.ndarray], np.ndarray]:
+        """rhs (F + 1, k) → the ridge least-squares solution G⁻¹ rhs, G = ``gram(ridge)``: G's Cholesky factor is
+        made once, in place on its one copy (LAPACK potrf on the transpose, which is G itself: memory of one
+        (F + 1)² array beside AᵀA, where a general solve takes two more); np.linalg.lstsq when G is not
+        positive definite."""
+        G = self.gram(ridge)
+        U, info = lapack.dpotrf(G.T, lower=0, clean=1, overwrite_a=1)  # G.T: Fortran order, factored in place
+        if info != 0:
+            del U, G
+            G = self.gram(ridge)
+            return lambda rhs: np.linalg.lstsq(G, rhs, rcond=None)[0]
+        return lambda rhs: lapack.dpotrs(U, rhs, lower=0)[0]
+
     def solve(self, ridge: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
         """Least squares with the ridge of ``gram`` → (Wl (O, F), b (O,))."""
-        G = self.gram(ridge)
-        F = self.features
-        try:
-            w = np.linalg.solve(G, self.AtY)
-        except np.linalg.LinAlgError:
-            w = np.linalg.lstsq(G, self.AtY, rcond=None)[0]
-        return w[:F].T.copy(), w[F].copy()
+        return split_solution(self.solver(ridge)(self.AtY), self.features)
 
     def sq_error(self, Wl: np.ndarray, b: np.ndarray) -> float:
         """Σ ||Y − X Wlᵀ − b||² over the accumulated rows, from the normal equations."""
@@ -109,6 +118,11 @@ class NormalEquations:
     def rel_error(self, Wl: np.ndarray, b: np.ndarray) -> float:
         """sqrt(sq_error / ||Y||²)."""
         return float(np.sqrt(max(self.sq_error(Wl, b), 0.0) / self.YtY)) if self.YtY > 0 else 0.0
+
+
+def split_solution(w: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """A solution w (F + 1, O) of the normal equations → (Wl (O, F), b (O,))."""
+    return w[:features].T.copy(), w[features].copy()
 
 
 def relu_error(X: np.ndarray, Y: np.ndarray, Wl: np.ndarray, b: np.ndarray) -> float:
@@ -131,12 +145,8 @@ def relu_refit(ne: NormalEquations, X: np.ndarray, Y: np.ndarray, ridge: float =
     at the current prediction. Returns the iterate with the lowest post-ReLU error (checked exactly on the
     rows): (Wl (O, F), b (O,), error). X (P, F) float32 rows, Y (P, O) their original pre-ReLU outputs."""
     F = ne.features
-    G = ne.gram(ridge)
-    try:
-        Ginv = np.linalg.inv(G)
-    except np.linalg.LinAlgError:
-        Ginv = np.linalg.pinv(G)
-    Wl, b = ne.solve(ridge)
+    solve = ne.solver(ridge)
+    Wl, b = split_solution(solve(ne.AtY), F)
     best = (Wl, b, relu_error(X, Y, Wl, b))
     Y32 = np.asarray(Y, np.float32)
     dead = Y32 <= 0
@@ -144,8 +154,7 @@ def relu_refit(ne: NormalEquations, X: np.ndarray, Y: np.ndarray, ridge: float =
         pred = X @ Wl.T.astype(np.float32) + b.astype(np.float32)
         t = np.where(dead, np.minimum(pred, 0), Y32)
         AtY = np.concatenate([X.T @ t, t.sum(axis=0, dtype=np.float64)[None, :]], axis=0).astype(np.float64)
-        w = Ginv @ AtY
-        Wl, b = w[:F].T.copy(), w[F].copy()
+        Wl, b = split_solution(solve(AtY), F)
         err = relu_error(X, Y, Wl, b)
         if not np.isfinite(err) or err >= best[2] - 1e-6 * best[2]:
             if np.isfinite(err) and err < best[2]:

@@ -95,6 +95,11 @@ class Targets:
     relu: dict[str, bool] = field(default_factory=dict)
     sample_bytes: int = 0  # the original's largest layer activation per sample: it bounds the refit batches
 
+    def close(self) -> None:
+        """Remove the targets set aside on disk now (rather than when garbage-collected)."""
+        if isinstance(self.y, Spill):
+            self.y.close()
+
 
 def feeds_only_relu(model: onnx.ModelProto, tensor: str) -> bool:
     """True when ``tensor`` is read by at least one node, only by Relu nodes, and is not a graph output."""

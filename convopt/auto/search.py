@@ -410,6 +410,8 @@ class AutoSearch:
         picks, cost = self.price() if self.cands else ([], None)
         t3 = time.perf_counter()
         result = self.select(picks, cost)
+        if self.targets is not None:
+            self.targets.close()
         self.timings = {"fit": t2 - t0 - timed, "latency": timed, "costs": t3 - t2, "select": time.perf_counter() - t3}
         return result
 
