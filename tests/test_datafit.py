@@ -217,6 +217,29 @@ def test_whitened_lowrank_error_is_the_spectral_tail(dense) -> None:
         assert df.weighted_error(W, B @ A, Sr) == pytest.approx(tail, rel=1e-8, abs=1e-12)
 
 
+def test_principal_outputs_span_the_whitened_svd_without_an_f_by_f_workspace() -> None:
+    """The top-r eigenvectors of W (S + λI) Wᵀ span the top-r left singular subspace of W L (L from whiten),
+    and finding them takes no (F, F) array (the whitening took one for L and one for its factorization)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(11)
+    O, F = 24, 400
+    X = rng.standard_normal((2000, F)) @ np.diag(np.linspace(3.0, 0.01, F))  # a decaying spectrum
+    S, W = X.T @ X / len(X), rng.standard_normal((O, F))
+    for r in (1, 5, 12, 24):
+        U = df.principal_outputs(W, S, r)
+        V = np.linalg.svd(W @ df.whiten(S).L, full_matrices=False)[0][:, :r]
+        assert U.shape == (O, r)
+        np.testing.assert_allclose(U @ U.T, V @ V.T, atol=1e-8)
+    U = df.principal_outputs(W, S, O)  # full rank: every eigenvector, the projection is exact
+    assert np.linalg.norm(U @ (U.T @ W) - W) < 1e-12 * np.linalg.norm(W)
+    tracemalloc.start()
+    df.principal_outputs(W, S, 8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.5 * F * F * 8
+
+
 def test_whitened_lowrank_exact_reduces_monotone_and_beats_svd(dense) -> None:
     W, _, S = dense
     A, B = df.whitened_lowrank(W, S, 8)  # full rank on a rank-deficient S (dead channel)

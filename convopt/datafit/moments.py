@@ -123,7 +123,7 @@ def symmetrize(A: np.ndarray, block: int = 256) -> np.ndarray:
     return A
 
 
-def _ridge(S: np.ndarray, rel: float) -> np.ndarray:
+def ridge_lambda(S: np.ndarray, rel: float) -> np.ndarray:
     """λ = rel · tr(S)/F per matrix (…,); an all-zero (or non-positive trace) S gets λ = 1."""
     F = S.shape[-1]
     tr = np.trace(S, axis1=-2, axis2=-1) / F
@@ -147,7 +147,7 @@ def whiten(S: np.ndarray, ridge: float = DEFAULT_RIDGE) -> Whitening:
     if Sd.ndim == 2:
         return _whiten_one(Sd, float(ridge))
     Sd = (Sd + np.swapaxes(Sd, -1, -2)) / 2.0
-    lam = _ridge(Sd, float(ridge))
+    lam = ridge_lambda(Sd, float(ridge))
     zero = np.trace(Sd, axis1=-2, axis2=-1) <= 0
     Sd = np.where(zero[..., None, None], 0.0, Sd)
     eye = np.eye(Sd.shape[-1])
@@ -170,7 +170,7 @@ def _whiten_one(S: np.ndarray, rel: float) -> Whitening:
     """``whiten`` of one (F, F) matrix with one (F, F) array of workspace: LAPACK's Cholesky (potrf) runs in
     place on S + λI (its transpose, Fortran-ordered: the upper factor U of Sᵀ = S is Lᵀ), where numpy's
     cholesky holds two more (F, F) arrays and the expression S + λI two temporaries."""
-    lam = _ridge(S, rel)
+    lam = ridge_lambda(S, rel)
     A = _regularized(S, float(lam))
     U, info = lapack.dpotrf(A.T, lower=0, clean=1, overwrite_a=1)
     if info == 0:
