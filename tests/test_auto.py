@@ -166,6 +166,30 @@ def test_targets_mark_layers_that_feed_only_a_relu() -> None:
     np.testing.assert_array_equal(t.y["conv1"], y1[p[:, 0], :, p[:, 1], p[:, 2]])
 
 
+def test_targets_collected_in_groups_bounded_per_sample_are_the_same(monkeypatch) -> None:
+    """A cap below one layer's output per sample runs each layer alone: the same pixels and values as one run."""
+    import convopt.auto.refit as refit_mod
+
+    m = two_conv_model()
+    specs = conv_table(m, conv_shapes(m, None))
+    layers = {"conv1": "y1", "conv2": "y2"}
+    one = collect_targets(m, layers, data(4), FAST, rows=200, specs=specs)
+    runs: list[list[str]] = []
+    real = refit_mod.iter_batches
+
+    def spy(model, names, *a, **k):  # type: ignore[no-untyped-def]
+        runs.append(list(names))
+        return real(model, names, *a, **k)
+
+    monkeypatch.setattr(refit_mod, "iter_batches", spy)
+    monkeypatch.setattr(refit_mod, "ACTIVATION_BYTES", 1)
+    apart = collect_targets(m, layers, data(4), FAST, rows=200, specs=specs)
+    assert runs == [["y1"], ["y2"]]
+    for k in layers:
+        np.testing.assert_array_equal(apart.pos[k], one.pos[k])
+        np.testing.assert_array_equal(apart.y[k], one.y[k])
+
+
 # -- refit ------------------------------------------------------------------------------------------------
 
 

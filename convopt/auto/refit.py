@@ -131,29 +131,45 @@ def largest_activation(specs: Iterable[ConvSpec]) -> int:
 
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
                     rows: int = 16000, seed: int = 0, specs: Mapping[str, ConvSpec] | None = None) -> Targets:
-    """One run of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor.
-    Keeps about ``rows`` pixels per layer (spread evenly over the samples); ``specs`` (by layer) let a Gemm's
-    rows be seen as pixels (convopt.graph.linear.nchw)."""
+    """Runs of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor. Keeps
+    about ``rows`` pixels per layer (spread evenly over the samples); ``specs`` (by layer) let a Gemm's rows be
+    seen as pixels (convopt.graph.linear.nchw), and group the layers so that one sample's outputs of a group
+    take at most ACTIVATION_BYTES (one run per group: a run holds every output it is asked for)."""
     names = list(layers)
     rngs = layer_rngs(seed, names)
-    tensors = [layers[k] for k in names]
     pos: dict[str, list[np.ndarray]] = {k: [] for k in names}
     ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
     per = max(1, rows // max(data.n, 1))
     largest = 0 if specs is None else largest_activation(specs.values())
-    for start, outs in iter_batches(model, tensors, data, settings, sample_bytes=largest):
-        for k, y in zip(names, outs):
-            if specs is not None and k in specs:
-                y = nchw(y, specs[k], 1 if data.ragged else None)
-            p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rngs[k])
-            ys[k].append(pixels_at(y, p).astype(np.float32))
-            p[:, 0] += start
-            pos[k].append(p)
+    for group in _output_groups(names, specs):
+        for start, outs in iter_batches(model, [layers[k] for k in group], data, settings, sample_bytes=largest):
+            for k, y in zip(group, outs):
+                if specs is not None and k in specs:
+                    y = nchw(y, specs[k], 1 if data.ragged else None)
+                p = sample_positions(y.shape[0], y.shape[2], y.shape[3], per, rngs[k])
+                ys[k].append(pixels_at(y, p).astype(np.float32))
+                p[:, 0] += start
+                pos[k].append(p)
     y = Spill()  # memory: the targets wait on disk; each refit reads its layer's
     for k in names:
         y.put(k, np.concatenate(ys.pop(k)))
     return Targets({k: np.concatenate(v) for k, v in pos.items()}, y,
                    {k: feeds_only_relu(model, layers[k]) for k in names}, largest)
+
+
+def _output_groups(names: list[str], specs: Mapping[str, ConvSpec] | None) -> list[list[str]]:
+    """``names`` in order, cut into groups whose outputs take at most ACTIVATION_BYTES per sample (a layer of
+    unknown size counts 0; one larger layer is a group alone)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for k in names:
+        b = activation_bytes(specs[k].out_shape) if specs is not None and k in specs else 0
+        if groups[-1] and size + b > ACTIVATION_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += b
+    return [g for g in groups if g]
 
 
 @dataclass
