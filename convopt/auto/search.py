@@ -397,6 +397,18 @@ class AutoSearch:
             rejected = speed.reason
         return configs, 0, None, rejected
 
+    def release(self) -> None:
+        """Once the step is taken (its model rebuilt, holding its own factors): drop what only the search used,
+        before the report phase measures the result — the candidates' factors, the steps' plans, the refits and
+        the refit targets' files."""
+        for k in self.all_cands:
+            k.drop_factors()
+        self.plans.clear()
+        self.refit_cache.clear()
+        if self.targets is not None:
+            self.targets.close()
+        trim_freed_memory()
+
     def run(self) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
         """Phases 1–4; returns the greedy sequence, the step taken (0: none), its decision, the last rejection."""
         t0 = time.perf_counter()
@@ -410,8 +422,7 @@ class AutoSearch:
         picks, cost = self.price() if self.cands else ([], None)
         t3 = time.perf_counter()
         result = self.select(picks, cost)
-        if self.targets is not None:
-            self.targets.close()
+        self.release()
         self.timings = {"fit": t2 - t0 - timed, "latency": timed, "costs": t3 - t2, "select": time.perf_counter() - t3}
         return result
 
