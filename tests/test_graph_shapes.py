@@ -106,3 +106,23 @@ def test_infer_tensor_shapes_leaves_unknown_sizes_out_and_takes_a_hint_for_a_sha
     assert infer_tensor_shapes(m, {"x": (1, 8, 12, 12)}, ["y"])["y"] == (1, 16, 10, 10)
     m.graph.input[0].type.tensor_type.ClearField("shape")  # no declared shape at all
     assert infer_tensor_shapes(m, {"x": (1, 8, 12, 12)}, ["y"])["y"] == (1, 16, 10, 10)
+
+
+def test_peak_live_bytes_counts_each_activation_from_its_maker_to_its_last_reader() -> None:
+    """X → Relu → A → Relu → B; Add(A, B) → C (the output). X dies after the first Relu; at the Add, A, B and C
+    are alive: 3 × 128 bytes (2·4·4 floats each, per sample). Weights do not count."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from convopt.graph import peak_live_bytes
+
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["X"], ["A"]), helper.make_node("Relu", ["A"], ["B"]),
+         helper.make_node("Add", ["A", "B"], ["S"]), helper.make_node("Mul", ["S", "W"], ["C"])],
+        "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((2, 4, 4), np.float32) * 0, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    shapes = infer_tensor_shapes(m)
+    assert peak_live_bytes(m, shapes) == 3 * 128  # A, B, S at the Add (S and C at the Mul: 2 × 128)
+    assert peak_live_bytes(m, {}) == 0  # nothing known, nothing counted

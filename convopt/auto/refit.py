@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
 from convopt.auto.spill import Spill
 from convopt.core.plan import Plan, apply_plan
-from convopt.graph import ConvSpec, attrs, used_names
+from convopt.graph import ConvSpec, attrs, infer_tensor_shapes, peak_live_bytes, used_names
 from convopt.graph.edit import pruned
 from convopt.graph.linear import nchw
 from convopt.limits import trim_freed_memory
@@ -46,8 +46,8 @@ ACTIVATION_BYTES = 32 << 20  # what one batch of the requested activations may t
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
                  max_batch: int = 16, sample_bytes: int = 0):
     """Yield (start, [arrays of ``names``]) for ``data`` run through ``model`` batch by batch, each batch
-    holding at most ACTIVATION_BYTES per its largest per-sample size: ``sample_bytes`` (e.g. the model's largest
-    activation, which the run itself holds) or the requested arrays', learnt from the first sample, run alone.
+    holding at most ACTIVATION_BYTES per its largest per-sample size: ``sample_bytes`` (what the run itself
+    holds: :func:`run_bytes`) or the requested arrays', learnt from the first sample, run alone.
     A model of fixed batch runs at its own; ragged data one sample at a time."""
     with model_file(*pruned(model, names)) as path:  # the model's own weights, written: no pruned copy
         sess = make_session(path, settings, arena=False)  # outputs only: no memory arena
@@ -93,7 +93,7 @@ class Targets:
     pos: dict[str, np.ndarray]
     y: Mapping[str, np.ndarray]  # collect_targets: a Spill, read back one layer at a time
     relu: dict[str, bool] = field(default_factory=dict)
-    sample_bytes: int = 0  # the original's largest layer activation per sample: it bounds the refit batches
+    sample_bytes: int = 0  # what a run of the original holds per sample (run_bytes): it bounds the refit batches
 
     def close(self) -> None:
         """Remove the targets set aside on disk now (rather than when garbage-collected)."""
@@ -124,9 +124,15 @@ def activation_bytes(shape: Sequence[int] | None) -> int:
 
 
 def largest_activation(specs: Iterable[ConvSpec]) -> int:
-    """float32 bytes per sample of the largest input or output among ``specs`` (0 when none is known): what a
-    run through the model holds at least, besides what it is asked for."""
+    """float32 bytes per sample of the largest input or output among ``specs`` (0 when none is known)."""
     return max((activation_bytes(s) for c in specs for s in (c.in_shape, c.out_shape)), default=0)
+
+
+def run_bytes(model: onnx.ModelProto, specs: Iterable[ConvSpec]) -> int:
+    """float32 bytes per sample that a run of ``model`` holds at least, besides the arrays asked of it: its
+    activations alive at once at their peak (``peak_live_bytes``, where shape inference knows the tensors),
+    and never less than the largest input or output among ``specs`` (which know the shapes the user gave)."""
+    return max(peak_live_bytes(model, infer_tensor_shapes(model)), largest_activation(specs))
 
 
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
@@ -140,7 +146,7 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
     pos: dict[str, list[np.ndarray]] = {k: [] for k in names}
     ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
     per = max(1, rows // max(data.n, 1))
-    largest = 0 if specs is None else largest_activation(specs.values())
+    largest = 0 if specs is None else run_bytes(model, specs.values())
     for group in _output_groups(names, specs):
         for start, outs in iter_batches(model, [layers[k] for k in group], data, settings, sample_bytes=largest):
             for k, y in zip(group, outs):

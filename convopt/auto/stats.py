@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
-from convopt.auto.refit import iter_batches, largest_activation, layer_rngs
+from convopt.auto.refit import iter_batches, layer_rngs, run_bytes
 from convopt.datafit import MomentAccumulator, Moments
 from convopt.graph import ConvSpec
 from convopt.graph.linear import nchw
@@ -56,7 +56,7 @@ def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalD
     all, spread over the samples), yielded a group of layers at a time (one pass over ``data`` per group; a
     group's moments take at most ``max_bytes``), so a caller can use and drop them before the next group."""
     rngs = layer_rngs(seed, [c.name for c in convs])
-    largest = largest_activation(convs)  # the run holds the largest layer's activations too
+    largest = run_bytes(model, convs)  # what a run holds per sample besides the asked arrays
     for group in _groups(convs, max_bytes):
         acc = {c.name: MomentAccumulator(int(np.prod(c.w_shape[1:]))) for c in group}
         per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}

@@ -31,6 +31,7 @@ from convopt.graph.infer import (
     SKELETON_MAX_ELEMENTS,
     infer_skeleton,
     infer_tensor_shapes,
+    peak_live_bytes,
     inferred_dims,
     shape_skeleton,
 )
@@ -67,7 +68,7 @@ __all__ = [
     "FLOAT_TYPES", "SKELETON_MAX_ELEMENTS", "Builder", "ConstantTable", "ConvAttrs", "ConvIssue", "ConvSkip", "ConvSpec", "Dim",
     "DynamicDim", "InputShape", "NameScope", "Replacement", "align_up", "all_graphs", "apply_replacements", "attrs",
     "conv_issue", "conv_macs", "conv_out_size", "copy_model", "declared_dims", "dynamic_dims", "fill_output_types",
-    "find_cycle", "graph_input_shapes", "graph_inputs", "infer_skeleton", "infer_tensor_shapes", "inferred_dims",
+    "find_cycle", "graph_input_shapes", "graph_inputs", "infer_skeleton", "infer_tensor_shapes", "inferred_dims", "peak_live_bytes",
     "input_dtype", "make_conv", "model_problem", "node_display_name", "parse_input_shape", "read_convs",
     "remove_unused_constants", "resolve_input_shapes", "resolve_inputs", "resolve_pads", "shape_skeleton",
     "static_shape", "subgraphs", "tensor", "untyped_outputs", "used_names", "with_outputs",

@@ -167,3 +167,40 @@ _ORT_DTYPES = {
     "tensor(bool)": np.bool_,
 }
 
+
+
+def peak_live_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> int:
+    """float32 bytes of activations alive at once, at most, when the main graph's nodes run in their order, per
+    sample (``shapes`` at batch 1, as :func:`infer_tensor_shapes` gives them): each tensor is alive from the node
+    that makes it (a graph input: from the start) to its last reader (a graph output: to the end). Weights are
+    not counted, nor tensors of unknown shape. What a run of the model holds besides the arrays asked of it,
+    before ORT's own reuse of buffers (which only lowers it)."""
+    nodes = list(model.graph.node)
+    inits = {t.name for t in model.graph.initializer}
+    last: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            last[t] = i
+    end = len(nodes)
+    for o in model.graph.output:
+        last[o.name] = end
+
+    def size(t: str) -> int:
+        s = shapes.get(t)
+        return 4 * math.prod(s) if s is not None and t not in inits and all(d > 0 for d in s) else 0
+
+    live = sum(size(i.name) for i in model.graph.input if i.name in last)
+    frees: dict[int, int] = {}
+    for i in model.graph.input:
+        if i.name in last:
+            frees[last[i.name]] = frees.get(last[i.name], 0) + size(i.name)
+    peak = live
+    for i, n in enumerate(nodes):
+        made = [t for t in n.output if t]
+        live += sum(size(t) for t in made)
+        peak = max(peak, live)
+        for t in made:
+            at = last.get(t, i)  # an output nobody reads dies at once
+            frees[at] = frees.get(at, 0) + size(t)
+        live -= frees.pop(i, 0)
+    return peak
