@@ -65,7 +65,7 @@ def principal_outputs(W: np.ndarray, S: np.ndarray, rank: int, ridge: float = DE
     if np.trace(Sd) > 0:
         WSW = (Wd @ Sd) @ Wd.T
         M += (WSW + WSW.T) / 2.0
-    vals, Q = np.linalg.eigh(M)
+    Q = np.linalg.eigh(M)[1]  # eigenvalues ascending
     return Q[:, ::-1][:, :r].copy()
 
 
