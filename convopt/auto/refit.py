@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from convopt.auto.lstsq import ConvGeom, NormalEquations, im2col_at, pixels_at, relu_error, relu_refit, sample_positions
 from convopt.auto.spill import Spill
 from convopt.core.plan import Plan, apply_plan
-from convopt.graph import ConvSpec, attrs, infer_tensor_shapes, peak_live_bytes, used_names
+from convopt.graph import ConvSpec, attrs, peak_live_bytes, used_names
 from convopt.graph.edit import pruned
 from convopt.graph.linear import nchw
 from convopt.limits import trim_freed_memory
@@ -128,27 +128,30 @@ def largest_activation(specs: Iterable[ConvSpec]) -> int:
     return max((activation_bytes(s) for c in specs for s in (c.in_shape, c.out_shape)), default=0)
 
 
-def run_bytes(model: onnx.ModelProto, specs: Iterable[ConvSpec]) -> int:
+def run_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], specs: Iterable[ConvSpec]) -> int:
     """float32 bytes per sample that a run of ``model`` holds at least, besides the arrays asked of it: its
-    activations alive at once at their peak (``peak_live_bytes``, where shape inference knows the tensors),
-    and never less than the largest input or output among ``specs`` (which know the shapes the user gave)."""
-    return max(peak_live_bytes(model, infer_tensor_shapes(model)), largest_activation(specs))
+    activations alive at once at their peak (``peak_live_bytes`` over ``shapes``, the model's tensor shapes
+    at batch 1, as the driver inferred them with the user's input shapes), and never less than the largest
+    input or output among ``specs``."""
+    return max(peak_live_bytes(model, shapes), largest_activation(specs))
 
 
 def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalData, settings: OrtSettings,
-                    rows: int = 16000, seed: int = 0, specs: Mapping[str, ConvSpec] | None = None) -> Targets:
+                    rows: int = 16000, seed: int = 0, specs: Mapping[str, ConvSpec] | None = None,
+                    sample_bytes: int = 0) -> Targets:
     """Runs of the original ``model`` over ``data``; ``layers`` maps layer name → its output tensor. Keeps
     about ``rows`` pixels per layer (spread evenly over the samples); ``specs`` (by layer) let a Gemm's rows be
     seen as pixels (convopt.graph.linear.nchw), and group the layers so that one sample's outputs of a group
-    take at most ACTIVATION_BYTES (one run per group: a run holds every output it is asked for)."""
+    take at most ACTIVATION_BYTES (one run per group: a run holds every output it is asked for).
+    ``sample_bytes``: what a run of ``model`` holds per sample (:func:`run_bytes`), which bounds the batches
+    here and in the refits."""
     names = list(layers)
     rngs = layer_rngs(seed, names)
     pos: dict[str, list[np.ndarray]] = {k: [] for k in names}
     ys: dict[str, list[np.ndarray]] = {k: [] for k in names}
     per = max(1, rows // max(data.n, 1))
-    largest = 0 if specs is None else run_bytes(model, specs.values())
     for group in _output_groups(names, specs):
-        for start, outs in iter_batches(model, [layers[k] for k in group], data, settings, sample_bytes=largest):
+        for start, outs in iter_batches(model, [layers[k] for k in group], data, settings, sample_bytes=sample_bytes):
             for k, y in zip(group, outs):
                 if specs is not None and k in specs:
                     y = nchw(y, specs[k], 1 if data.ragged else None)
@@ -160,7 +163,7 @@ def collect_targets(model: onnx.ModelProto, layers: dict[str, str], data: EvalDa
     for k in names:
         y.put(k, np.concatenate(ys.pop(k)))
     return Targets({k: np.concatenate(v) for k, v in pos.items()}, y,
-                   {k: feeds_only_relu(model, layers[k]) for k in names}, largest)
+                   {k: feeds_only_relu(model, layers[k]) for k in names}, sample_bytes)
 
 
 def _output_groups(names: list[str], specs: Mapping[str, ConvSpec] | None) -> list[list[str]]:

@@ -31,7 +31,7 @@ import onnx
 from convopt.auto.candidates import Candidate, build_candidates
 from convopt.auto.context import ContextPricer, LayerPrices
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
-from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan
+from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan, run_bytes
 from convopt.auto.stats import MOMENT_BYTES, CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
 from convopt.io import approx_model_bytes
 from convopt.limits import trim_freed_memory
@@ -165,6 +165,8 @@ class AutoSearch:
         self.verdicts: dict[int, tuple[Verdict, ...]] = {}
         self.measured: dict[int, Measurement] = {}
         self.sensitivity: dict[str, Sensitivity] = {}
+        # what a run of the model holds per sample: it bounds every batch of activations the search reads
+        self.run_bytes = run_bytes(driver.base, driver.shapes, driver.convs.values())
         tb = options.time_budget
         self.deadline = None if tb is None else time.perf_counter() + tb
 
@@ -203,7 +205,8 @@ class AutoSearch:
         pricer = self.context_pricer(lat, batch)
         # a group of layers' moments takes at most the model's size (one wide layer may take more, alone)
         budget = max(MOMENT_BYTES, approx_model_bytes(self.driver.base))
-        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed, budget)
+        groups = patch_moments(self.driver.base, eligible, self.fit_data, self.settings, self.options.seed, budget,
+                               self.run_bytes)
         by_name = {c.name: c for c in eligible}
         done: list[str] = []
         timed = 0.0
@@ -284,7 +287,7 @@ class AutoSearch:
             layers = {n: self.driver.convs[n].y for n in self.cands}
             self.targets = collect_targets(self.driver.base, layers, self.fit_data, self.settings,
                                            rows=REFIT_ROWS_PER_SAMPLE * self.fit_data.n, seed=self.options.seed,
-                                           specs=self.driver.convs)
+                                           specs=self.driver.convs, sample_bytes=self.run_bytes)
 
     def price(self) -> tuple[list[Pick], CostModel]:
         """Each candidate's own cost is its layer's output error on the fit data; a configuration is priced by

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from convopt.auto.lstsq import ConvGeom, im2col_at, sample_positions
-from convopt.auto.refit import iter_batches, layer_rngs, run_bytes
+from convopt.auto.refit import iter_batches, layer_rngs
 from convopt.datafit import MomentAccumulator, Moments
 from convopt.graph import ConvSpec
 from convopt.graph.linear import nchw
@@ -51,16 +51,17 @@ def rows_for(features: int) -> int:
 
 
 def patch_moments(model: onnx.ModelProto, convs: Sequence[ConvSpec], data: EvalData, settings: OrtSettings,
-                  seed: int = 0, max_bytes: int = MOMENT_BYTES) -> Iterator[dict[str, Moments]]:
+                  seed: int = 0, max_bytes: int = MOMENT_BYTES, sample_bytes: int = 0
+                  ) -> Iterator[dict[str, Moments]]:
     """Moments of each layer's input patches (im2col rows at sampled output pixels, ``rows_for`` the layer in
     all, spread over the samples), yielded a group of layers at a time (one pass over ``data`` per group; a
-    group's moments take at most ``max_bytes``), so a caller can use and drop them before the next group."""
+    group's moments take at most ``max_bytes``), so a caller can use and drop them before the next group.
+    ``sample_bytes``: what a run of ``model`` holds per sample (``run_bytes``), which bounds the batches."""
     rngs = layer_rngs(seed, [c.name for c in convs])
-    largest = run_bytes(model, convs)  # what a run holds per sample besides the asked arrays
     for group in _groups(convs, max_bytes):
         acc = {c.name: MomentAccumulator(int(np.prod(c.w_shape[1:]))) for c in group}
         per = {c.name: -(-rows_for(acc[c.name].dim) // max(data.n, 1)) for c in group}
-        for _, xs in iter_batches(model, [c.x for c in group], data, settings, sample_bytes=largest):
+        for _, xs in iter_batches(model, [c.x for c in group], data, settings, sample_bytes=sample_bytes):
             for c, x in zip(group, xs):
                 x = nchw(x, c, 1 if data.ragged else None)
                 oh, ow = geometry(c).out_hw(x.shape[2], x.shape[3])  # this batch's own size (ragged: per sample)
