@@ -44,13 +44,18 @@ def chunks(msg: Message, depth: int = 1) -> Iterator[bytes]:
     deterministic=True)``. Sub-messages are split ``depth`` levels down (1: a ModelProto's graph into its
     nodes and initializers, each serialized whole); scalar and string fields are serialized alone."""
     for fd, value in msg.ListFields():
-        if fd.type != FieldDescriptor.TYPE_MESSAGE or fd.message_type.GetOptions().map_entry:
-            yield _alone(msg, fd, value)
-        elif _repeated(fd):
-            for element in value:
-                yield from _sub_message(fd.number, element, depth - 1)
-        else:
-            yield from _sub_message(fd.number, value, depth - 1)
+        yield from _field(msg, fd, value, depth)
+
+
+def _field(msg: Message, fd: FieldDescriptor, value: object, depth: int) -> Iterator[bytes]:
+    """One field of ``msg`` in pieces, as :func:`chunks` splits it."""
+    if fd.type != FieldDescriptor.TYPE_MESSAGE or fd.message_type.GetOptions().map_entry:
+        yield _alone(msg, fd, value)
+    elif _repeated(fd):
+        for element in value:  # type: ignore[attr-defined]
+            yield from _sub_message(fd.number, element, depth - 1)
+    else:
+        yield from _sub_message(fd.number, value, depth - 1)  # type: ignore[arg-type]
 
 
 def _repeated(fd: FieldDescriptor) -> bool:
@@ -78,10 +83,9 @@ def model_chunks(model: Message, initializers: Sequence[Message] = ()) -> Iterat
     if not initializers:
         yield from chunks(model)
         return
-    rest = type(model)()
-    rest.CopyFrom(model)  # a skeleton: its own weights, if any, are copied here once
-    rest.ClearField("graph")
-    yield rest.SerializeToString(deterministic=True)
+    for fd, value in model.ListFields():
+        if fd.number != _GRAPH:
+            yield from _field(model, fd, value, 1)
     head = model.graph.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
     tag = varint(_INITIALIZER << 3 | _LEN)
     size = sum(len(tag) + len(varint(n)) + n for n in (t.ByteSize() for t in initializers))
