@@ -7,6 +7,7 @@ shape stays unknown and the tensors behind it have no static shape).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -189,18 +190,18 @@ def peak_live_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]])
         s = shapes.get(t)
         return 4 * math.prod(s) if s is not None and t not in inits and all(d > 0 for d in s) else 0
 
-    live = sum(size(i.name) for i in model.graph.input if i.name in last)
-    frees: dict[int, int] = {}
+    frees: Counter[int] = Counter()  # node index → bytes whose last reader it is
+    live = 0
     for i in model.graph.input:
         if i.name in last:
-            frees[last[i.name]] = frees.get(last[i.name], 0) + size(i.name)
+            live += size(i.name)
+            frees[last[i.name]] += size(i.name)
     peak = live
     for i, n in enumerate(nodes):
         made = [t for t in n.output if t]
         live += sum(size(t) for t in made)
         peak = max(peak, live)
         for t in made:
-            at = last.get(t, i)  # an output nobody reads dies at once
-            frees[at] = frees.get(at, 0) + size(t)
+            frees[last.get(t, i)] += size(t)  # an output nobody reads dies at once
         live -= frees.pop(i, 0)
     return peak
