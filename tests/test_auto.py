@@ -166,6 +166,21 @@ def test_targets_mark_layers_that_feed_only_a_relu() -> None:
     np.testing.assert_array_equal(t.y["conv1"], y1[p[:, 0], :, p[:, 1], p[:, 2]])
 
 
+def test_run_bytes_reads_the_driver_s_shapes_with_the_user_s_input_shape() -> None:
+    """A model of dynamic H×W: what a run holds per sample comes from the shapes the driver inferred with
+    --input-shape (two 16×12×12 activations alive at once), where shape inference alone knows none."""
+    from convopt.auto.refit import run_bytes
+    from convopt.core.driver import Driver
+    from convopt.graph import infer_tensor_shapes, peak_live_bytes
+
+    m = two_conv_model()
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    m.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    driver = Driver(m, {"x": (1, 8, 12, 12)})
+    assert run_bytes(driver.base, driver.shapes, driver.convs.values()) == 2 * 16 * 12 * 12 * 4
+    assert peak_live_bytes(driver.base, infer_tensor_shapes(driver.base)) == 0
+
+
 def test_targets_collected_in_groups_bounded_per_sample_are_the_same(monkeypatch) -> None:
     """A cap below one layer's output per sample runs each layer alone: the same pixels and values as one run."""
     import convopt.auto.refit as refit_mod
