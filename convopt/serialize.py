@@ -51,14 +51,14 @@ def _field(msg: Message, fd: FieldDescriptor, value: object, depth: int) -> Iter
     """One field of ``msg`` in pieces, as :func:`chunks` splits it."""
     if fd.type != FieldDescriptor.TYPE_MESSAGE or fd.message_type.GetOptions().map_entry:
         yield _alone(msg, fd, value)
-    elif _repeated(fd):
+    elif repeated(fd):
         for element in value:  # type: ignore[attr-defined]
             yield from _sub_message(fd.number, element, depth - 1)
     else:
         yield from _sub_message(fd.number, value, depth - 1)  # type: ignore[arg-type]
 
 
-def _repeated(fd: FieldDescriptor) -> bool:
+def repeated(fd: FieldDescriptor) -> bool:
     """protobuf ≥ 5.28 has ``is_repeated`` (and 7 drops ``label``); older ones only ``label``."""
     flag = getattr(fd, "is_repeated", None)
     return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
@@ -68,25 +68,29 @@ def _alone(msg: Message, fd: FieldDescriptor, value: object) -> bytes:
     """One scalar or string field (or a repeated one) serialized by itself, through an empty message of the
     same type."""
     tmp = type(msg)()
-    if _repeated(fd):
+    if repeated(fd):
         getattr(tmp, fd.name).extend(value)  # type: ignore[arg-type]
     else:
         setattr(tmp, fd.name, value)
     return tmp.SerializeToString(deterministic=True)
 
 
-def model_chunks(model: Message, initializers: Sequence[Message] = ()) -> Iterator[bytes]:
+def model_chunks(model: Message, initializers: Sequence[Message] = (), *, own_initializers: bool = True
+                 ) -> Iterator[bytes]:
     """:func:`chunks` of a ModelProto whose graph also holds ``initializers`` (TensorProtos of another model,
-    serialized one at a time, never copied into this one), placed after the graph's own fields: a parser merges
-    a repeated field's elements wherever they stand, so ORT reads the model with them. Not the deterministic
-    bytes of any one message: for handing models to ORT, not for the user's files."""
-    if not initializers:
+    or stand-ins for its own, serialized one at a time, never copied into it), placed after the graph's other
+    fields: a parser merges a repeated field's elements wherever they stand, so ORT reads the model with them.
+    ``own_initializers`` False: the graph's own initializers are left out (``initializers`` replace them).
+    Not the deterministic bytes of any one message: for handing models to ORT, not for the user's files."""
+    if not initializers and own_initializers:
         yield from chunks(model)
         return
     for fd, value in model.ListFields():
         if fd.number != _GRAPH:
             yield from _field(model, fd, value, 1)
-    head = model.graph.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+    graph = model.graph  # type: ignore[attr-defined]
+    head = b"".join(piece for fd, value in graph.ListFields() if own_initializers or fd.number != _INITIALIZER
+                    for piece in _field(graph, fd, value, 0))  # each node and initializer serialized whole
     tag = varint(_INITIALIZER << 3 | _LEN)
     size = sum(len(tag) + len(varint(n)) + n for n in (t.ByteSize() for t in initializers))
     yield varint(_GRAPH << 3 | _LEN) + varint(len(head) + size) + head

@@ -172,7 +172,7 @@ def test_model_file_adds_another_model_s_initializers_without_copying_them() -> 
     """model_file(skeleton, initializers): ORT reads the skeleton with those initializers in its graph, the
     same model as with_outputs builds by copying them."""
     from convopt.graph.edit import pruned, with_outputs
-    from convopt.measure.ort import model_file
+    from convopt.measure.model_file import model_file
 
     model, settings = tiny_classifier("N"), OrtSettings(threads=1)
     names = [model.graph.node[0].output[0]]  # the Conv's output: an intermediate tensor

@@ -24,7 +24,8 @@ from convopt.graph.edit import pruned
 from convopt.graph.linear import nchw
 from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
-from convopt.measure.ort import OrtSettings, make_session, model_file, session_batch
+from convopt.measure.model_file import model_file
+from convopt.measure.ort import OrtSettings, make_session, session_batch
 from convopt.measure.samples import rows as sample_rows
 
 Say = Callable[[str], None]

@@ -288,7 +288,7 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A model whose graph outputs are exactly ``names`` (intermediate tensors), holding only the nodes,
     initializers and inputs those tensors depend on: ONNX Runtime does not drop dead nodes, so without this
     pruning reading an early layer's activation would still run (and load) the whole network. A copy: to hand
-    it to ORT without copying the weights, write :func:`pruned` (``convopt.measure.ort.model_file``).
+    it to ORT without copying the weights, write :func:`pruned` (``convopt.measure.model_file``).
     """
     skeleton, initializers = pruned(model, names)
     skeleton.graph.initializer.extend(initializers)

@@ -21,7 +21,8 @@ import onnxruntime as ort
 
 from convopt.errors import InputError, ModelLoadError
 from convopt.measure.data import EvalData
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, make_session, model_file, session_batch
+from convopt.measure.model_file import model_file
+from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, make_session, session_batch
 from convopt.measure.plugin import TaskMetric
 from convopt.measure.shards import (
     DEFAULT_SHARD_SIZE, Comparison, Reducer, ShardPlan, ShardRun, add_in_order, compare_shard, merge, plan_shards,

@@ -5,11 +5,8 @@ ragged data (samples of different shapes) run one sample at a time.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +17,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from convopt.errors import DataError, InputError
-from convopt.serialize import model_chunks
 from convopt.measure.data import EvalData
+from convopt.measure.model_file import model_file
 from convopt.measure.samples import ragged, rows as sample_rows
 
 OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
@@ -121,23 +118,6 @@ def make_session(model: onnx.ModelProto | bytes | Path, settings: OrtSettings, *
         session = ort.InferenceSession(source, sess_options=so, providers=[settings.provider])
     _drop_model_bytes(session)
     return session
-
-
-@contextlib.contextmanager
-def model_file(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] = ()) -> Iterator[Path]:
-    """``model`` (with ``initializers`` added to its graph: another model's protos, not copied) written one
-    tensor at a time to a private temporary file, removed on exit: what ORT reads instead of the serialized
-    bytes, which it would parse while they stayed alive (one more copy of the weights at the peak of making a
-    session, on top of ORT's parsed copy, its initializers and its re-laid-out weights)."""
-    fd, name = tempfile.mkstemp(prefix="convopt-", suffix=".onnx")
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for piece in model_chunks(model, initializers):
-                fh.write(piece)
-        yield path
-    finally:
-        path.unlink()
 
 
 ARENA_FIRST_REGION = 128 << 20
