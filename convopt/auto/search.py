@@ -45,7 +45,7 @@ from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Measurement
-from convopt.measure.ort import OrtSettings, latency_batch, make_session
+from convopt.measure.ort import OrtSettings, latency_batch, make_session, release_shared_arena
 from convopt.passes import get_pass
 
 Say = Callable[[str], None]
@@ -224,7 +224,8 @@ class AutoSearch:
                 t = time.perf_counter()
                 self.time_layer(name, cands, pricer, lat, batch, f"[{len(done)}/{len(eligible)}]")
                 timed += time.perf_counter() - t
-                trim_freed_memory()  # the layer's moments, dropped factors and window sessions are freed
+                release_shared_arena()  # the windows' activations ...
+                trim_freed_memory()  # ... and the layer's moments, dropped factors and window sessions are freed
             if self.out_of_time():
                 break
         self.say(f"auto: {len(self.all_cands)} candidate(s) fitted on the layer inputs of {self.fit_data.n} fit "

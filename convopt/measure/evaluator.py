@@ -22,7 +22,8 @@ from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparis
 from convopt.measure.metrics import hit_rate
 from convopt.measure.outcomes import outcomes, with_intervals
 from convopt.measure.plugin import TaskMetric
-from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, latency_feeds, make_session, session_batch
+from convopt.measure.ort import (ORT_ERRORS, OrtSettings, Progress, latency_feeds, make_session, release_shared_arena,
+                                 session_batch)
 from convopt.measure.shards import Comparison
 
 
@@ -191,8 +192,10 @@ class Evaluator:
 
     def release_timing(self) -> None:
         """Drop the session that times the original (shared with ``timing_from`` evaluators) until the next
-        timing makes it again: a caller between timings (auto mode's refits) holds one model's worth less."""
+        timing makes it again, and give the shared arena's free regions back: a caller between timings (auto
+        mode's refits) holds one model's worth and one run's activations less."""
         self._timing.release()
+        release_shared_arena()
 
     def time_models(self, candidates: list[onnx.ModelProto]) -> tuple[LatencyComparison, list[LatencyComparison]]:
         """The original and every candidate timed in ONE interleaved run: (the original against itself, each

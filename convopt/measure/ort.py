@@ -120,12 +120,14 @@ def make_session(model: onnx.ModelProto | bytes | Path, settings: OrtSettings, *
     return session
 
 
-ARENA_FIRST_REGION = 128 << 20
-"""The shared arena's first region (ORT's default: 1 MiB, then regions doubling in size). Its pages become
-resident only as runs touch them, and best-fit allocation within one region reuses the same pages: timing
-ddddocr-det's 416×416 windows grew the arena by 45 MiB of resident memory, against 107 MiB in the doubling
-regions of the default (whose chunks end up spread over every region). Latency should not change (timed runs
-follow warm-up runs, which leave the arena grown); it was not measured apart from the speed benchmark."""
+ARENA_FIRST_REGION = 1 << 20
+ARENA_SAME_AS_REQUESTED = 1
+"""The shared arena grows by regions of the size each allocation asks (ORT's ``kSameAsRequested``) from ORT's
+default 1 MiB first region, so that :func:`release_shared_arena` can give every region but that first one back
+between timings: ORT's arena shrinkage frees only whole free regions, never the first. (A 128 MiB first region
+kept ddddocr-det's windows to 45 MiB of resident memory where the default doubling regions took 107, but it is
+never given back: 20-45 MiB held through every later phase.) Latency does not change: timed runs follow
+warm-up runs, which leave the arena grown (ddddocr-det at 2 threads: 34.3 ms a run against 34.1)."""
 
 
 @functools.cache  # once per process
@@ -138,10 +140,42 @@ def shared_cpu_arena() -> bool:
     deployed session uses. False when ORT refuses it (then each session keeps its own, as before)."""
     try:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, ARENA_FIRST_REGION, -1))
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, ARENA_SAME_AS_REQUESTED, ARENA_FIRST_REGION, -1))
     except (*ORT_ERRORS, AttributeError, TypeError):
         return False
     return True
+
+
+def release_shared_arena() -> bool:
+    """Give the shared arena's free regions back to the system (ORT's ``memory.enable_memory_arena_shrinkage``,
+    on one run of a one-node session that uses the arena): between timings, nothing runs on it, and its regions
+    (a whole run's activations) would otherwise stay resident through the refits and the checks' other work.
+    False when there is no shared arena."""
+    if not shared_cpu_arena():
+        return False
+    session, feeds = _arena_probe()
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    session.run(None, feeds, options)
+    return True
+
+
+@functools.cache
+def _arena_probe() -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+    """A session of one Identity node on the shared arena, and its feeds."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "arena_probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.intra_op_num_threads = 1  # no thread pool of its own
+    so.add_session_config_entry("session.use_env_allocators", "1")
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    return session, {"x": np.zeros(1, np.float32)}
 
 
 def _drop_model_bytes(session: ort.InferenceSession) -> None:
