@@ -118,6 +118,7 @@ def trim_freed_memory() -> bool:
     the mmap threshold (protobuf tensors, most of ORT's weights, numpy's small arrays) come from the heap, and
     glibc returns freed heap memory only from its top: on ddddocr-det auto, 40-50 MiB of the heap's resident
     pages were free at the refits' peak. Called by auto mode after each step that frees a model's worth (a
-    layer's timing, a refit, a check); a millisecond or so each. False where it does nothing."""
+    layer's timing, a refit, a check) and after making each ORT session (whose transient copies leave the
+    model's size again free in the heap); a millisecond or so each. False where it does nothing."""
     libc = _glibc()
     return bool(libc is not None and libc.malloc_trim(0) >= 0)

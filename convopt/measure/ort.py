@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from convopt.errors import DataError, InputError
+from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
 from convopt.measure.model_file import model_file
 from convopt.measure.samples import ragged, rows as sample_rows
@@ -117,6 +118,7 @@ def make_session(model: onnx.ModelProto | bytes | Path, settings: OrtSettings, *
         source = str(model) if isinstance(model, Path) else model
         session = ort.InferenceSession(source, sess_options=so, providers=[settings.provider])
     _drop_model_bytes(session)
+    trim_freed_memory()  # what ORT freed making it (about the model's size again) stays resident otherwise
     return session
 
 
