@@ -41,7 +41,7 @@ def _subgraph_names(node: onnx.NodeProto) -> set[str]:
     return out
 
 
-ACTIVATION_BYTES = 32 << 20  # what one batch of the requested activations may take (at least one sample)
+ACTIVATION_BYTES = 16 << 20  # what one batch of the requested activations may take (at least one sample)
 
 
 def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, settings: OrtSettings,
