@@ -123,13 +123,15 @@ def make_session(model: onnx.ModelProto | bytes | Path, settings: OrtSettings, *
 
 
 ARENA_FIRST_REGION = 1 << 20
-ARENA_SAME_AS_REQUESTED = 1
-"""The shared arena grows by regions of the size each allocation asks (ORT's ``kSameAsRequested``) from ORT's
-default 1 MiB first region, so that :func:`release_shared_arena` can give every region but that first one back
-between timings: ORT's arena shrinkage frees only whole free regions, never the first. (A 128 MiB first region
-kept ddddocr-det's windows to 45 MiB of resident memory where the default doubling regions took 107, but it is
-never given back: 20-45 MiB held through every later phase.) Latency does not change: timed runs follow
-warm-up runs, which leave the arena grown (ddddocr-det at 2 threads: 34.3 ms a run against 34.1)."""
+ARENA_REGION = 128 << 20
+"""The shared arena's regions: ORT's default 1 MiB first one, which ORT never gives back, then one region of
+128 MiB (ORT's size for the first region after a shrinkage, which :func:`shared_cpu_arena` sets off at once),
+doubling only beyond it. Its pages become resident as runs touch them, and best-fit allocation within one
+region reuses the same pages: timing ddddocr-det's 416×416 windows, several sessions interleaved, grew it by
+45 MiB of resident memory, against 107 MiB in the default doubling regions and more in regions of the size
+each run asks (a toy of five interleaved sessions: 72, 118 and 164 MiB). Unlike a 128 MiB *first* region, it
+is given back by :func:`release_shared_arena`. Latency does not change: timed runs follow warm-up runs, which
+leave the arena grown."""
 
 
 @functools.cache  # once per process
@@ -142,29 +144,44 @@ def shared_cpu_arena() -> bool:
     deployed session uses. False when ORT refuses it (then each session keeps its own, as before)."""
     try:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, ARENA_SAME_AS_REQUESTED, ARENA_FIRST_REGION, -1))
-    except (*ORT_ERRORS, AttributeError, TypeError):
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({
+            "arena_extend_strategy": 0, "initial_chunk_size_bytes": ARENA_FIRST_REGION,
+            "initial_growth_chunk_size_bytes": ARENA_REGION}))  # kNextPowerOfTwo; the growth after a shrinkage
+        session, x, _ = _arena_probe()
+        session.run(None, {"x": x})  # the first region exists ...
+        _shrink_arena()  # ... and the next one will take ARENA_REGION
+    except (*ORT_ERRORS, AttributeError, TypeError, KeyError):
         return False
     return True
 
 
 def release_shared_arena() -> bool:
     """Give the shared arena's free regions back to the system (ORT's ``memory.enable_memory_arena_shrinkage``,
-    on one run of a one-node session that uses the arena): between timings, nothing runs on it, and its regions
+    on one run of a one-node session that uses the arena): between timings nothing runs on it, and its regions
     (a whole run's activations) would otherwise stay resident through the refits and the checks' other work.
-    False when there is no shared arena."""
+    A region holding any tensor still alive (an output of a timed session, which is a view of the arena) is
+    kept. False when there is no shared arena."""
     if not shared_cpu_arena():
         return False
-    session, feeds = _arena_probe()
-    options = ort.RunOptions()
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    session.run(None, feeds, options)
+    _shrink_arena()
     return True
 
 
+def _shrink_arena() -> None:
+    """One run of the probe with the shrinkage option, its output bound to memory of its own (nothing of the
+    arena in use while it shrinks)."""
+    session, x, y = _arena_probe()
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_numpy(y))
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    session.run_with_iobinding(binding, options)
+
+
 @functools.cache
-def _arena_probe() -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
-    """A session of one Identity node on the shared arena, and its feeds."""
+def _arena_probe() -> tuple[ort.InferenceSession, np.ndarray, np.ndarray]:
+    """A session of one Identity node on the shared arena, its input and an output buffer of its own."""
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -177,7 +194,7 @@ def _arena_probe() -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
     so.intra_op_num_threads = 1  # no thread pool of its own
     so.add_session_config_entry("session.use_env_allocators", "1")
     session = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-    return session, {"x": np.zeros(1, np.float32)}
+    return session, np.zeros(1, np.float32), np.zeros(1, np.float32)
 
 
 def _drop_model_bytes(session: ort.InferenceSession) -> None:
