@@ -191,6 +191,13 @@ def test_model_file_adds_another_model_s_initializers_without_copying_them() -> 
     assert sorted(t.name for t in back.graph.initializer) == sorted(t.name for t in inits)
 
 
+def _rss_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc (Linux)")
 def test_release_gives_the_shared_arena_back() -> None:
     """A run on the shared arena leaves its activations' regions resident (about 3 × 16 MiB here); releasing
@@ -203,21 +210,15 @@ def test_release_gives_the_shared_arena_back() -> None:
     if not shared_cpu_arena():
         pytest.skip("this onnxruntime refuses a shared CPU arena")
 
-    def rss_mib() -> float:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
     model = conv_chain(channels=16, size=512, depth=3)  # each activation: 16 MiB
     session = make_session(model, OrtSettings(threads=1))
     x = {"X": np.random.default_rng(2).standard_normal((1, 16, 512, 512)).astype(np.float32)}
     first = session.run(None, x)[0].copy()
     trim_freed_memory()
-    grown = rss_mib()
+    grown = _rss_mib()
     assert release_shared_arena()
     trim_freed_memory()
-    assert grown - rss_mib() > 16
+    assert grown - _rss_mib() > 16
     np.testing.assert_array_equal(session.run(None, x)[0], first)
 
 
@@ -232,21 +233,15 @@ def test_sessions_timed_side_by_side_share_the_arena_s_pages() -> None:
     if not shared_cpu_arena():
         pytest.skip("this onnxruntime refuses a shared CPU arena")
 
-    def rss_mib() -> float:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
     sizes = (512, 480, 448)
     sessions = [make_session(conv_chain(channels=16, size=s, depth=3), OrtSettings(threads=1)) for s in sizes]
     feeds = [{"X": np.ones((1, 16, s, s), np.float32)} for s in sizes]
     release_shared_arena()
     trim_freed_memory()
-    before = rss_mib()
+    before = _rss_mib()
     for r in range(3):
         for k in range(len(sessions)):
             sessions[(r + k) % 3].run(None, feeds[(r + k) % 3])
     trim_freed_memory()
-    assert rss_mib() - before < 1.5 * 48
+    assert _rss_mib() - before < 1.5 * 48
     release_shared_arena()
