@@ -117,7 +117,16 @@ def gate(final: Measurement | None, fail_under_speedup: float | None) -> GateRes
 def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy) -> DataRoles:
     """The fit, select and report data. --data alone is split three ways by a seeded permutation (two ways in
     uniform mode, which fits nothing); --calib is split into fit and select and --data reports; without data,
-    two sets of seeded random inputs select and report."""
+    two sets of seeded random inputs select and report. Each role's inputs are kept in a file, mapped
+    (convopt.measure.mapped): every role is read only now and then, between minutes of other work."""
+    from convopt.measure.mapped import on_disk
+
+    roles = _load_roles(model, opts, strategy)
+    return replace(roles, fit=None if roles.fit is None else on_disk(roles.fit), select=on_disk(roles.select),
+                   report=on_disk(roles.report))
+
+
+def _load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy) -> DataRoles:
     from convopt.measure.data import load_eval_data
     from convopt.measure.roles import fit_size, split_calib, split_data
 

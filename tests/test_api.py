@@ -40,3 +40,25 @@ def test_a_task_metric_is_a_plain_callable(tmp_path: Path) -> None:
     final = result.report.final
     assert seen and final.accuracy.metric == "correct" and final.accuracy.metric_drop == 0.0
     assert result.report.budget.bound["max_metric_drop"] < 0.05  # a full-rank rewrite flips nothing
+
+
+def test_each_data_role_is_mapped_from_a_file_where_the_temporary_folder_is_on_a_disk() -> None:
+    """load_roles: fit, select and report inputs are read-only maps of temporary files (on a tmpfs, where
+    the file would be memory too, arrays in memory), with the same samples as the split of the data."""
+    import tempfile
+
+    import onnx
+
+    from convopt.api import _load_roles, load_roles
+    from convopt.measure.mapped import disk_backed
+
+    opts = convopt.OptimizeOptions(model=example_model_path(), data=convopt.DataOptions(data=example_data_path()))
+    model = onnx.load(str(example_model_path()))
+    roles, plain = load_roles(model, opts, "auto"), _load_roles(model, opts, "auto")
+    on_disk = disk_backed(Path(tempfile.gettempdir()))
+    for mine, theirs in ((roles.fit, plain.fit), (roles.select, plain.select), (roles.report, plain.report)):
+        assert mine is not None and theirs is not None
+        for name, a in mine.inputs.items():
+            assert isinstance(a, np.memmap) == on_disk
+            np.testing.assert_array_equal(a, theirs.inputs[name])
+        assert list(mine.index) == list(theirs.index)

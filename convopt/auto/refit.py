@@ -24,6 +24,7 @@ from convopt.graph.edit import pruned
 from convopt.graph.linear import nchw
 from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
+from convopt.measure.mapped import evict
 from convopt.measure.model_file import model_file
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 from convopt.measure.samples import rows as sample_rows
@@ -61,11 +62,13 @@ def iter_batches(model: onnx.ModelProto, names: list[str], data: EvalData, setti
     if batch > 1 and not fixed:
         first = _run(sess, names, data, 0, 1, fixed)
         yield 0, first
+        evict(data)  # mapped data (convopt.measure.mapped): the batch's pages leave memory once it is used
         start, sample_bytes = 1, max(1, sample_bytes, sum(o.nbytes for o in first))
         del first
         batch = max(1, min(batch, ACTIVATION_BYTES // sample_bytes))
     for lo in range(start, data.n, batch):
         yield lo, _run(sess, names, data, lo, batch, fixed)
+        evict(data)
 
 
 def _run(sess, names: list[str], data: EvalData, start: int, batch: int, fixed: bool) -> list[np.ndarray]:
