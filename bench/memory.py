@@ -9,8 +9,12 @@ onnxruntime, the CLI), records its resident-set high-water mark (the fixed cost 
   work     peak - base: what optimizing this model cost
   ratios   work / model size and peak / model size
 
-Usage:  python bench/memory.py [MODEL.onnx] [--json] [--only CONFIG-PREFIX] [--latency-cache FILE]
+Usage:  python bench/memory.py [MODEL.onnx] [--json] [--only CONFIG-PREFIX] [--latency-cache FILE] [--fixed]
         (default: the largest model in ../shared/models beside the repo)
+
+``--fixed`` measures the part of a run that does not grow with the model: each configuration run on a
+stand-in of negligible size (two small Convs, 8 channels) that takes the same inputs as MODEL, with data of
+the same shapes: the libraries' pages touched, ORT's runtime, reading and splitting the data.
 
 ``--latency-cache FILE`` gives auto mode that latency cache (convopt's ``--latency-cache``). Auto's search
 follows its timings, so its peak moves by about ±10 MiB from run to run; with a cache a first run filled, every
@@ -92,6 +96,35 @@ def measure(model: Path, extra: list[str], cache: Path | None = None) -> dict[st
     return out
 
 
+def standin(model: Path, folder: Path) -> Path:
+    """A model of negligible size with MODEL's (single, image-like) input: Conv 3×3 stride 2 to 8 channels,
+    Relu, Conv 3×3, global average pool, flatten."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from convopt.measure.data import resolve_input_shapes
+
+    m = onnx.load(str(model), load_external_data=False)
+    shapes = resolve_input_shapes(m, None)
+    if len(shapes) != 1:
+        raise SystemExit(f"--fixed needs a model of one input, {model.name} has {len(shapes)}")
+    (name, shape), = shapes.items()
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((8, shape[1], 3, 3)) * 0.2).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", [name, "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Conv", ["b", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["d"]), helper.make_node("Flatten", ["d"], ["out"])]
+    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [shape[0], 8])], [w1, w2])
+    out = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    out.ir_version = 8
+    path = folder / f"standin-{model.name}"
+    onnx.save(out, str(path))
+    return path
+
+
 def largest_model() -> Path:
     models = sorted(SHARED_MODELS.glob("*.onnx"), key=lambda p: p.stat().st_size)
     if not models:
@@ -105,7 +138,13 @@ def main() -> None:
     cache = Path(argv[argv.index("--latency-cache") + 1]).resolve() if "--latency-cache" in argv else None
     for flag in ("--only", "--latency-cache"):
         argv = [a for i, a in enumerate(argv) if a != flag and (i == 0 or argv[i - 1] != flag)]
+    fixed = "--fixed" in argv
+    argv = [a for a in argv if a != "--fixed"]
     model = Path(argv[0]).resolve() if argv else largest_model()  # the runs start in a temporary folder
+    original = model
+    if fixed:
+        keep = tempfile.TemporaryDirectory()
+        model = standin(model, Path(keep.name))
     size = model.stat().st_size
     rows = []
     for name, extra in CONFIGS.items():
@@ -117,10 +156,11 @@ def main() -> None:
                      "work_bytes": work, "work_ratio": round(work / size, 2), "peak_ratio": round(m["peak"] / size, 2),
                      "exit_code": m["code"]})
     if "--json" in sys.argv:
-        print(json.dumps({"model": str(model), "results": rows}, indent=2))
+        print(json.dumps({"model": str(model), **({"standin_of": str(original)} if fixed else {}), "results": rows},
+                         indent=2))
         return
     mb = 1 / 2**20
-    print(f"{model.name}: {size * mb:.1f} MiB")
+    print(f"{model.name}: {size * mb:.1f} MiB" + (f" (stand-in of {original.name})" if fixed else ""))
     print(f"{'config':32s} {'base MiB':>9s} {'peak MiB':>9s} {'work MiB':>9s} {'work/model':>11s} {'peak/model':>11s}")
     for r in rows:
         print(f"{r['config']:32s} {r['base_bytes'] * mb:9.1f} {r['peak_bytes'] * mb:9.1f} {r['work_bytes'] * mb:9.1f} "
