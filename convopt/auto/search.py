@@ -44,7 +44,6 @@ from convopt.core.plan import Plan
 from convopt.graph import ConvSpec
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
-from convopt.measure.mapped import evict
 from convopt.measure.measurement import Measurement
 from convopt.measure.ort import OrtSettings, latency_batch, make_session, release_shared_arena
 from convopt.passes import get_pass
@@ -301,7 +300,6 @@ class AutoSearch:
             rep = sorted(cands, key=lambda k: k.error)[len(cands) // 2]  # a middle rewrite of the layer
             model = self.driver.apply(f"sensitivity of {name}", Plan({name: rep.choice})).model
             self.sensitivity[name] = sensitivity(model, rep.error, self.cost_ev)
-            evict(self.fit_data)
         top1 = self.budget.max_accuracy_drop is not None or self.budget.min_agreement is not None
         ref = self.cost_ev.reference[self.cost_ev.scored_index] if self.cost_ev.scored_index is not None else None
         scores = None if ref is None else class_scores(ref)  # None for ragged outputs: priced by output error

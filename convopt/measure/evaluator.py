@@ -18,7 +18,6 @@ from convopt.measure.data import EvalData
 from convopt.measure.latency import speedup, time_sessions
 from convopt.measure import stats
 from convopt.measure.executor import Candidate, EvaluationSpec, Executor, LocalExecutor
-from convopt.measure.mapped import evict
 from convopt.measure.measurement import ACCURACY_KEYS, Accuracy, LatencyComparison, Measurement
 from convopt.measure.metrics import hit_rate
 from convopt.measure.outcomes import outcomes, with_intervals
@@ -126,9 +125,7 @@ class Evaluator:
 
     def _compare(self, candidate: Candidate | None, label: str) -> Comparison:
         with _progress(self.progress, f"evaluating {label}", self.data.n) as cb:
-            out = self._evaluation.compare(candidate, cb)
-        evict(self.data)  # mapped data (convopt.measure.mapped) leave memory until the next comparison
-        return out
+            return self._evaluation.compare(candidate, cb)
 
     def _latency(self, candidate: ort.InferenceSession | None) -> LatencyComparison | None:
         if not self.measure_latency:

@@ -19,6 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from convopt.errors import DataError, InputError
 from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
+from convopt.measure.mapped import evict
 from convopt.measure.model_file import model_file
 from convopt.measure.samples import ragged, rows as sample_rows
 
@@ -267,7 +268,8 @@ def run_model(
 ) -> list[np.ndarray]:
     """Run every sample through ``session`` (one batch at a time) and return each output concatenated on
     axis 0, so output k has ``data.n`` rows. Ragged data run one sample at a time and each output is a ragged
-    array of the n per-sample outputs, each as the model returned it for that sample alone."""
+    array of the n per-sample outputs, each as the model returned it for that sample alone. Mapped data have
+    their pages dropped once read (:func:`convopt.measure.mapped.evict`)."""
     if data.ragged:
         return _run_ragged(session, data, progress)
     batch = session_batch(session, settings)
@@ -279,6 +281,7 @@ def run_model(
         chunks.append([o[:take] if o.shape[0] == batch else o for o in outs])
         if progress is not None:
             progress(start + take, n)
+    evict(data)  # mapped data (convopt.measure.mapped) leave memory until the next read
     return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]
 
 
