@@ -75,22 +75,17 @@ def _alone(msg: Message, fd: FieldDescriptor, value: object) -> bytes:
     return tmp.SerializeToString(deterministic=True)
 
 
-def model_chunks(model: Message, initializers: Sequence[Message] = (), *, own_initializers: bool = True
-                 ) -> Iterator[bytes]:
-    """:func:`chunks` of a ModelProto whose graph also holds ``initializers`` (TensorProtos of another model,
-    or stand-ins for its own, serialized one at a time, never copied into it), placed after the graph's other
-    fields: a parser merges a repeated field's elements wherever they stand, so ORT reads the model with them.
-    ``own_initializers`` False: the graph's own initializers are left out (``initializers`` replace them).
-    Not the deterministic bytes of any one message: for handing models to ORT, not for the user's files."""
-    if not initializers and own_initializers:
-        yield from chunks(model)
-        return
+def model_chunks(model: Message, initializers: Sequence[Message]) -> Iterator[bytes]:
+    """:func:`chunks` of a ModelProto whose graph holds ``initializers`` in place of its own (stand-ins for
+    them, or another model's protos; serialized one at a time, never copied into it), placed after the graph's
+    other fields: a parser merges a repeated field's elements wherever they stand, so ORT reads the model with
+    them. Not the deterministic bytes of any one message: for handing models to ORT, not for the user's files."""
     for fd, value in model.ListFields():
         if fd.number != _GRAPH:
             yield from _field(model, fd, value, 1)
     graph = model.graph  # type: ignore[attr-defined]
-    head = b"".join(piece for fd, value in graph.ListFields() if own_initializers or fd.number != _INITIALIZER
-                    for piece in _field(graph, fd, value, 0))  # each node and initializer serialized whole
+    head = b"".join(piece for fd, value in graph.ListFields() if fd.number != _INITIALIZER
+                    for piece in _field(graph, fd, value, 0))  # each node serialized whole
     tag = varint(_INITIALIZER << 3 | _LEN)
     size = sum(len(tag) + len(varint(n)) + n for n in (t.ByteSize() for t in initializers))
     yield varint(_GRAPH << 3 | _LEN) + varint(len(head) + size) + head

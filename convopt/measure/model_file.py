@@ -38,7 +38,7 @@ def model_file(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] 
             stubs = [external(t, data) for t in (*model.graph.initializer, *initializers)]
         path = folder / "model.onnx"
         with open(path, "wb") as fh:
-            for piece in model_chunks(model, stubs, own_initializers=False):
+            for piece in model_chunks(model, stubs):
                 fh.write(piece)
         yield path
     finally:
@@ -48,8 +48,10 @@ def model_file(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] 
 def external(tensor: onnx.TensorProto, data: BinaryIO) -> onnx.TensorProto:
     """``tensor`` itself when it stays inside the graph, else a new TensorProto with its fields but no data,
     pointing at its ``raw_data`` appended to ``data`` (a file named WEIGHTS, beside the model)."""
-    raw = tensor.raw_data
-    if tensor.data_location == onnx.TensorProto.EXTERNAL or len(raw) < EXTERNAL_MIN:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return tensor
+    raw = tensor.raw_data  # (a copy of the bytes: read once)
+    if len(raw) < EXTERNAL_MIN:
         return tensor
     stub = onnx.TensorProto()
     for fd, value in tensor.ListFields():
