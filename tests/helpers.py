@@ -129,3 +129,11 @@ def strip_keys(d: Any, keys: set[str]) -> Any:
     if isinstance(d, list):
         return [strip_keys(v, keys) for v in d]
     return d
+
+
+def rss_mib() -> float:
+    """This process's resident set (VmRSS, Linux), in MiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

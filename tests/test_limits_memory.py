@@ -4,13 +4,7 @@ from __future__ import annotations
 import pytest
 
 from convopt import limits
-
-
-def _rss_kib() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+from tests.helpers import rss_mib
 
 
 @pytest.mark.skipif(limits._glibc() is None, reason="malloc_trim is glibc's: this platform's C library has none")
@@ -30,11 +24,11 @@ def test_trim_gives_freed_heap_pages_back() -> None:
         libc.memset(b, 1, size)  # resident
     for b in blocks[:-1]:
         libc.free(b)
-    before = _rss_kib()
+    before = rss_mib()
     assert limits.trim_freed_memory()
-    after = _rss_kib()
+    after = rss_mib()
     libc.free(blocks[-1])
-    assert before - after > 32 << 10  # more than half of the 64 MiB went back
+    assert before - after > 32  # more than half of the 64 MiB went back
 
 
 def test_trim_is_a_no_op_without_glibc(monkeypatch) -> None:

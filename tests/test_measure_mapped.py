@@ -13,6 +13,7 @@ from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.mapped import disk_backed, evict, on_disk
 from convopt.measure.ort import OrtSettings
+from tests.helpers import rss_mib
 from tests.test_measure_helpers import tiny_classifier
 
 ON_DISK = disk_backed(Path(tempfile.gettempdir()))
@@ -58,12 +59,6 @@ def test_disk_backed_reads_the_mount_table(tmp_path) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc (Linux)")
 def test_evict_drops_the_pages_from_this_process() -> None:
     """64 MiB of mapped data, all read: resident; evicted: more than half of it leaves the process."""
-    def rss_mib() -> float:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
     m = on_disk(data(64, size=256))  # 64 × 3 × 256 × 256 float32 = 64 MiB
     before = rss_mib()
     assert float(np.sum(m.inputs["X"], dtype=np.float64)) > 0

@@ -12,6 +12,7 @@ from convopt.errors import DataError, InputError
 from convopt.measure.data import EvalData
 from convopt.measure.ort import (OrtSettings, batch_feeds, make_session, release_shared_arena, run_model, session_batch,
                                  shared_cpu_arena)
+from tests.helpers import rss_mib
 from tests.test_measure_helpers import classifier_weights, numpy_classifier, tiny_classifier, two_output_model
 
 
@@ -191,13 +192,6 @@ def test_model_file_adds_another_model_s_initializers_without_copying_them() -> 
     assert sorted(t.name for t in back.graph.initializer) == sorted(t.name for t in inits)
 
 
-def _rss_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc (Linux)")
 def test_release_gives_the_shared_arena_back() -> None:
     """A run on the shared arena leaves its activations' regions resident (about 3 × 16 MiB here); releasing
@@ -215,10 +209,10 @@ def test_release_gives_the_shared_arena_back() -> None:
     x = {"X": np.random.default_rng(2).standard_normal((1, 16, 512, 512)).astype(np.float32)}
     first = session.run(None, x)[0].copy()
     trim_freed_memory()
-    grown = _rss_mib()
+    grown = rss_mib()
     assert release_shared_arena()
     trim_freed_memory()
-    assert grown - _rss_mib() > 16
+    assert grown - rss_mib() > 16
     np.testing.assert_array_equal(session.run(None, x)[0], first)
 
 
@@ -238,10 +232,10 @@ def test_sessions_timed_side_by_side_share_the_arena_s_pages() -> None:
     feeds = [{"X": np.ones((1, 16, s, s), np.float32)} for s in sizes]
     release_shared_arena()
     trim_freed_memory()
-    before = _rss_mib()
+    before = rss_mib()
     for r in range(3):
         for k in range(len(sessions)):
             sessions[(r + k) % 3].run(None, feeds[(r + k) % 3])
     trim_freed_memory()
-    assert _rss_mib() - before < 1.5 * 48
+    assert rss_mib() - before < 1.5 * 48
     release_shared_arena()
