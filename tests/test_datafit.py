@@ -188,10 +188,13 @@ def test_symmetrize_and_covariance_in_place_equal_their_expressions() -> None:
 
     np.testing.assert_array_equal(symmetrize(A.copy(), block=32), (A + A.T) / 2.0)
     X = rng.standard_normal((400, 131)) + 0.5
-    m = moments(X)
-    mu = m.mean
-    out = m.second - np.outer(mu, mu) - np.outer(mu, mu) + np.outer(mu, mu)
+    S, mu = X.T @ X / 400, X.mean(axis=0)
+    out = S - np.outer(mu, mu) - np.outer(mu, mu) + np.outer(mu, mu)
+    kept = S.copy()
+    m = df.Moments.from_second(400, mu, S)
+    assert m.covariance is S  # centred in place: one (F, F) array
     np.testing.assert_array_equal(m.covariance, (out + out.T) / 2.0)
+    np.testing.assert_allclose(m.second, kept, rtol=1e-12, atol=1e-12)  # S back on demand
 
 
 # ----------------------------------------------------------------------------- low rank (1×1, Gemm)

@@ -2,8 +2,8 @@
 layer's output on calibration activations rather than to the kernel alone.
 
 Statistics (``moments``): stream the layer's input rows (im2col patches, or feature vectors for 1×1 / Gemm)
-into a ``MomentAccumulator``; its ``Moments`` give the uncentered second moment S = E[x xᵀ] (fit under it and
-keep the bias) or the covariance C (fit under it, then ``bias_correction``: the affine optimum).
+into a ``MomentAccumulator``; its ``Moments`` hold the covariance C (fit under it, then ``bias_correction``: the
+affine optimum) and give the uncentered second moment S = E[x xᵀ] on demand (fit under it and keep the bias).
 Factors: ``whitened_lowrank`` / ``output_pca`` (1×1 conv, Gemm, MatMul), ``spatial_datafit`` (factorize),
 ``tucker2_datafit`` (bottleneck), ``depthwise_datafit`` (depthwise), ``split5x5_datafit`` (split5x5), each
 returning the factor shapes of its weight-only twin in ``convopt.decompose``.

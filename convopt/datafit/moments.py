@@ -10,7 +10,6 @@ affine optimum). Every function takes the moment to fit under as a plain (F, F) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from scipy.linalg import lapack
@@ -37,38 +36,61 @@ constant padding) invertible, and in directions the data never excites it lets t
 
 @dataclass(frozen=True)
 class Moments:
-    """First and second moments of feature rows x (F,), in float64.
+    """First and second moments of feature rows x (F,), in float64, held as the covariance: one (F, F) array
+    (at F = 1728, a 3×3 layer of 192 inputs, 24 MiB), not S and C both. Every data-aware fit is under C; the
+    uncentered S = C + μ μᵀ is made on demand (``second``).
 
-    count: rows seen; mean (F,) = E[x]; second (F, F) = E[x xᵀ] (uncentered)."""
+    count: rows seen; mean (F,) = E[x]; covariance (F, F) = E[(x − μ)(x − μ)ᵀ]."""
 
     count: int
     mean: np.ndarray
-    second: np.ndarray
+    covariance: np.ndarray
+
+    @classmethod
+    def from_second(cls, count: int, mean: np.ndarray, second: np.ndarray) -> "Moments":
+        """From the uncentered S (F, F) = E[x xᵀ]: C = S − μ μᵀ, computed in place on ``second`` (which then
+        holds C: pass a copy to keep S)."""
+        return cls(count, mean, _center(second, mean))
 
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0])
 
-    @cached_property
-    def covariance(self) -> np.ndarray:
-        """C (F, F) = E[(x − μ)(x − μ)ᵀ] = S − μ μᵀ (computed once)."""
-        return self.about(self.mean)
+    @property
+    def second(self) -> np.ndarray:
+        """S (F, F) = E[x xᵀ] = C + μ μᵀ (a new array)."""
+        return self.about(np.zeros_like(self.mean))
 
     def about(self, center: np.ndarray) -> np.ndarray:
-        """E[(x − c)(x − c)ᵀ] (F, F) for a fixed c (F,): c = 0 gives S, c = μ gives C."""
+        """E[(x − c)(x − c)ᵀ] (F, F) = C + (μ − c)(μ − c)ᵀ for a fixed c (F,): c = 0 gives S, c = μ gives C
+        (a new array)."""
         c = np.asarray(center, dtype=np.float64)
         if c.shape != self.mean.shape:
             raise ValueError(f"center must have shape {self.mean.shape}, got {c.shape}")
-        out = self.second - np.outer(self.mean, c)  # in place from here: one (F, F) array, one temporary
-        out -= np.outer(c, self.mean)
-        out += np.outer(c, c)
-        return symmetrize(out)
+        d = self.mean - c
+        return symmetrize(self.covariance + np.outer(d, d))
 
     def of_linear(self, W: np.ndarray) -> "Moments":
-        """The moments of W x (W (O, F)): mean W μ, second W S Wᵀ."""
+        """The moments of W x (W (O, F)): mean W μ, covariance W C Wᵀ."""
         Wd = np.asarray(W, dtype=np.float64)
-        sec = Wd @ self.second @ Wd.T
-        return Moments(self.count, Wd @ self.mean, (sec + sec.T) / 2.0)
+        cov = Wd @ self.covariance @ Wd.T
+        return Moments(self.count, Wd @ self.mean, (cov + cov.T) / 2.0)
+
+
+def _center(S: np.ndarray, mean: np.ndarray, block: int = 256) -> np.ndarray:
+    """S (F, F) float64 ← symmetrize(S − μ μᵀ − μ μᵀ + μ μᵀ) in place, rows a block at a time: the numbers of
+    that expression (the covariance as convopt has always computed it) without its (F, F) temporaries.
+    Returns S."""
+    mu = np.asarray(mean, dtype=np.float64)
+    if S.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"second moment must have shape {(mu.shape[0],) * 2}, got {S.shape}")
+    for i in range(0, S.shape[0], block):
+        rows = S[i:i + block]
+        outer = np.outer(mu[i:i + block], mu)
+        rows -= outer
+        rows -= outer
+        rows += outer
+    return symmetrize(S)
 
 
 class MomentAccumulator:
@@ -97,7 +119,8 @@ class MomentAccumulator:
         """The moments of every row added so far."""
         if self.count == 0:
             raise ValueError("no rows were added: feed calibration rows with add() first")
-        return Moments(self.count, self._sum / self.count, symmetrize(self._outer / self.count))
+        mean = self._sum / self.count
+        return Moments.from_second(self.count, mean, symmetrize(self._outer / self.count))
 
 
 @dataclass(frozen=True)

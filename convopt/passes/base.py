@@ -134,7 +134,8 @@ def _output_energy(conv: ConvSpec, moments: Moments) -> float:
         _ENERGY.clear()
     W = conv.W.reshape(conv.w_shape[0], -1).astype(np.float64)
     b = np.zeros(W.shape[0]) if conv.B is None else conv.B.astype(np.float64)
-    energy = float(np.sum((W @ moments.second) * W) + 2.0 * b @ (W @ moments.mean) + b @ b)
+    y_mean = W @ moments.mean + b  # E‖y‖² = tr(W C Wᵀ) + ‖W μ + b‖²: no (F, F) S made
+    energy = float(np.sum((W @ moments.covariance) * W) + y_mean @ y_mean)
     _ENERGY[key] = (weakref.ref(moments), energy)
     return energy
 
