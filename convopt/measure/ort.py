@@ -269,7 +269,8 @@ def run_model(
     """Run every sample through ``session`` (one batch at a time) and return each output concatenated on
     axis 0, so output k has ``data.n`` rows. Ragged data run one sample at a time and each output is a ragged
     array of the n per-sample outputs, each as the model returned it for that sample alone. Mapped data have
-    their pages dropped once read (:func:`convopt.measure.mapped.evict`)."""
+    their pages dropped after each batch (:func:`convopt.measure.mapped.evict`): a run holds one batch of
+    them, not all."""
     if data.ragged:
         return _run_ragged(session, data, progress)
     batch = session_batch(session, settings)
@@ -278,10 +279,10 @@ def run_model(
     for start in range(0, n, batch):
         take = min(batch, n - start)
         outs = [np.atleast_1d(o) for o in session.run(None, batch_feeds(session, data, start, batch))]
+        evict(data)  # mapped data (convopt.measure.mapped) leave memory once each batch is read
         chunks.append([o[:take] if o.shape[0] == batch else o for o in outs])
         if progress is not None:
             progress(start + take, n)
-    evict(data)  # mapped data (convopt.measure.mapped) leave memory until the next read
     return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]
 
 
