@@ -257,6 +257,7 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
         if relu:
             xs.append(x.astype(np.float32))
             ys.append(Y[lo:hi])
+    trim_freed_memory()  # the batches' session and activations are freed: the solve below does not stack on them
     if relu and xs:
         X, Yr = np.concatenate(xs), np.concatenate(ys)
         before = relu_error(X, Yr, W.reshape(O, -1), b)
