@@ -12,7 +12,8 @@ import onnx
 
 from convopt.core.budget import Budget
 from convopt.core.deploy import FP32, Deployment
-from convopt.core.driver import Handoff, OptimizeResult
+from convopt.core.driver import OptimizeResult
+from convopt.handoff import Handoff
 from convopt.errors import InputError
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator

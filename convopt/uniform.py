@@ -12,7 +12,8 @@ import onnx
 from convopt import decompose
 from convopt.core.budget import Budget, Certificate
 from convopt.core.deploy import FP32, Deployment
-from convopt.core.driver import Driver, Handoff, OptimizeResult, PlannedPass, Say
+from convopt.core.driver import Driver, OptimizeResult, PlannedPass, Say
+from convopt.handoff import Handoff
 from convopt.core.instruments import BudgetGuard, Instrument, SpeedGuard, Step, Verdict
 from convopt.core.plan import Choice, Plan
 from convopt.graph import ConvSpec

@@ -194,3 +194,33 @@ def test_released_timing_session_is_made_again_at_the_next_timing() -> None:
     assert m.latency is not None and m.latency.speedup > 0
     again = report._timing._session
     assert again is not None and again is not first and select._timing.session() is again
+
+
+def test_a_handed_off_candidate_is_measured_alike_and_let_go_once_its_session_exists(monkeypatch) -> None:
+    """Evaluator.measure of a Handoff: the same figures as of the model itself; the handoff is emptied, and
+    the local executor is given the session alone (no proto held beside it). An evaluation that ships the
+    proto (Ray's) still gets it. A Step hands its model off once, and holds it no longer."""
+    from convopt.core.instruments import Step
+    from convopt.core.plan import Plan
+    from convopt.handoff import Handoff
+    from convopt.measure.executor import LocalEvaluation
+
+    model, cand = tiny_classifier("N"), with_bias(tiny_classifier("N"), np.full(4, 0.3))
+    ev = Evaluator(model, data(), FAST, measure_latency=False)
+    given: list[object] = []
+    real = LocalEvaluation.compare
+    monkeypatch.setattr(LocalEvaluation, "compare", lambda self, c, p=None: (given.append(c and c.model), real(self, c, p))[1])
+    plain = ev.measure(cand, "plain")
+    handoff = Handoff(cand)
+    handed = ev.measure(handoff, "handed")
+    assert handed.accuracy == plain.accuracy
+    assert given == [cand, None]
+    with pytest.raises(RuntimeError, match="already taken"):
+        handoff.take()
+    monkeypatch.setattr(LocalEvaluation, "needs_model", True)
+    ev.measure(Handoff(cand), "shipped")
+    assert given[-1] is cand
+    step = Step("s", Plan(), cand, [])
+    assert step.hand_off().take() is cand
+    with pytest.raises(RuntimeError, match="handed off"):
+        step.model

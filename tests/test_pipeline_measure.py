@@ -136,3 +136,32 @@ def test_squeezenet_report_baseline_matches_reference_top1(tmp_path: Path) -> No
     assert d["baseline"]["samples"] == 500 and d["settings"]["data"]["select"]["samples"] == 500
     assert 55.0 < d["baseline"]["accuracy"]["labelled_top1"] < 67.0  # 60.8 on all 1000 (test_measure_real)
     assert d["passes"][-1]["status"] == "no_change"  # SqueezeNet has no 5×5 conv
+
+
+def test_the_report_phase_times_the_original_once_and_releases_it_before_the_accuracy_runs(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """Driver.finish: the original, the timed steps and the final model timed in one run; the baseline takes
+    that run's figure for the original (no second timing), and the original's timing session is gone while
+    the final model's outputs are compared (memory: one session of the original less)."""
+    import convopt.measure.evaluator as ev_mod
+
+    model, _ = _classifier(tmp_path)
+    select, report = (Evaluator(model, load_eval_data(model, None, random_samples=16, seed=s), FAST) for s in (0, 1))
+    runs: list[int] = []
+    real_time = ev_mod.time_sessions
+    monkeypatch.setattr(ev_mod, "time_sessions", lambda sessions, *a: runs.append(len(sessions)) or real_time(sessions, *a))
+    held: list[bool] = []
+    real_compare = Evaluator._compare
+
+    def compare(self, candidate, label):
+        if self is report:
+            held.append(self._timing._session is not None)
+        return real_compare(self, candidate, label)
+
+    monkeypatch.setattr(Evaluator, "_compare", compare)
+    result = optimize(model, ["factorize"], RankPolicy(mode="fraction", value=0.5), select=select, report=report)
+    assert runs[-1] > 1  # the last timing: the original with the steps and final model (the baseline timed no more)
+    assert held == [False]
+    base, final = result.report.baseline, result.final
+    assert base is not None and base.latency is not None and final is not None and final.latency is not None
+    assert base.latency.candidate == final.latency.original  # one run, one baseline

@@ -25,6 +25,7 @@ from convopt.core.deploy import FP32, Deployment
 from convopt.core.instruments import Instrument, Step, Verdict, rejection
 from convopt.core.plan import Plan, apply_plan, conv_table
 from convopt.errors import RewriteError
+from convopt.handoff import Handoff
 from convopt.graph import ConvSkip, ConvSpec, infer_tensor_shapes, read_convs
 from convopt.measure.measurement import Measurement
 from convopt.passes import FitContext
@@ -69,22 +70,6 @@ def environment() -> dict[str, Any]:
     return {"date": date, "convopt": convopt.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count()}
-
-
-class Handoff:
-    """A model handed to the driver by a caller that keeps no other reference to it: the driver may let the
-    original go once BN is folded into its own copy, when no evaluation compares against it (`--no-eval`:
-    the peak is then the folded model and the result, not three models)."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self._model: onnx.ModelProto | None = model
-
-    def take(self) -> onnx.ModelProto:
-        """The model, once: the handoff holds it no longer."""
-        model, self._model = self._model, None
-        if model is None:
-            raise RuntimeError("the handed-off model was already taken")
-        return model
 
 
 @dataclass(frozen=True)
@@ -238,14 +223,17 @@ class Driver:
             assert self.original is not None, "a measured run keeps the original"
             extra = [self.deploy.model(self.original), self.fp32_model]
         base_latency, latencies = report.time_models(models + extra)
+        n = len(models)
+        del models  # the timed steps' models, rebuilt for this table only
+        report.release_timing()  # memory: the accuracy runs below need no timing session of the original
         for (i, _), lat in zip(self.timed, latencies):
             self.reports[i] = replace(self.reports[i], latency=lat)
-        final = replace(report.measure(self.model, "final", timed=False), latency=latencies[len(models) - 1])
-        baseline = replace(report.baseline(), latency=base_latency)
+        final = replace(report.measure(self.model, "final", timed=False), latency=latencies[n - 1])
+        baseline = replace(report.baseline(base_latency), latency=base_latency)
         if not extra:
             return baseline, final, ()
         orig8, opt32 = (replace(report.measure(m, d, timed=False), latency=lat) for m, d, lat in
-                        zip(extra, ("original INT8", "optimized FP32"), latencies[len(models):]))
+                        zip(extra, ("original INT8", "optimized FP32"), latencies[n:]))
         rows = (PrecisionRow("original", "fp32", baseline), PrecisionRow("original", "int8", orig8),
                 PrecisionRow("optimized", "fp32", opt32), PrecisionRow("optimized", "int8", final))
         return baseline, final, rows

@@ -10,6 +10,7 @@ import onnx
 
 from convopt.core.budget import Budget, Certificate
 from convopt.core.plan import Plan
+from convopt.handoff import Handoff
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.measurement import Measurement
 from convopt.report import NodeRewrite
@@ -22,10 +23,21 @@ class Step:
 
     name: str
     plan: Plan
-    model: onnx.ModelProto  # as deployed (quantized with --quantize int8)
+    _model: onnx.ModelProto | None  # as deployed (quantized with --quantize int8); None once handed off
     records: list[NodeRewrite]
     fp32: onnx.ModelProto | None = field(default=None, repr=False)  # the rewritten FP32 model, when it differs
     _measured: dict[int, Measurement] = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        if self._model is None:
+            raise RuntimeError(f"{self.name}: its model was handed off to a measurement")
+        return self._model
+
+    def hand_off(self) -> Handoff:
+        """The model, handed to one taker (an evaluator: see Evaluator.measure); the step holds it no longer."""
+        model, self._model = self.model, None
+        return Handoff(model)
 
     def measure(self, evaluator: Evaluator) -> Measurement:
         """This step's model measured by ``evaluator`` (once per evaluator)."""

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from convopt.errors import DataError, ModelLoadError, RewriteError
+from convopt.handoff import Handoff
 from convopt.measure.data import EvalData
 from convopt.measure.latency import speedup, time_sessions
 from convopt.measure import stats
@@ -158,11 +159,13 @@ class Evaluator:
 
     # -- public -------------------------------------------------------------------------------------------
 
-    def baseline(self) -> Measurement:
-        """The original against itself (agreement 100, error 0), its labelled accuracy and its latency."""
+    def baseline(self, latency: LatencyComparison | None = None) -> Measurement:
+        """The original against itself (agreement 100, error 0), its labelled accuracy and its latency:
+        ``latency`` when the original was timed already (``time_models``'s first figure), else timed here."""
         if self._baseline is None:
             t0 = time.perf_counter()
-            self._baseline = self._measurement("original", self._original, self._latency(None), t0)
+            timing = latency if latency is not None else self._latency(None)
+            self._baseline = self._measurement("original", self._original, timing, t0)
         return self._baseline
 
     def session(self, candidate: onnx.ModelProto, desc: str = "", *, timed: bool = True) -> ort.InferenceSession:
@@ -179,15 +182,21 @@ class Evaluator:
                 raise RewriteError(f"{what} has {kind} {got}, the original has {want}")
         return session
 
-    def measure(self, candidate: onnx.ModelProto, desc: str = "", *, timed: bool = True) -> Measurement:
+    def measure(self, candidate: onnx.ModelProto | Handoff, desc: str = "", *, timed: bool = True) -> Measurement:
         """Compare ``candidate`` with the cached reference outputs and (``timed``) time it interleaved with the
-        original. A candidate ORT cannot load or run, or whose outputs differ in number or shape, is a
-        RewriteError."""
+        original. A Handoff of it is let go once its session exists, unless the executor ships the proto
+        (memory: the model is not held beside its session). A candidate ORT cannot load or run, or whose
+        outputs differ in number or shape, is a RewriteError."""
         t0 = time.perf_counter()
         timed = timed and self.measure_latency
-        session = self.session(candidate, desc, timed=timed)
+        model: onnx.ModelProto | None = candidate.take() if isinstance(candidate, Handoff) else candidate
+        session = self.session(model, desc, timed=timed)  # type: ignore[arg-type]
+        if isinstance(candidate, Handoff) and not self._evaluation.needs_model:
+            model = None
         what = f"the rewritten model ({desc})" if desc else "the rewritten model"
-        cmp = self._compare(Candidate(candidate, session, what), desc or "candidate")
+        cmp = self._compare(Candidate(model, session, what), desc or "candidate")
+        if timed:
+            release_shared_arena()  # the comparison's activations (a batch of samples) go before the timing
         return self._measurement(desc, cmp, self._latency(session) if timed else None, t0)
 
     def release_timing(self) -> None:

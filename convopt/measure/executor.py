@@ -57,9 +57,10 @@ class ExecutorOptions:
 @dataclass(frozen=True)
 class Candidate:
     """A model to compare with the original: its proto, its ORT session on this machine (the local executor
-    runs it; a remote one loads its own) and how messages name it."""
+    runs it; a remote one loads its own from the proto) and how messages name it. ``model`` None: the session
+    is all there is (for an evaluation that does not ``need_model``)."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None
     session: ort.InferenceSession
     what: str
 
@@ -85,6 +86,7 @@ class Evaluation(Protocol):
     """The original's outputs on one data set, kept where its shards run; candidates compared against them."""
 
     plan: ShardPlan
+    needs_model: bool  # whether ``compare`` reads the candidate's proto (a remote executor ships it)
 
     def compare(self, candidate: Candidate | None, progress: Progress | None = None) -> Comparison:
         """``candidate`` (None: the original itself) against the original's outputs, merged in sample order."""
@@ -171,6 +173,8 @@ def session_of(model: onnx.ModelProto | Path, settings: OrtSettings) -> ort.Infe
 class LocalEvaluation:
     """Every shard in this process, one after the other; the original's outputs kept here (its session is
     dropped once they are computed)."""
+
+    needs_model = False  # the candidate's session runs here
 
     def __init__(self, spec: EvaluationSpec, plan: ShardPlan, log: list[CompareLog],
                  session: ort.InferenceSession) -> None:

@@ -154,6 +154,8 @@ def _digest(blob: bytes) -> str:
 class RayEvaluation:
     """The original's outputs on one data set, kept on the workers that own its shards."""
 
+    needs_model = True  # the workers load the candidate from its proto
+
     def __init__(self, executor: RayExecutor, spec: EvaluationSpec, plan: ShardPlan) -> None:
         self.plan, self._ex, self._spec = plan, executor, spec
         original = executor.put_model(spec.original)
@@ -164,6 +166,7 @@ class RayEvaluation:
 
     def compare(self, candidate: Candidate | None, progress: Progress | None = None) -> Comparison:
         t0 = time.perf_counter()
+        assert candidate is None or candidate.model is not None, "a Ray evaluation needs the candidate's proto"
         blob = None if candidate is None else ray.put(candidate.model.SerializeToString())
         key = None if blob is None else blob.hex()
         what = None if candidate is None else candidate.what
