@@ -532,3 +532,70 @@ def test_auto_considers_a_fully_connected_layer_through_lowrank() -> None:
     cands = res.report.extra["auto"]["candidates"]
     assert any(c["layer"] == "fc" and c["candidate"].startswith("lowrank[") for c in cands)
     onnx.checker.check_model(res.model)
+
+
+def test_candidates_set_aside_keep_their_values_and_give_the_same_model_with_their_pages_dropped(monkeypatch) -> None:
+    """set_aside maps one layer's kept factors from one file (same values, keys and figures); a plan of them
+    applies to the very model the in-memory factors give, and apply_plan drops each layer's pages once
+    written; where the temporary folder is memory (tmpfs), the factors stay as they are."""
+    import convopt.auto.candidates as cand_mod
+    import convopt.core.plan as plan_mod
+    from convopt.auto.candidates import set_aside
+    from convopt.pages import mapping_of
+
+    model = two_conv_model()
+    specs = conv_table(model, conv_shapes(model, None))
+    cands = build_candidates(specs["conv2"], ["factorize", "bottleneck"])[0][:3]
+    before = [(k.key, k.error, {n: a.copy() for n, a in k.choice.factors.arrays.items()}) for k in cands]
+    in_memory = apply_plan(model, Plan({"conv2": cands[1].choice}), specs).model
+    monkeypatch.setattr(cand_mod, "tmp_on_disk", lambda: True)
+    set_aside(cands)
+    maps = set()
+    for k, (key, err, arrays) in zip(cands, before):
+        assert (k.key, k.error) == (key, err)
+        for n, a in arrays.items():
+            np.testing.assert_array_equal(k.choice.factors.arrays[n], a)
+            maps.add(id(mapping_of(k.choice.factors.arrays[n])))
+    assert len(maps) == 1 and id(None) not in maps  # one file for the layer
+    dropped: list[list[np.ndarray]] = []
+    monkeypatch.setattr(plan_mod, "drop_pages", lambda arrays: dropped.append(list(arrays)))
+    applied = apply_plan(model, Plan({"conv2": cands[1].choice}), specs).model
+    assert applied.SerializeToString() == in_memory.SerializeToString()
+    assert len(dropped) == 1 and all(mapping_of(a) is not None for a in dropped[0])
+    monkeypatch.setattr(cand_mod, "tmp_on_disk", lambda: False)
+    fresh = build_candidates(specs["conv2"], ["factorize"])[0][:1]
+    set_aside(fresh)
+    assert all(mapping_of(a) is None for a in fresh[0].choice.factors.arrays.values())
+
+
+def test_auto_sets_aside_the_kept_candidates_factors_and_hands_each_step_off(monkeypatch) -> None:
+    """Every candidate kept after timing holds factors mapped from a file until the search releases them;
+    every check hands its step's model to the select evaluator."""
+    import convopt.auto.candidates as cand_mod
+    from convopt.auto.search import AutoSearch
+    from convopt.pages import mapping_of
+
+    monkeypatch.setattr(cand_mod, "tmp_on_disk", lambda: True)
+    seen: list[bool] = []
+    real = AutoSearch.collect
+
+    def collect(self: AutoSearch) -> None:
+        seen.extend(mapping_of(a) is not None for v in self.cands.values() for k in v
+                    for a in k.choice.factors.arrays.values())
+        real(self)
+
+    monkeypatch.setattr(AutoSearch, "collect", collect)
+    measured: list[tuple[str, str]] = []
+    real_measure = Evaluator.measure
+
+    def measure(self: Evaluator, candidate, desc: str = "", **kw):
+        measured.append((self.role, type(candidate).__name__))
+        return real_measure(self, candidate, desc, **kw)
+
+    monkeypatch.setattr(Evaluator, "measure", measure)
+    res = run_auto(two_conv_model(), data(24, seed=1), Budget(max_rel_error=0.5),
+                   AutoOptions(min_layer_speedup=0.0))[0]
+    assert seen and all(seen)
+    assert res.report.extra["auto"]["checks"]
+    # each check's step model is handed to the select evaluator (let go once its session exists)
+    assert [t for r, t in measured if r == "select"] == ["Handoff"] * len(res.report.extra["auto"]["checks"])

@@ -2,11 +2,12 @@
 (the factors are reused by timing, pricing, refits and the final plan)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from convopt import decompose
 from convopt.core.plan import Choice
 from convopt.graph import ConvSpec
+from convopt.pages import tmp_on_disk, to_file
 from convopt.passes import FitContext, get_pass
 from convopt.passes.base import describe
 
@@ -79,3 +80,16 @@ def build_candidates(conv: ConvSpec, passes: list[str], align: int = 8,
                                                      p.macs(conv, factors.ranks), p.form(conv, factors.ranks),
                                                      factors.weight_rel_error, factors.output_error))
     return list(out.values()), refused
+
+
+def set_aside(cands: list[Candidate]) -> None:
+    """Move the candidates' factor arrays (one layer's kept candidates, say) to one file, mapped read-only
+    (convopt.pages), where the temporary folder is on a disk: through the rest of the search they cost memory
+    only while a plan writes them into a model (``apply_plan`` drops their pages again). The same values."""
+    held = [(k, k.choice.factors) for k in cands if k.choice.factors is not None]
+    if not held or not tmp_on_disk():
+        return
+    names = [(k, f, list(f.arrays)) for k, f in held]
+    mapped = iter(to_file([f.arrays[n] for _, f, ns in names for n in ns], "convopt-factors-"))
+    for k, f, ns in names:
+        k.choice = k.choice.with_factors(replace(f, arrays={n: next(mapped) for n in ns}))

@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import numpy as np
 import onnx
 
-from convopt.auto.candidates import Candidate, build_candidates
+from convopt.auto.candidates import Candidate, build_candidates, set_aside
 from convopt.auto.context import ContextPricer, LayerPrices
 from convopt.auto.latency import LayerLatencyCache, candidate_model, measure_candidates
 from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan, run_bytes
@@ -260,6 +260,7 @@ class AutoSearch:
                 if k in fast:
                     k.status = "not used (dominated or thinned: another candidate is faster and as accurate)"
         if keep:
+            set_aside(keep)  # memory: their factors wait in a file until a plan writes them
             self.cands[name] = keep
         else:
             self.skipped[name] = f"no candidate measured >= {o.min_layer_speedup}x faster than the dense layer"
@@ -345,6 +346,8 @@ class AutoSearch:
         """Step ``k`` tested on the select data: certified when every bound is within the budget. Returns the
         verdicts; the step's model is freed before the next one is built."""
         step = self.driver.apply(f"auto step {k}", self.step_plan(k, config))
+        if self.on_step is None:  # memory: the step's model goes once its session is made (nothing else reads it)
+            step.remember(self.select_ev, self.select_ev.measure(step.hand_off(), step.name))
         decision = self.driver.judge(step, [BudgetGuard(self.select_ev, self.budget)])
         meas = step.measure(self.select_ev)
         if self.on_step is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from convopt.graph import Builder, ConvSpec, NameScope, Replacement, apply_replacements, read_convs
+from convopt.pages import drop_pages
 from convopt.passes import Factors, FitContext, Ranks, get_pass
 from convopt.passes.base import Geometry, ranks_key
 from convopt.report import NodeRewrite
@@ -96,6 +97,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec]
             factors = choice.factors if choice.factors is not None else computed.pop(node)
             b = Builder(names, p.name, conv)
             p.emit(conv, factors, b)
+            drop_pages(factors.arrays.values())  # factors set aside in a file (convopt.pages) leave memory again
             records.append(record(conv, choice, factors, tuple(n.name for n in b.nodes)))
             filled[node] = choice.with_factors(factors) if keep_factors else Choice(p.name, dict(factors.ranks))
             yield b.replacement()
