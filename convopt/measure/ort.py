@@ -112,6 +112,7 @@ def make_session(model: onnx.ModelProto | bytes | Path, settings: OrtSettings, *
     so.enable_cpu_mem_arena = arena
     if arena and settings.provider == "CPUExecutionProvider" and shared_cpu_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
+    trim_freed_memory()  # what the caller freed (a model, a run's outputs) goes back before ORT's peak
     if isinstance(model, onnx.ModelProto):
         with model_file(model) as path:
             session = ort.InferenceSession(str(path), sess_options=so, providers=[settings.provider])
