@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from convopt.datafit.moments import DEFAULT_RIDGE, Moments, ridge_lambda, whiten
+from convopt.decompose import thin_svd
 
 __all__ = [
     "principal_outputs",
@@ -55,8 +56,9 @@ def principal_outputs(W: np.ndarray, S: np.ndarray, rank: int, ridge: float = DE
         raise ValueError(f"ridge must be > 0, got {ridge}")
     r = _rank(rank, min(Wd.shape))
     if Wd.shape[1] <= Wd.shape[0]:  # F ≤ O: S's (F, F) factor is no larger than the responses' (O, O)
-        U, _, _ = np.linalg.svd(Wd @ whiten(S, ridge).L, full_matrices=False)
-        return U[:, :r]
+        WL = (whiten(S, ridge).L.T @ Wd.T).T  # W L, a new array in Fortran order: factored in place, with
+        U = thin_svd(WL, disposable=True)[0]  # LAPACK's least workspace, once per (W, S) in decompose.svd_reuse
+        return U[:, :r].copy()
     Sd = np.asarray(S, dtype=np.float64)
     if not np.all(np.isfinite(Sd)):
         raise ValueError("S contains NaN or Inf")

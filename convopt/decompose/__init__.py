@@ -24,13 +24,14 @@ than the exact (full) rank are clamped, so callers should read the rank off the 
 """
 from __future__ import annotations
 
-from convopt.decompose.base import align_rank, one_blas_thread, rank_for_energy, relative_error, svd_reuse
+from convopt.decompose.base import align_rank, one_blas_thread, rank_for_energy, relative_error, svd_reuse, thin_svd
 from convopt.decompose.kernels import (compose_depthwise, compose_spatial, compose_tucker2, depthwise_spectrum,
                                        depthwise_svd, spatial_svd, spatial_svd_spectrum, tucker2, tucker2_spectra)
 from convopt.decompose.split5x5 import compose_split5x5, split5x5_als, split5x5_rank_for_error, split5x5_shift
 
 __all__ = [
     "relative_error",
+    "thin_svd",
     "spatial_svd",
     "spatial_svd_spectrum",
     "compose_spatial",

@@ -42,7 +42,7 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _svd(M: np.ndarray, *, disposable: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def thin_svd(M: np.ndarray, *, disposable: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD (U, S, Vᵀ) of M, memoized by content inside ``svd_reuse``.
 
     ``disposable``: M is a 2-D float64 matrix in Fortran order that the caller never reads again. LAPACK's
@@ -74,8 +74,8 @@ def _memo_key(M: np.ndarray) -> tuple:
 
 
 def _singular_values(M: np.ndarray, *, disposable: bool = False) -> np.ndarray:
-    """Singular values of M, descending (the memo's, inside ``svd_reuse``; ``disposable`` as for ``_svd``)."""
-    return np.linalg.svd(M, compute_uv=False) if _SVD_MEMO is None else _svd(M, disposable=disposable)[1]
+    """Singular values of M, descending (the memo's, inside ``svd_reuse``; ``disposable`` as for ``thin_svd``)."""
+    return np.linalg.svd(M, compute_uv=False) if _SVD_MEMO is None else thin_svd(M, disposable=disposable)[1]
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from convopt.decompose.base import _check_rank, _f64, _out, _singular_values, _svd
+from convopt.decompose.base import _check_rank, _f64, _out, _singular_values, thin_svd
 
 # ----------------------------------------------------------------------------- spatial SVD
 
 
 def _spatial_matrix(W: np.ndarray) -> np.ndarray:
-    """M[(i,a),(o,b)] = W[o,i,a,b], (I·kh, O·kw), a new array in Fortran order (for ``_svd(disposable=True)``)."""
+    """M[(i,a),(o,b)] = W[o,i,a,b], (I·kh, O·kw), a new array in Fortran order (for ``thin_svd(disposable=True)``)."""
     O, I, kh, kw = W.shape
     return np.array(W.transpose(0, 3, 1, 2), order="C").reshape(O * kw, I * kh).T  # a copy: LAPACK may write in it
 
@@ -25,7 +25,7 @@ def spatial_svd(W: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     M = _spatial_matrix(_f64(W, 4))  # the float64 copy of W is freed before the SVD runs
     O, I, kh, kw = W.shape
     R = min(_check_rank(rank), I * kh, O * kw)
-    U, S, Vt = _svd(M, disposable=True)
+    U, S, Vt = thin_svd(M, disposable=True)
     del M  # LAPACK's scratch now
     sq = np.sqrt(S[:R])
     V = (U[:, :R] * sq).T.reshape(R, I, kh, 1)
@@ -55,7 +55,7 @@ def compose_spatial(V: np.ndarray, H: np.ndarray) -> np.ndarray:
 
 def _left_sv(M: np.ndarray, r: int) -> np.ndarray:
     """Top-r left singular vectors of M (columns)."""
-    U, _, _ = _svd(M)
+    U, _, _ = thin_svd(M)
     return U[:, :r]
 
 
@@ -138,7 +138,7 @@ def depthwise_svd(W: np.ndarray, multiplier: int) -> tuple[np.ndarray, np.ndarra
     O, I, kh, kw = Wd.shape
     m = min(_check_rank(multiplier, "multiplier"), O, kh * kw)
     M = Wd.transpose(1, 0, 2, 3).reshape(I, O, kh * kw)
-    U, S, Vt = _svd(M)  # U (I, O, k), S (I, k), Vt (I, k, kh·kw)
+    U, S, Vt = thin_svd(M)  # U (I, O, k), S (I, k), Vt (I, k, kh·kw)
     sq = np.sqrt(S[:, :m])  # (I, m)
     D = (sq[:, :, None] * Vt[:, :m, :]).reshape(I, m, kh, kw)
     P = (U[:, :, :m] * sq[:, None, :]).transpose(1, 0, 2)  # (O, I, m)
