@@ -19,7 +19,8 @@ from convopt.report import NodeRewrite
 @dataclass
 class Step:
     """One plan applied to the base model: what instruments look at. ``records`` are the nodes this step
-    rewrites that the previous kept step did not."""
+    rewrites that the previous kept step did not. A step may hand its model off to one measurement
+    (``hand_off``: it is then let go once its session exists) and keep only what was measured."""
 
     name: str
     plan: Plan

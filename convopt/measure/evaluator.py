@@ -189,12 +189,13 @@ class Evaluator:
         outputs differ in number or shape, is a RewriteError."""
         t0 = time.perf_counter()
         timed = timed and self.measure_latency
-        model: onnx.ModelProto | None = candidate.take() if isinstance(candidate, Handoff) else candidate
-        session = self.session(model, desc, timed=timed)  # type: ignore[arg-type]
-        if isinstance(candidate, Handoff) and not self._evaluation.needs_model:
-            model = None
+        model = candidate.take() if isinstance(candidate, Handoff) else candidate
+        session = self.session(model, desc, timed=timed)
+        let_go = isinstance(candidate, Handoff) and not self._evaluation.needs_model
+        shipped = None if let_go else model
+        del model  # a let-go model's last reference
         what = f"the rewritten model ({desc})" if desc else "the rewritten model"
-        cmp = self._compare(Candidate(model, session, what), desc or "candidate")
+        cmp = self._compare(Candidate(shipped, session, what), desc or "candidate")
         if timed:
             release_shared_arena()  # the comparison's activations (a batch of samples) go before the timing
         return self._measurement(desc, cmp, self._latency(session) if timed else None, t0)
