@@ -169,7 +169,6 @@ _ORT_DTYPES = {
 }
 
 
-
 def peak_live_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> int:
     """float32 bytes of activations alive at once, at most, when the main graph's nodes run in their order, per
     sample (``shapes`` at batch 1, as :func:`infer_tensor_shapes` gives them): each tensor is alive from the node
