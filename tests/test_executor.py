@@ -182,3 +182,23 @@ def test_two_outputs_merge_like_one_pass() -> None:
            for s in (2, 100)]
     a, b = (e.baseline().to_dict() | {"seconds": 0} for e in evs)
     assert a == b and [o["shape"] for o in a["outputs"]] == [[9, 3], [9, 6]]
+
+
+def test_map_reduce_on_mapped_data_gives_the_same_sums_and_drops_each_batch_s_pages(monkeypatch) -> None:
+    """Data mapped from a file (measure.mapped.on_disk) reduce to the same sums, and their pages are dropped
+    after each batch is read."""
+    import convopt.measure.mapped as mapped
+    import convopt.measure.shards as shards
+
+    monkeypatch.setattr(mapped, "disk_backed", lambda _folder: True)
+    d = EvalData({"X": images(10)}, None, "t")
+    m = mapped.on_disk(d)
+    calls: list[int] = []
+    monkeypatch.setattr(shards, "evict", lambda data: (calls.append(data.n), mapped.evict(data))[1])
+
+    def reducer(t):
+        return (t["r"].astype(np.float64).sum(axis=0),)
+
+    (a,), (b,) = (LocalExecutor(4).map_reduce(tiny_classifier("N"), ["r"], x, reducer, FAST) for x in (d, m))
+    np.testing.assert_array_equal(a, b)
+    assert len(calls) >= 2 * 3  # each run over 10 samples, in batches of at most 4

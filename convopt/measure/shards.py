@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from convopt.errors import DataError, RewriteError
 from convopt.measure.data import EvalData
+from convopt.measure.mapped import evict
 from convopt.measure.metrics import OutputPartial, label_hits, merge_outputs, output_partials
 from convopt.measure.ort import ORT_ERRORS, OrtSettings, Progress, batch_feeds, data_batch, run_model
 from convopt.measure.plugin import TaskMetric
@@ -207,4 +208,5 @@ def _batches(session: ort.InferenceSession, names: Sequence[str], shard: EvalDat
             outs = session.run(list(names), batch_feeds(session, shard, start, batch))
         except ORT_ERRORS as e:
             raise DataError(f"ONNX Runtime cannot run the model on {shard.source}: {e}") from None
+        evict(shard)  # mapped data (convopt.measure.mapped) leave memory once each batch is read
         yield {n: (o[:take] if np.ndim(o) and o.shape[0] == batch else o) for n, o in zip(names, outs)}
