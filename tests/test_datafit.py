@@ -492,3 +492,25 @@ def test_bottleneck_output_side_with_bias_is_zhang(data3) -> None:
     U = last[:, :, 0, 0].astype(np.float64)
     zhang = (Y - Y.mean(axis=0)) @ U @ U.T + Y.mean(axis=0)
     np.testing.assert_allclose(X @ W_hat.reshape(12, -1).T + b_hat, zhang, rtol=1e-5, atol=1e-5 * np.abs(Y).max())
+
+
+def test_principal_outputs_factors_w_l_in_place_once_per_weight_and_moment(monkeypatch) -> None:
+    """F ≤ O: the SVD of W L goes through decompose.thin_svd, on a Fortran-ordered W L (LAPACK works inside
+    it: no copy); inside svd_reuse every rank shares one SVD, with the same subspaces as a fresh call."""
+    import convopt.decompose.base as dcb
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((40, 24))  # O = 40 ≥ F = 24
+    X = rng.standard_normal((500, 24)) @ rng.standard_normal((24, 24))
+    S = X.T @ X / 500
+    fresh = {r: df.principal_outputs(W, S, r) for r in (4, 8, 24)}
+    seen: list[bool] = []
+    lean = dcb._lean_svd
+    monkeypatch.setattr(dcb, "_lean_svd", lambda M: (seen.append(M.flags.f_contiguous), lean(M))[1])
+    with dc.svd_reuse():
+        reused = {r: df.principal_outputs(W, S, r) for r in (4, 8, 24)}
+    assert seen == [True]  # one SVD for the three ranks, on a Fortran-ordered W L
+    for r, U in fresh.items():
+        np.testing.assert_allclose(reused[r] @ reused[r].T, U @ U.T, atol=1e-10)
+    full = fresh[24]
+    np.testing.assert_allclose(full @ full.T @ W, W, atol=1e-10)  # full rank: exact
