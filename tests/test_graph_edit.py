@@ -126,3 +126,34 @@ def test_with_outputs_on_the_shared_ir3_models(name: str) -> None:
     x = np.random.default_rng(0).random(shape, dtype=np.float32) * 255
     got = _session(sub).run([want], {inp.name: x})[0]
     np.testing.assert_array_equal(got, _session(full).run([want], {inp.name: x})[0])
+
+
+def test_pruned_leaves_no_weights_in_the_graph_surgeon_s_reference_cycles() -> None:
+    """pruned imports the model's structure into onnx-graphsurgeon, not its weights: the cycles its graph
+    leaves for Python's cyclic collector hold no tensor with data (they held the whole model being refit, into
+    each of auto mode's checks), and the result is the same as from the full model."""
+    import gc
+
+    from convopt.graph.edit import pruned
+    from tests.helpers import conv_model
+
+    model = conv_model(8, 16)
+    big = [t.name for t in model.graph.initializer if len(t.raw_data) > 0]
+    assert big
+    out = model.graph.node[0].output[0]
+    gc.collect()
+    gc.disable()
+    try:
+        skeleton, inits = pruned(model, [out])
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        held = [o for o in gc.garbage if isinstance(o, onnx.TensorProto)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert held and all(len(t.raw_data) == 0 for t in held)  # the stubs' cycles, no data
+    first = model.graph.node[0]
+    assert [n.name for n in skeleton.graph.node] == [first.name]
+    wanted = [t for t in model.graph.initializer if t.name in first.input]
+    assert [(t.name, t.raw_data) for t in inits] == [(t.name, t.raw_data) for t in wanted] and wanted

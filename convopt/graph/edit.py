@@ -317,13 +317,27 @@ def pruned(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, l
     return m, [t for t in g.initializer if t.name in keep_tensors]
 
 
+def _structure(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its initializers' data left out (their names, types and dims kept): all onnx-graphsurgeon
+    needs to find what a tensor needs. Its graph holds reference cycles (nodes ↔ tensors) that outlive the call
+    until Python's cyclic collector runs, and a tensor proto keeps its whole model alive: imported from this,
+    they keep a few KiB, where they kept a model's weights (on ddddocr-det, the 18 MiB model being refit, into
+    each check)."""
+    m = onnx.ModelProto()
+    copy_fields(model, m, skip=("graph",))
+    copy_fields(model.graph, m.graph, skip=("initializer",))
+    m.graph.initializer.extend(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+                               for t in model.graph.initializer)
+    return m
+
+
 def _needed(model: onnx.ModelProto, names: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
     """(the main-graph nodes, in graph order, and the names of the tensors) that computing ``names`` needs."""
     import onnx_graphsurgeon as gs
     from onnx_graphsurgeon.logger import G_LOGGER
 
     with G_LOGGER.suppress():  # its warnings (unsupported attribute types, ...) are not the user's business
-        graph = gs.import_onnx(model)
+        graph = gs.import_onnx(_structure(model))
         tensors = graph.tensors()
         graph.outputs = [tensors[n] for n in names if n in tensors]
         graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False, recurse_functions=False)
