@@ -50,7 +50,7 @@ def test_each_data_role_is_mapped_from_a_file_where_the_temporary_folder_is_on_a
     import onnx
 
     from convopt.api import _load_roles, load_roles
-    from convopt.measure.mapped import disk_backed
+    from convopt.pages import disk_backed
     from convopt.pages import mapping_of
 
     opts = convopt.OptimizeOptions(model=example_model_path(), data=convopt.DataOptions(data=example_data_path()))

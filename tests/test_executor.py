@@ -190,7 +190,7 @@ def test_map_reduce_on_mapped_data_gives_the_same_sums_and_drops_each_batch_s_pa
     import convopt.measure.mapped as mapped
     import convopt.measure.shards as shards
 
-    monkeypatch.setattr(mapped, "disk_backed", lambda _folder: True)
+    monkeypatch.setattr(mapped, "tmp_on_disk", lambda: True)
     d = EvalData({"X": images(10)}, None, "t")
     m = mapped.on_disk(d)
     calls: list[int] = []

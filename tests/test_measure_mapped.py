@@ -11,9 +11,9 @@ import pytest
 from convopt.measure import mapped
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
-from convopt.measure.mapped import disk_backed, evict, on_disk
+from convopt.measure.mapped import evict, on_disk
 from convopt.measure.ort import OrtSettings
-from convopt.pages import mapping_of
+from convopt.pages import disk_backed, mapping_of
 from tests.helpers import rss_mib
 from tests.test_measure_helpers import tiny_classifier
 
@@ -42,7 +42,7 @@ def test_on_disk_maps_the_same_values_read_only() -> None:
 
 
 def test_on_disk_keeps_data_in_memory_where_the_file_would_be_memory(monkeypatch) -> None:
-    monkeypatch.setattr(mapped, "disk_backed", lambda _folder: False)
+    monkeypatch.setattr(mapped, "tmp_on_disk", lambda: False)
     d = data(4)
     assert on_disk(d) is d
 

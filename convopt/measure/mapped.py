@@ -9,18 +9,16 @@ so the data stay in memory as they are (set TMPDIR to a folder on a disk to have
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 from convopt.measure.data import EvalData
-from convopt.pages import MEMORY_FILESYSTEMS, disk_backed, drop_pages, to_file
+from convopt.pages import drop_pages, tmp_on_disk, to_file
 
 
 def on_disk(data: EvalData) -> EvalData:
     """``data`` with its input arrays moved to an anonymous temporary file and mapped read-only (convopt.pages:
     the same values; writing to them raises). Ragged data (per-sample arrays) are returned as they are."""
-    if data.ragged or not disk_backed(Path(tempfile.gettempdir())):
+    if data.ragged or not tmp_on_disk():
         return data
     names = list(data.inputs)
     return replace(data, inputs=dict(zip(names, to_file([data.inputs[n] for n in names], "convopt-data-"))))
@@ -32,4 +30,4 @@ def evict(data: EvalData) -> None:
     drop_pages(data.inputs.values())
 
 
-__all__ = ["MEMORY_FILESYSTEMS", "disk_backed", "evict", "on_disk"]
+__all__ = ["evict", "on_disk"]
