@@ -63,12 +63,10 @@ def to_file(arrays: Sequence[np.ndarray], prefix: str = "convopt-") -> list[np.n
 
 
 def mapping_of(array: np.ndarray) -> mmap.mmap | None:
-    """The mmap ``array`` is a view of (``to_file``'s, or a numpy.memmap's), else None."""
+    """The mmap ``array`` is a view of (``to_file``'s, or a numpy.memmap's), else None: the end of its chain of
+    bases (a numpy.memmap's is the mmap itself; ``to_file``'s views end in a memoryview of it)."""
     base: object = array
     while isinstance(base, np.ndarray):
-        found = getattr(base, "_mmap", None)  # numpy.memmap's own
-        if isinstance(found, mmap.mmap):
-            return found
         base = base.base
     obj = base.obj if isinstance(base, memoryview) else base
     return obj if isinstance(obj, mmap.mmap) else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -36,6 +37,11 @@ def test_mapping_of_arrays_in_memory_and_their_views_is_none() -> None:
     (m,) = to_file([a])
     assert mapping_of(m[1:].T) is mapping_of(m)  # views of a view find the mapping
     drop_pages([a, a[1:]])  # in memory: nothing to do
+    with tempfile.TemporaryFile() as f:
+        a.tofile(f)
+        f.flush()
+        mm = np.memmap(f, dtype=a.dtype, mode="r", shape=a.shape)
+        assert mapping_of(mm) is not None and mapping_of(mm[1:].T) is mapping_of(mm)  # a numpy.memmap too
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc (Linux)")
