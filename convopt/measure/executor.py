@@ -58,7 +58,7 @@ class ExecutorOptions:
 class Candidate:
     """A model to compare with the original: its proto, its ORT session on this machine (the local executor
     runs it; a remote one loads its own from the proto) and how messages name it. ``model`` None: the session
-    is all there is (for an evaluation that does not ``need_model``)."""
+    is all there is (for an evaluation that does not ``needs_model``)."""
 
     model: onnx.ModelProto | None
     session: ort.InferenceSession
