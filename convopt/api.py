@@ -15,6 +15,7 @@ from convopt.core.deploy import FP32, Deployment
 from convopt.core.driver import OptimizeResult
 from convopt.handoff import Handoff
 from convopt.errors import InputError
+from convopt.graph.offload import WeightFile, inline, offload
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.executor import Executor, open_executor
@@ -260,7 +261,8 @@ def optimize_model(model: onnx.ModelProto | Handoff, opts: OptimizeOptions, say:
                    warn: Say = lambda _m: None, progress: bool = False) -> OptimizeResult:
     """Run the chosen strategy on a loaded model (``warn`` hears about data it could not use as asked). A
     Handoff of the model (the caller keeps no reference) lets a run without evaluation release the original
-    once BN is folded: its peak is then two models, not three."""
+    once BN is folded: its peak is then two models, not three. A measured run works on a copy whose large
+    weights wait in a temporary file until read (convopt.graph.offload); the model returned holds them all."""
     strategy = strategy_of(opts)
     cache = None
     if strategy == "auto" and opts.latency_cache is not None:  # checked before any work; --overwrite replaces
@@ -278,12 +280,15 @@ def optimize_model(model: onnx.ModelProto | Handoff, opts: OptimizeOptions, say:
                                 settings=report_settings(opts, strategy, None), on_event=say, **names)
     if isinstance(model, Handoff):
         model = model.take()
-    setup = set_up(model, opts, strategy, warn, progress, say)
-    opts = with_timing_shapes(opts, setup.roles)
-    try:
-        result = _run_strategy(model, opts, strategy, setup, passes, policy, names, say, cache)
-    finally:
-        setup.executor.close()
+    with WeightFile() as weights:
+        model = offload(model, weights)  # a copy: the weights in the page cache, not the process, until read
+        setup = set_up(model, opts, strategy, warn, progress, say)
+        opts = with_timing_shapes(opts, setup.roles)
+        try:
+            result = _run_strategy(model, opts, strategy, setup, passes, policy, names, say, cache)
+        finally:
+            setup.executor.close()
+        inline(result.model)
     settings = {**result.report.settings, "executor": setup.executor.info().to_dict()}  # workers, shards
     result.report = replace(result.report, settings=settings, budget=budget_report(setup, result))
     return result

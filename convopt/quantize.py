@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper, version_converter
 from onnx.onnx_cpp2py_export.version_converter import ConvertError as _ConvertError
 
 from convopt.errors import DataError, InputError, RewriteError, UnsupportedModelError
+from convopt.graph.offload import inlined
 from convopt.io import default_opset, fits_in_one_protobuf, run_checker
 from convopt.measure.data import EvalData, graph_inputs, input_dtype
 from convopt.measure.ort import ORT_ERRORS, OrtSettings
@@ -316,6 +317,7 @@ def quantize_int8(model: onnx.ModelProto, calib: EvalData, settings: Int8Setting
     sample of ``calib`` (inputs[name]: (n, *per_sample_shape)). Models below opset 13 are upgraded first when
     weights are per-channel. Temporary files live in a private folder that is always removed."""
     t0 = time.perf_counter()
+    model = inlined(model)  # ORT's quantizer reads the weights from the model's own file
     if not fits_in_one_protobuf(model):
         raise UnsupportedModelError("INT8 quantization of models of 2 GB or more is not supported; keep FP32")
     s = (settings or Int8Settings()).resolved()

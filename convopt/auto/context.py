@@ -32,6 +32,7 @@ from convopt.auto.latency import LayerLatencyCache, conv_key, settings_key, sing
 from convopt.auto.window import GraphIndex, Window, context_window, whole
 from convopt.core.plan import Choice, Plan, apply_plan, conv_table
 from convopt.graph import ConvSpec, infer_tensor_shapes
+from convopt.measure.model_file import model_file
 from convopt.measure.ort import OPT_LEVELS, ORT_ERRORS, OrtSettings, make_session
 
 Scope = Literal["window", "model"]
@@ -148,7 +149,8 @@ def ort_ops(model: onnx.ModelProto, settings: OrtSettings) -> Counter[str]:
     so.graph_optimization_level = OPT_LEVELS[settings.graph_optimization_level]
     with tempfile.TemporaryDirectory() as tmp:
         so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        ort.InferenceSession(model.SerializeToString(), so, providers=[settings.provider])
+        with model_file(model) as path:  # offloaded weights too
+            ort.InferenceSession(str(path), so, providers=[settings.provider])
         g = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
     c = Counter(n.op_type for n in g.node)
     convs = [n for n in g.node if n.op_type in ("Conv", "FusedConv")]

@@ -21,6 +21,7 @@ from convopt.auto.spill import Spill
 from convopt.core.plan import Plan, apply_plan
 from convopt.graph import ConvSpec, attrs, peak_live_bytes, used_names
 from convopt.graph.edit import pruned
+from convopt.graph.offload import array
 from convopt.graph.linear import nchw
 from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
@@ -226,13 +227,13 @@ def refit_layer(model: onnx.ModelProto, layer: str, y_name: str, targets: Target
     if int(a.get("group", 1)) != 1:  # type: ignore[arg-type]
         return RefitInfo(layer, float("nan"), float("nan"), False, 0)
     idx = _init_index(model)
-    W = numpy_helper.to_array(model.graph.initializer[idx[node.input[1]]]).astype(np.float64)
+    W = array(model.graph.initializer[idx[node.input[1]]]).astype(np.float64)
     if node.op_type == "Gemm":  # y = z Wᵀ (+ b), W (O, r) (convopt emits transB=1): a 1×1 conv on (r, rows, 1)
         assert rows is not None and int(a.get("transB", 0)) == 1  # type: ignore[arg-type]
         W = W.reshape(*W.shape, 1, 1)
     O = W.shape[0]
     has_b = len(node.input) > 2 and bool(node.input[2])
-    b = numpy_helper.to_array(model.graph.initializer[idx[node.input[2]]]).astype(np.float64) if has_b else np.zeros(O)
+    b = array(model.graph.initializer[idx[node.input[2]]]).astype(np.float64) if has_b else np.zeros(O)
     geom = ConvGeom(tuple(W.shape[2:]), tuple(a.get("strides", [1, 1])),  # type: ignore[arg-type]
                     tuple(a.get("pads", [0, 0, 0, 0])), tuple(a.get("dilations", [1, 1])))  # type: ignore[arg-type]
     pos, Y = targets.pos[layer], targets.y[layer].astype(np.float64)

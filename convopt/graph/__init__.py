@@ -2,6 +2,7 @@
 
 - ``read``: Conv nodes as ConvSpec/ConvSkip records, and the one Conv validity check;
 - ``constants``: a graph's constant tensors (initializers, Constant nodes), read by name;
+- ``offload``: a model's large weights in a private file, read back on demand (a measured run's memory);
 - ``shapes``: the one dimension parser and the one graph-input shape resolver (lenient and strict views);
 - ``infer``: shape inference of every tensor (weight-free skeleton, an ORT run for what it cannot reach);
 - ``pads``: auto_pad and output-size arithmetic;

@@ -5,6 +5,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from convopt.graph import offload  # (the module: graph's package imports it through this one)
+
 
 class ConstantTable:
     """Constant tensors of a graph: initializers and outputs of Constant nodes (some exporters use these)."""
@@ -33,7 +35,7 @@ class ConstantTable:
 
     def value(self, name: str) -> np.ndarray | None:
         if name in self._inits:
-            return numpy_helper.to_array(self._inits[name])
+            return offload.array(self._inits[name])  # offloaded weights too
         a = self._attribute(name)
         if a is None:
             return None

@@ -131,6 +131,8 @@ def _ort_shapes(
 ) -> dict[str, tuple[int, ...]]:
     import onnxruntime as ort  # local: passes and graph code never need ORT otherwise
 
+    from convopt.graph.offload import serialized
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
@@ -141,7 +143,7 @@ def _ort_shapes(
     opts.log_severity_level = 4  # a failed run is expected here (we fall back); keep ORT quiet
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(serialized(m), opts, providers=["CPUExecutionProvider"])
     except Exception:
         return {}
     feeds = {}

@@ -19,7 +19,8 @@ from typing import BinaryIO
 
 import onnx
 
-from convopt.serialize import model_chunks, repeated
+from convopt.graph.offload import copy_to, offloaded, without_data, write_all
+from convopt.serialize import model_chunks
 
 WEIGHTS = "weights.bin"
 EXTERNAL_MIN = 1024
@@ -34,7 +35,7 @@ def model_file(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] 
     beside it. Each weight is written once, one tensor at a time; nothing of ``model`` is changed or copied."""
     folder = Path(tempfile.mkdtemp(prefix="convopt-"))
     try:
-        with open(folder / WEIGHTS, "wb") as data:
+        with open(folder / WEIGHTS, "wb", buffering=0) as data:
             stubs = [external(t, data) for t in (*model.graph.initializer, *initializers)]
         path = folder / "model.onnx"
         with open(path, "wb") as fh:
@@ -47,24 +48,20 @@ def model_file(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProto] 
 
 def external(tensor: onnx.TensorProto, data: BinaryIO) -> onnx.TensorProto:
     """``tensor`` itself when it stays inside the graph, else a new TensorProto with its fields but no data,
-    pointing at its ``raw_data`` appended to ``data`` (a file named WEIGHTS, beside the model)."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    pointing at its bytes appended to ``data`` (an unbuffered file named WEIGHTS, beside the model). An
+    offloaded tensor's bytes are copied from its WeightFile by the kernel, never read into the process."""
+    moved = offloaded(tensor)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL and not moved:
         return tensor
-    raw = tensor.raw_data  # (a copy of the bytes: read once)
-    if len(raw) < EXTERNAL_MIN:
+    raw = b"" if moved else tensor.raw_data  # (a copy of the bytes: read once)
+    if not moved and len(raw) < EXTERNAL_MIN:
         return tensor
-    stub = onnx.TensorProto()
-    for fd, value in tensor.ListFields():
-        if fd.name == "raw_data":
-            continue
-        if repeated(fd):
-            getattr(stub, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(stub, fd.name).CopyFrom(value)
-        else:
-            setattr(stub, fd.name, value)
+    stub = without_data(tensor)
     offset = data.tell()
-    data.write(raw)
+    if moved:
+        copy_to(tensor, data)
+    else:
+        write_all(data, raw)
     stub.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(data.tell() - offset))):
         entry = stub.external_data.add()

@@ -25,6 +25,7 @@ import onnx
 
 from convopt.errors import DataError, ShapeError
 from convopt.graph import graph_inputs, input_dtype, resolve_input_shapes
+from convopt.measure.model_file import model_file
 from convopt.measure.ort import ORT_ERRORS, OrtSettings
 
 FUSED_AFTER = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Add", "Sum", "HardSwish", "Mul"}
@@ -137,7 +138,8 @@ def _profiling_session(model: onnx.ModelProto, settings: OrtSettings, folder: Pa
     so.log_severity_level = 4
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     try:
-        return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=[settings.provider])
+        with model_file(model) as path:  # offloaded weights too
+            return ort.InferenceSession(str(path), sess_options=so, providers=[settings.provider])
     except ORT_ERRORS as exc:
         raise DataError(f"ONNX Runtime refused the model: {str(exc).strip().splitlines()[0]}") from None
 

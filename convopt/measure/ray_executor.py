@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 
 from convopt.errors import ConvOptError, InputError
+from convopt.graph.offload import serialized
 from convopt.measure.ray_connect import connect, ray  # first: InputError when the ray extra is missing
 from convopt.measure.data import EvalData
 from convopt.measure.executor import (
@@ -167,7 +168,7 @@ class RayEvaluation:
     def compare(self, candidate: Candidate | None, progress: Progress | None = None) -> Comparison:
         t0 = time.perf_counter()
         assert candidate is None or candidate.model is not None, "a Ray evaluation needs the candidate's proto"
-        blob = None if candidate is None else ray.put(candidate.model.SerializeToString())
+        blob = None if candidate is None else ray.put(serialized(candidate.model))
         key = None if blob is None else blob.hex()
         what = None if candidate is None else candidate.what
         refs = [self._ex.worker(j.index).compare.remote(j, blob, key, what) for j in self._jobs]
@@ -231,7 +232,7 @@ class RayExecutor:
 
     def put_model(self, model: onnx.ModelProto) -> Any:
         """The model's bytes in the object store, once per run."""
-        blob = model.SerializeToString()
+        blob = serialized(model)  # offloaded weights inside: a worker cannot read this process's file
         key = _digest(blob)
         if key not in self._models:
             self._models[key] = ray.put(blob)
