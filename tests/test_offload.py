@@ -26,11 +26,12 @@ ON_DISK = pytest.mark.skipif(not tmp_on_disk(), reason="the temporary folder is 
 
 def _mixed_model() -> onnx.ModelProto:
     """conv_model (a 16×8×7×7 weight: 6272 elements, moved; its bias stays) plus a large int64 and a large
-    float16 initializer, and an IR-3 graph input for each."""
+    float16 initializer (its ``data_location`` set to DEFAULT)."""
     m = conv_model(8, 16, (7, 7), hw=(15, 15))
     rng = np.random.default_rng(3)
     m.graph.initializer.append(numpy_helper.from_array(rng.integers(0, 9, 5000).astype(np.int64), "ints"))
     m.graph.initializer.append(numpy_helper.from_array(rng.standard_normal(4100).astype(np.float16), "halves"))
+    m.graph.initializer[-1].data_location = TensorProto.DEFAULT  # set, as onnx's loader of external data does
     return m
 
 

@@ -37,6 +37,7 @@ from convopt.pages import tmp_on_disk
 
 _OPEN: dict[str, int] = {}  # location -> descriptor, for every WeightFile open in this process
 _NUMBERS = itertools.count()
+_DEFAULT_SET = ("convopt.data_location", "default")  # this process's own mark: such stubs never leave it
 
 
 class WeightFile:
@@ -78,7 +79,7 @@ def offload(model: onnx.ModelProto, into: WeightFile) -> onnx.ModelProto:
     copy_fields(model, m, skip=("graph",))
     copy_fields(model.graph, m.graph, skip=("initializer",))
     for t in model.graph.initializer:
-        if math.prod(t.dims) > SKELETON_MAX_ELEMENTS and t.HasField("raw_data") and not t.HasField("data_location"):
+        if math.prod(t.dims) > SKELETON_MAX_ELEMENTS and t.HasField("raw_data") and t.data_location == onnx.TensorProto.DEFAULT:
             t = _moved(t, into)
         m.graph.initializer.append(t)
     return m
@@ -88,7 +89,10 @@ def _moved(tensor: onnx.TensorProto, into: WeightFile) -> onnx.TensorProto:
     raw = tensor.raw_data
     stub = without_data(tensor)
     stub.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", into.location), ("offset", str(into.append(raw))), ("length", str(len(raw)))):
+    entries = [("location", into.location), ("offset", str(into.append(raw))), ("length", str(len(raw)))]
+    if tensor.HasField("data_location"):  # DEFAULT, set (as onnx's loader of external data leaves it)
+        entries.append(_DEFAULT_SET)
+    for key, value in entries:
         entry = stub.external_data.add()
         entry.key, entry.value = key, value
     return stub
@@ -142,9 +146,12 @@ def _inlined_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
 
 
 def _restore(tensor: onnx.TensorProto, data: bytes) -> None:
-    """The tensor as it was before ``offload`` (which moved only tensors without a ``data_location``)."""
+    """The tensor as it was before ``offload``: its bytes, and ``data_location`` DEFAULT where it was set."""
+    was_set = any((e.key, e.value) == _DEFAULT_SET for e in tensor.external_data)
     del tensor.external_data[:]
     tensor.ClearField("data_location")
+    if was_set:
+        tensor.data_location = onnx.TensorProto.DEFAULT
     tensor.raw_data = data
 
 
