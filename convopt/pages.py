@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import tempfile
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def tmp_on_disk() -> bool:
     return disk_backed(Path(tempfile.gettempdir()))
 
 
+_LIVE: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # every mapping to_file made that is still alive
+
+
 def to_file(arrays: Sequence[np.ndarray], prefix: str = "convopt-") -> list[np.ndarray]:
     """``arrays`` (any shapes and dtypes) written to one anonymous temporary file, returned as read-only views
     of one mapping of it, in order: the same values, and writing to them raises. Empty arrays stay as they are."""
@@ -58,6 +62,7 @@ def to_file(arrays: Sequence[np.ndarray], prefix: str = "convopt-") -> list[np.n
         f.truncate(end)
         f.flush()
         mapping = mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ)  # holds its own descriptor
+    _LIVE.add(mapping)
     return [a if a.nbytes == 0 else np.frombuffer(mapping, a.dtype, a.size, at).reshape(a.shape)
             for a, at in zip(parts, offsets)]
 
@@ -85,4 +90,15 @@ def drop_pages(arrays: Iterable[np.ndarray]) -> None:
             mapping.madvise(mmap.MADV_DONTNEED)
 
 
-__all__ = ["MEMORY_FILESYSTEMS", "disk_backed", "drop_pages", "mapping_of", "tmp_on_disk", "to_file"]
+def drop_all_pages() -> None:
+    """``drop_pages`` for every live mapping ``to_file`` made: whatever was read of them since (a layer's
+    candidates priced, a plan's factors, a batch of data) leaves memory, wherever the reader forgot to."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for mapping in list(_LIVE):
+        if not mapping.closed:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+__all__ = ["MEMORY_FILESYSTEMS", "disk_backed", "drop_all_pages", "drop_pages", "mapping_of", "tmp_on_disk",
+           "to_file"]

@@ -509,6 +509,41 @@ def test_fit_plan_reuses_the_refits_of_a_shared_prefix() -> None:
             np.testing.assert_array_equal(again.choices[n].factors.arrays[key], arr)
 
 
+def test_fit_plan_sets_its_refits_aside_in_one_mapped_file_with_the_same_model(monkeypatch) -> None:
+    """Each plan's kept refits (the steps' plans keep them through the search) are mapped from one file per
+    plan, shared with the refit cache; the plan applies to the same model as with the refits in memory, and
+    apply_plan drops their pages once written. Where the temporary folder is memory they stay in memory."""
+    import convopt.auto.refit as refit_mod
+    import convopt.core.plan as plan_mod
+    from convopt.pages import mapping_of
+
+    model = two_conv_model()
+    calib = data(16, seed=1)
+    specs = conv_table(model, conv_shapes(model, None))
+    targets = collect_targets(model, {"conv1": "y1", "conv2": "y2"}, calib, FAST, rows=2000)
+    plan = Plan({"conv1": build_candidates(specs["conv1"], ["factorize"])[0][0].choice,
+                 "conv2": build_candidates(specs["conv2"], ["factorize"])[0][0].choice})
+    monkeypatch.setattr(refit_mod, "tmp_on_disk", lambda: False)
+    held, _ = fit_plan(model, plan, specs, targets, calib, FAST)
+    assert all(mapping_of(a) is None for n in plan for a in held.choices[n].factors.arrays.values())
+    monkeypatch.setattr(refit_mod, "tmp_on_disk", lambda: True)
+    cache: dict = {}
+    mapped, infos = fit_plan(model, plan, specs, targets, calib, FAST, cache=cache)
+    kept = [i for i in infos if i.kept]
+    assert kept and {id(mapping_of(i.weight)) for i in kept} == {id(mapping_of(kept[0].weight))} != {id(None)}
+    assert all(cache[k] in infos for k in cache)
+    for i in kept:
+        last = mapped.choices[i.layer].factors.arrays[mapped.choices[i.layer].factors.last]
+        assert mapping_of(last) is mapping_of(i.weight) and mapping_of(mapped.choices[i.layer].factors.bias) is not None
+        np.testing.assert_array_equal(last, held.choices[i.layer].factors.arrays[held.choices[i.layer].factors.last])
+    dropped: list[int] = []
+    monkeypatch.setattr(plan_mod, "drop_pages", lambda arrays: dropped.extend(
+        1 for a in arrays if mapping_of(a) is mapping_of(kept[0].weight)))
+    assert apply_plan(model, mapped, specs).model.SerializeToString() == \
+        apply_plan(model, held, specs).model.SerializeToString()
+    assert len(dropped) == len(kept)
+
+
 def test_time_budget_stops_early_with_the_best_plan_so_far() -> None:
     model = two_conv_model(c=32, hw=16)
     res, *_ = run_auto(model, data(48, seed=3, hw=16), Budget(max_rel_error=0.5),

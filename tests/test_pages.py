@@ -1,13 +1,15 @@
 """convopt.pages: arrays moved to one anonymous file, mapped read-only, their pages dropped between uses."""
 from __future__ import annotations
 
+import mmap
 import sys
 import tempfile
 
 import numpy as np
 import pytest
 
-from convopt.pages import drop_pages, mapping_of, to_file
+from convopt.limits import trim_freed_memory
+from convopt.pages import drop_all_pages, drop_pages, mapping_of, to_file
 from tests.helpers import rss_mib
 
 
@@ -54,3 +56,18 @@ def test_drop_pages_drops_the_read_pages_from_this_process() -> None:
     drop_pages(arrays)
     after = rss_mib()
     assert read - before > 24 and read - after > 24
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTNEED"), reason="no madvise on this platform")
+def test_drop_all_pages_drops_every_live_mapping_read_since() -> None:
+    """What a reader forgot to drop (two separate files, both read whole) leaves memory in one call."""
+    a, b = (np.random.default_rng(i).standard_normal(3 << 20) for i in (0, 1))  # 24 MiB each
+    (ma,), (mb,) = to_file([a]), to_file([b])
+    del a, b
+    trim_freed_memory()
+    before = rss_mib()
+    assert float(ma.sum()) != 0.0 and float(mb.sum()) != 0.0  # every page read
+    assert rss_mib() - before > 40
+    drop_all_pages()
+    assert rss_mib() - before < 10
+    np.testing.assert_array_equal(ma[:4], np.random.default_rng(0).standard_normal(3 << 20)[:4])  # read again

@@ -9,7 +9,7 @@ targets) and the normal equations are accumulated batch by batch (convopt.auto.l
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -29,6 +29,7 @@ from convopt.measure.mapped import evict
 from convopt.measure.model_file import model_file
 from convopt.measure.ort import OrtSettings, make_session, session_batch
 from convopt.measure.samples import rows as sample_rows
+from convopt.pages import drop_all_pages, tmp_on_disk, to_file
 
 Say = Callable[[str], None]
 
@@ -306,6 +307,7 @@ def refit_sequential(model: onnx.ModelProto, layers: list[tuple[str, str]], targ
         info = refit_layer(m, layer, y, targets, data, settings, rows=(rows or {}).get(layer))
         infos.append(info)
         trim_freed_memory()  # the layer's session, activations and normal equations are freed
+        drop_all_pages()  # and the set-aside arrays read (the fit data, the plan's factors) leave memory
         if say:
             say(f"  refit {i}/{len(layers)} {layer}: layer error {info.rel_error_before:.3f} -> "
                 f"{info.rel_error_after:.3f}")
@@ -337,9 +339,23 @@ def fit_plan(model: onnx.ModelProto, plan: Plan, convs: Mapping[str, ConvSpec], 
                                 rows, copy=False)  # the applied model is ours alone: no second copy
     for key in set(cache) - set(keys[:done]):  # memory: only this plan's prefixes can serve a later, longer plan
         del cache[key]
+    fresh = set_aside(fresh)
     for key, info in zip(keys[done:], fresh):
         cache[key] = info
     return _with_refits(applied.plan, fresh), infos + fresh
+
+
+def set_aside(infos: list[RefitInfo]) -> list[RefitInfo]:
+    """``infos`` with the kept refits' weights and biases moved to one file, mapped read-only (convopt.pages),
+    where the temporary folder is on a disk. Every step's plan carries its refits through the search, but a
+    step's model is built from them only at its check and at the end (``apply_plan`` then drops their pages
+    again): held in memory, they grew by each step's refits. The same values."""
+    kept = [i for i in infos if i.kept and i.weight is not None and i.bias is not None]
+    if not kept or not tmp_on_disk():
+        return infos
+    mapped = iter(to_file([a for i in kept for a in (i.weight, i.bias)], "convopt-refits-"))  # type: ignore[misc]
+    moved = {id(i): replace(i, weight=next(mapped), bias=next(mapped)) for i in kept}
+    return [moved.get(id(i), i) for i in infos]
 
 
 def _with_refits(plan: Plan, infos: list[RefitInfo]) -> Plan:

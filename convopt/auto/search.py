@@ -35,6 +35,7 @@ from convopt.auto.refit import RefitCache, Targets, collect_targets, fit_plan, r
 from convopt.auto.stats import MOMENT_BYTES, CostModel, Sensitivity, patch_moments, sensitivity, top1_margins
 from convopt.io import approx_model_bytes
 from convopt.limits import trim_freed_memory
+from convopt.pages import drop_all_pages
 from convopt.measure.metrics import class_scores
 from convopt.auto.select import Choice as Pick, greedy_sequence, grid_steps
 from convopt.core.budget import Budget
@@ -226,6 +227,7 @@ class AutoSearch:
                 timed += time.perf_counter() - t
                 release_shared_arena()  # the windows' activations ...
                 trim_freed_memory()  # ... and the layer's moments, dropped factors and window sessions are freed
+                drop_all_pages()  # ... and the set-aside arrays it read (its candidates, the fit data)
             if self.out_of_time():
                 break
         self.say(f"auto: {len(self.all_cands)} candidate(s) fitted on the layer inputs of {self.fit_data.n} fit "
@@ -362,6 +364,7 @@ class AutoSearch:
         del step, decision  # memory: no step's model is held; the one taken is rebuilt from its plan
         self.select_ev.release_timing()  # nor the original's timing session through the next step's refits
         trim_freed_memory()  # ... and the heap pages they took go back to the system
+        drop_all_pages()  # ... as do the pages of the set-aside arrays the step read (its factors, the data)
         return self.verdicts[k]
 
     def decision(self, k: int) -> Decision:
@@ -415,6 +418,7 @@ class AutoSearch:
         if self.targets is not None:
             self.targets.close()
         trim_freed_memory()
+        drop_all_pages()  # the data's pages too: the report phase reads only the report data
 
     def run(self) -> tuple[list[dict[str, Candidate]], int, Decision | None, str | None]:
         """Phases 1–4; returns the greedy sequence, the step taken (0: none), its decision, the last rejection."""
