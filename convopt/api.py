@@ -16,6 +16,7 @@ from convopt.core.driver import OptimizeResult
 from convopt.handoff import Handoff
 from convopt.errors import InputError
 from convopt.graph.offload import WeightFile, inline, offload
+from convopt.limits import trim_freed_memory
 from convopt.measure.data import EvalData
 from convopt.measure.evaluator import Evaluator
 from convopt.measure.executor import Executor, open_executor
@@ -282,6 +283,7 @@ def optimize_model(model: onnx.ModelProto | Handoff, opts: OptimizeOptions, say:
         model = model.take()
     with WeightFile() as weights:
         model = offload(model, weights)  # a copy: the weights in the page cache, not the process, until read
+        trim_freed_memory()  # the original, and what reading and checking it left free in the heap, go back
         setup = set_up(model, opts, strategy, warn, progress, say)
         opts = with_timing_shapes(opts, setup.roles)
         try:
