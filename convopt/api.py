@@ -24,7 +24,7 @@ from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
 from convopt.outputs import InputFile, OutputTarget, guard_outputs, model_data_target
 from convopt.passes import RankPolicy, auto_passes, parse_passes
-from convopt.measure.roles import DataRoles
+from convopt.measure.roles import DataRoles, Keep
 from convopt.report import BudgetReport, GateResult, Report
 
 if TYPE_CHECKING:
@@ -124,26 +124,25 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
     (convopt.measure.mapped): every role is read only now and then, between minutes of other work."""
     from convopt.measure.mapped import on_disk
 
-    roles = _load_roles(model, opts, strategy)
-    return replace(roles, fit=None if roles.fit is None else on_disk(roles.fit), select=on_disk(roles.select),
-                   report=on_disk(roles.report))
+    return _load_roles(model, opts, strategy, on_disk)  # each set as it is read, each role as it is split off
 
 
-def _load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy) -> DataRoles:
+def _load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy,
+                keep: Keep = lambda d: d) -> DataRoles:
     from convopt.measure.data import load_eval_data
     from convopt.measure.roles import fit_size, split_calib, split_data
 
     d = opts.data
     def load(path: Path | None, labels: Path | None, seed: int) -> EvalData:
-        return load_eval_data(model, path, preprocess=d.preprocess, labels=labels, input_shapes=d.input_shapes,
-                              limit=d.limit, seed=seed, random_samples=opts.random_samples, resize=d.resize,
-                              targets=opts.metric is not None)
+        return keep(load_eval_data(model, path, preprocess=d.preprocess, labels=labels, input_shapes=d.input_shapes,
+                                   limit=d.limit, seed=seed, random_samples=opts.random_samples, resize=d.resize,
+                                   targets=opts.metric is not None))
 
     data = load(d.data, d.labels, opts.seed)
     fits = strategy == "auto" or opts.quantize == "int8"  # INT8 calibrates on the fit data
     if d.calib is not None:
         calib = load(d.calib, None, opts.seed)
-        return split_calib(calib, data, fit_size(calib.n, opts.refit_samples) if fits else 0, opts.seed)
+        return split_calib(calib, data, fit_size(calib.n, opts.refit_samples) if fits else 0, opts.seed, keep)
     if d.data is None:
         report = load(None, None, opts.seed + 1)
         fit = load(None, None, opts.seed + 2) if fits else None
@@ -151,7 +150,7 @@ def _load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strateg
                                             f"{report.n} to report (seed {opts.seed + 1})"
                                             + (f", {fit.n} to fit (seed {opts.seed + 2})" if fit else ""))
     try:
-        return split_data(data, fit_size(data.n, opts.refit_samples) if fits else 0, opts.seed)
+        return split_data(data, fit_size(data.n, opts.refit_samples) if fits else 0, opts.seed, keep)
     except ValueError as exc:
         raise InputError(f"{exc}; give more samples") from None
 

@@ -63,3 +63,23 @@ def test_each_data_role_is_mapped_from_a_file_where_the_temporary_folder_is_on_a
             assert (mapping_of(a) is not None) == on_disk
             np.testing.assert_array_equal(a, theirs.inputs[name])
         assert list(mine.index) == list(theirs.index)
+
+
+def test_each_data_set_is_mapped_as_it_is_read_and_each_role_as_it_is_split_off(monkeypatch) -> None:
+    """load_roles never holds a set and its roles' copies at once: --data is mapped once read, then each of
+    its three parts as soon as the split makes it, and the pages of the set each part read are dropped."""
+    import onnx
+
+    import convopt.measure.mapped as mapped
+    import convopt.measure.roles as roles_mod
+    from convopt.api import load_roles
+
+    kept: list[int] = []
+    evicted: list[int] = []
+    real = mapped.on_disk
+    monkeypatch.setattr(mapped, "on_disk", lambda d: (kept.append(d.n), real(d))[1])
+    monkeypatch.setattr(roles_mod, "evict", lambda d: evicted.append(d.n))
+    opts = convopt.OptimizeOptions(model=example_model_path(), data=convopt.DataOptions(data=example_data_path()))
+    roles = load_roles(onnx.load(str(example_model_path())), opts, "auto")
+    n = roles.fit.n + roles.select.n + roles.report.n
+    assert kept == [n, roles.fit.n, roles.select.n, roles.report.n] and evicted == [n, n, n]

@@ -322,3 +322,18 @@ def test_real_digits_npz_loads_as_float() -> None:
     assert d.n == 1797 and d.inputs["Input3"].shape == (1797, 1, 28, 28)
     assert d.inputs["Input3"].dtype == np.float32 and d.inputs["Input3"].max() == 255
     assert d.labels is not None and sorted(set(d.labels.tolist())) == list(range(10))
+
+
+@pytest.mark.parametrize("chunk", [4096, 1000, 1 << 30])
+def test_npz_members_are_read_in_chunks_with_the_same_values(tmp_path, monkeypatch, chunk: int) -> None:
+    """read_rows reads a member in READ_CHUNK pieces (a zip member's readinto reads into a bytes object of
+    the size asked first): the same rows whatever the chunk, whole or the first few."""
+    import convopt.measure.npz as npz_mod
+    from convopt.measure.npz import NpzFile
+
+    a = np.random.default_rng(0).standard_normal((7, 3, 11, 13)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=a)
+    monkeypatch.setattr(npz_mod, "READ_CHUNK", chunk)
+    f = NpzFile(tmp_path / "d.npz")
+    np.testing.assert_array_equal(f.read("x", None), a)
+    np.testing.assert_array_equal(f.read("x", 3), a[:3])

@@ -84,6 +84,9 @@ def check_real(dtype: np.dtype, where: str) -> None:
         raise DataError(f"{where} holds {what} ({dtype}); store real numbers (bool, integer or float)")
 
 
+READ_CHUNK = 4 << 20
+
+
 def read_rows(fh: IO[bytes], header: ArrayHeader, available: int, rows: int | None, where: str) -> np.ndarray:
     """The first ``rows`` rows (all when None) of the array whose data starts at ``fh``'s position.
     ``available``: the bytes the file or member declares after the header."""
@@ -95,8 +98,8 @@ def read_rows(fh: IO[bytes], header: ArrayHeader, available: int, rows: int | No
     buf = bytearray(want)
     got = 0
     with memoryview(buf) as view:
-        while got < want:
-            n = fh.readinto(view[got:])  # type: ignore[attr-defined]
+        while got < want:  # in chunks: a zip member's readinto reads into a bytes object of the size asked first
+            n = fh.readinto(view[got:got + READ_CHUNK])  # type: ignore[attr-defined]
             if not n:
                 break
             got += n
