@@ -51,9 +51,13 @@ class WeightFile:
 
     def append(self, data: bytes) -> int:
         """Write ``data`` at the end of the file; returns its offset."""
-        offset = self.size
-        os.pwrite(self._file.fileno(), data, offset)
-        self.size += len(data)
+        offset, view = self.size, memoryview(data)
+        while view:  # pwrite may write part of it
+            n = os.pwrite(self._file.fileno(), view, self.size)
+            if n <= 0:
+                raise OSError(f"could not write offloaded weights ({len(view)} bytes left)")
+            self.size += n
+            view = view[n:]
         return offset
 
     def close(self) -> None:
