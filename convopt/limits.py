@@ -8,7 +8,7 @@
   (:func:`data_memory_limit`: physical memory, or the cgroup's limit when lower), estimated before anything
   is allocated.
 - ``--threads``: at most the cores this process may run on (:func:`cap_threads`).
-- Freed memory goes back to the system: the CLI serves every allocation of 1 MiB or more by mmap
+- Freed memory goes back to the system: the CLI serves every allocation of 128 KiB or more by mmap
   (:func:`return_freed_memory`).
 """
 from __future__ import annotations
@@ -80,17 +80,19 @@ def check_data_memory(need: int, what: str, hint: str) -> None:
                         f"allows for evaluation data here (a quarter of {fmt_bytes(machine_memory_bytes())}); {hint}")
 
 
-MMAP_THRESHOLD = 1 << 20
+MMAP_THRESHOLD = 128 << 10
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def return_freed_memory() -> bool:
-    """glibc only: serve every allocation of ``MMAP_THRESHOLD`` (1 MiB) or more by mmap, so that freeing it gives
-    the memory back at once. By default glibc raises that threshold to the largest block freed (up to 32 MiB)
-    and keeps later blocks of up to that size in its heap, which it rarely returns; convopt allocates and frees
-    weights, activations and LAPACK workspaces of many MiB in turn, and that heap grew by 35-70 MiB on
-    ResNet-50 --no-eval and ddddocr-det auto (bench/results/memory.md). Called by the CLI (the process is
-    convopt's), not by the library. No-op (False) elsewhere, or when MALLOC_MMAP_THRESHOLD_ is set."""
+    """glibc only: serve every allocation of ``MMAP_THRESHOLD`` (128 KiB, glibc's own starting value) or more by
+    mmap, so that freeing it gives the memory back at once. By default glibc raises that threshold to the
+    largest block freed (up to 32 MiB) and keeps later blocks of up to that size in its heap, which it rarely
+    returns; convopt allocates and frees weights, activations and LAPACK workspaces of many MiB in turn, and
+    that heap grew by 35-70 MiB on ResNet-50 --no-eval and ddddocr-det auto (bench/results/memory.md). With a
+    threshold of 1 MiB, ddddocr-det auto on one search path held 4.6 MiB more than at 128 KiB (145.1 against
+    140.5 MiB of work). Called by the CLI (the process is convopt's), not by the library. No-op (False)
+    elsewhere, or when MALLOC_MMAP_THRESHOLD_ is set."""
     libc = _glibc()
     if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
