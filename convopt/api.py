@@ -24,7 +24,7 @@ from convopt.measure.measurement import Measurement
 from convopt.options import OptimizeOptions, Strategy
 from convopt.outputs import InputFile, OutputTarget, guard_outputs, model_data_target
 from convopt.passes import RankPolicy, auto_passes, parse_passes
-from convopt.measure.roles import DataRoles, Keep
+from convopt.measure.roles import DataRoles, Keep, as_is
 from convopt.report import BudgetReport, GateResult, Report
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy
 
 
 def _load_roles(model: onnx.ModelProto, opts: OptimizeOptions, strategy: Strategy,
-                keep: Keep = lambda d: d) -> DataRoles:
+                keep: Keep = as_is) -> DataRoles:
     from convopt.measure.data import load_eval_data
     from convopt.measure.roles import fit_size, split_calib, split_data
 

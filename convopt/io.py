@@ -20,6 +20,7 @@ from onnx import external_data_helper
 
 from convopt.errors import InputError, ModelLoadError, OutputError, UnsupportedModelError
 from convopt.graph import fill_output_types, find_cycle, inferred_dims, model_problem, shape_skeleton
+from convopt.graph.offload import point_at
 from convopt.limits import DEFAULT_MAX_MODEL_BYTES, fmt_bytes
 from convopt.outputs import same_file as _same_file
 from convopt.serialize import chunks
@@ -350,11 +351,7 @@ def _external_chunks(m: onnx.ModelProto, location: str) -> Iterator[bytes]:
             continue
         raw = t.raw_data
         t.ClearField("raw_data")
-        t.data_location = onnx.TensorProto.EXTERNAL
-        del t.external_data[:]
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
-            entry = t.external_data.add()
-            entry.key, entry.value = key, value
+        point_at(t, location, offset, len(raw))
         offset += len(raw)
         yield raw
 

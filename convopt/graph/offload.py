@@ -92,14 +92,21 @@ def offload(model: onnx.ModelProto, into: WeightFile) -> onnx.ModelProto:
 def _moved(tensor: onnx.TensorProto, into: WeightFile) -> onnx.TensorProto:
     raw = tensor.raw_data
     stub = without_data(tensor)
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    entries = [("location", into.location), ("offset", str(into.append(raw))), ("length", str(len(raw)))]
+    point_at(stub, into.location, into.append(raw), len(raw))
     if tensor.HasField("data_location"):  # DEFAULT, set (as onnx's loader of external data leaves it)
-        entries.append(_DEFAULT_SET)
-    for key, value in entries:
         entry = stub.external_data.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = _DEFAULT_SET
     return stub
+
+
+def point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``tensor`` (holding no data) an ONNX external-data reference to ``length`` bytes of the file
+    ``location`` at ``offset``, in place."""
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
 
 
 def without_data(tensor: onnx.TensorProto) -> onnx.TensorProto:
@@ -206,4 +213,4 @@ def serialized(model: onnx.ModelProto) -> bytes:
 
 
 __all__ = ["WeightFile", "array", "copy_to", "inline", "inlined", "offload", "offloaded",
-           "serialized", "without_data", "write_all"]
+           "point_at", "serialized", "without_data", "write_all"]

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import onnx
 
-from convopt.graph.offload import copy_to, offloaded, without_data, write_all
+from convopt.graph.offload import copy_to, offloaded, point_at, without_data, write_all
 from convopt.serialize import model_chunks
 
 WEIGHTS = "weights.bin"
@@ -50,22 +50,18 @@ def external(tensor: onnx.TensorProto, data: BinaryIO) -> onnx.TensorProto:
     """``tensor`` itself when it stays inside the graph, else a new TensorProto with its fields but no data,
     pointing at its bytes appended to ``data`` (an unbuffered file named WEIGHTS, beside the model). An
     offloaded tensor's bytes are copied from its WeightFile by the kernel, never read into the process."""
-    moved = offloaded(tensor)
-    if tensor.data_location == onnx.TensorProto.EXTERNAL and not moved:
-        return tensor
-    raw = b"" if moved else tensor.raw_data  # (a copy of the bytes: read once)
-    if not moved and len(raw) < EXTERNAL_MIN:
-        return tensor
-    stub = without_data(tensor)
     offset = data.tell()
-    if moved:
+    if offloaded(tensor):
         copy_to(tensor, data)
+    elif tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return tensor
     else:
+        raw = tensor.raw_data  # (a copy of the bytes: read once)
+        if len(raw) < EXTERNAL_MIN:
+            return tensor
         write_all(data, raw)
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(data.tell() - offset))):
-        entry = stub.external_data.add()
-        entry.key, entry.value = key, value
+    stub = without_data(tensor)
+    point_at(stub, WEIGHTS, offset, data.tell() - offset)
     return stub
 
 

@@ -31,7 +31,8 @@ class DataRoles:
 Keep = Callable[[EvalData], EvalData]
 
 
-def _same(data: EvalData) -> EvalData:
+def as_is(data: EvalData) -> EvalData:
+    """The ``keep`` that keeps data as they are (in memory)."""
     return data
 
 
@@ -53,7 +54,7 @@ def fit_size(n: int, refit_samples: int) -> int:
     return max(1, min(refit_samples, n // 4))
 
 
-def split_data(data: EvalData, fit: int, seed: int, keep: Keep = _same) -> DataRoles:
+def split_data(data: EvalData, fit: int, seed: int, keep: Keep = as_is) -> DataRoles:
     """One data set split by a seeded permutation: ``fit`` samples to fit, the rest halved into select and
     report (select gets the odd one); ``keep`` takes each part as it is made (e.g. measure.mapped.on_disk)."""
     if data.n < 2 + fit:
@@ -69,7 +70,7 @@ def split_data(data: EvalData, fit: int, seed: int, keep: Keep = _same) -> DataR
     return DataRoles(f, s, r, how)
 
 
-def split_calib(calib: EvalData, report: EvalData, fit: int, seed: int, keep: Keep = _same) -> DataRoles:
+def split_calib(calib: EvalData, report: EvalData, fit: int, seed: int, keep: Keep = as_is) -> DataRoles:
     """--calib to fit and select (a seeded split), --data to report only; ``keep`` as in split_data."""
     if fit and calib.n < fit + 1:
         raise ValueError(f"need at least {fit + 1} calibration samples to fit on {fit} and select on the rest")
